@@ -1,0 +1,9 @@
+//! Conveyor: job orchestration over gRPC with a Redis lease scheduler and remote workers.
+#![forbid(unsafe_code)]
+
+/// Code generated from `proto/conveyor/v1/*.proto`.
+pub mod proto {
+    tonic::include_proto!("conveyor.v1");
+    /// The encoded descriptors, served by gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("conveyor_descriptor");
+}
