@@ -1,0 +1,376 @@
+//! The scheduler: every job state change, each one atomic Lua script against Redis.
+//!
+//! It holds no state of its own between calls (Redis does), so the `Handle` is the component:
+//! cheap to clone, shared by the api and the dispatcher. It knows nothing of gRPC.
+
+mod error;
+mod event;
+mod job;
+pub mod keys;
+mod scripts;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::{Client, KeysInterface, ListInterface, HashesInterface, Value};
+use rand::Rng;
+
+pub use error::Error;
+pub use event::{Event, EventKind};
+pub use job::{Job, JobState, NewJob, Progress, Tier};
+use scripts::{Scripts, call};
+
+/// Defaults that apply to a job unless its submit says otherwise, and scheduling knobs.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a lease lasts without renewal. Default 30 s; renewed every third of it.
+    pub lease_ttl: Duration,
+    /// Weights of FREE, PRO, PREMIUM, ENTERPRISE in the fair share. Default 1, 2, 4, 8.
+    pub tier_weights: [u32; 4],
+    /// Default attempts per job. Default 3.
+    pub max_attempts: u32,
+    /// Default first retry delay, doubled per attempt. Default 1 s.
+    pub backoff_initial: Duration,
+    /// Default ceiling of the retry delay. Default 5 min.
+    pub backoff_max: Duration,
+    /// Default limit of one attempt's run time. Default 1 h.
+    pub timeout: Duration,
+    /// How long a finished job stays readable in Redis. Default 24 h.
+    pub retention: Duration,
+    /// Events kept per job for watchers that resume with `after_seq`. Default 256.
+    pub event_log_len: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            lease_ttl: Duration::from_secs(30),
+            tier_weights: [1, 2, 4, 8],
+            max_attempts: 3,
+            backoff_initial: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            timeout: Duration::from_secs(3600),
+            retention: Duration::from_secs(24 * 3600),
+            event_log_len: 256,
+        }
+    }
+}
+
+/// The jobs one lease call handed out, and what the caller should do next.
+#[derive(Debug, Default)]
+pub struct Leased {
+    pub jobs: Vec<Job>,
+    /// More ready jobs remain in the queue.
+    pub more: bool,
+    /// When the earliest delayed job is due (unix ms).
+    pub next_due_ms: Option<i64>,
+}
+
+/// A page of `list`.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub jobs: Vec<Job>,
+    pub next_cursor: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    redis: Client,
+    scripts: Arc<Scripts>,
+    options: Arc<Options>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn ms(d: Duration) -> Value {
+    Value::Integer(d.as_millis() as i64)
+}
+
+fn s(v: impl Into<String>) -> Value {
+    Value::String(v.into().into())
+}
+
+fn jitter() -> Value {
+    Value::Double(rand::rng().random::<f64>())
+}
+
+/// Turns a `{'CODE', message}` script rejection into an error, or hands back the rest.
+fn accept(reply: Value) -> Result<Vec<Value>, Error> {
+    let Value::Array(mut items) = reply else {
+        return Err(Error::Corrupt("script reply is not an array".into()));
+    };
+    if items.is_empty() {
+        return Err(Error::Corrupt("empty script reply".into()));
+    }
+    let code = items.remove(0).as_string().unwrap_or_default();
+    let message = items.first().and_then(Value::as_string).unwrap_or_default();
+    match code.as_str() {
+        "OK" | "CREATED" | "EXISTS" => {
+            if code == "EXISTS" {
+                items.insert(0, Value::Boolean(false));
+            } else if code == "CREATED" {
+                items.insert(0, Value::Boolean(true));
+            }
+            Ok(items)
+        }
+        "NOT_FOUND" => Err(Error::NotFound),
+        "FAILED_PRECONDITION" => Err(Error::FailedPrecondition(message)),
+        "ALREADY_EXISTS" => Err(Error::AlreadyExists(message)),
+        other => Err(Error::Corrupt(format!("unexpected script reply {other}"))),
+    }
+}
+
+impl Handle {
+    pub fn new(redis: Client, options: Options) -> Self {
+        Self { redis, scripts: Arc::new(Scripts::new()), options: Arc::new(options) }
+    }
+
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    fn retention(&self) -> Value {
+        ms(self.options.retention)
+    }
+
+    fn keep(&self) -> Value {
+        Value::Integer(self.options.event_log_len as i64)
+    }
+
+    /// Creates a job, or returns the tenant's existing one with the same idempotency key
+    /// (`false` in the tuple).
+    pub async fn submit(&self, tenant: &str, job: NewJob) -> Result<(Job, bool), Error> {
+        let o = &self.options;
+        let id = uuid::Uuid::now_v7().to_string();
+        let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into());
+        let args = vec![
+            s(keys::prefix(&job.queue)),
+            s(id.as_str()),
+            s(tenant),
+            Value::Integer(job.tier as i64),
+            Value::Integer(job.priority as i64),
+            Value::Bytes(job.payload.into()),
+            s(job.content_type),
+            s(labels),
+            Value::Integer(job.max_attempts.unwrap_or(o.max_attempts) as i64),
+            Value::Integer(job.backoff_initial_ms.unwrap_or(o.backoff_initial.as_millis() as u64) as i64),
+            Value::Integer(job.backoff_max_ms.unwrap_or(o.backoff_max.as_millis() as u64) as i64),
+            Value::Integer(job.timeout_ms.unwrap_or(o.timeout.as_millis() as u64) as i64),
+            s(job.idempotency_key),
+            Value::Integer(now_ms()),
+            Value::Integer(job.run_at_ms.unwrap_or(0)),
+            self.keep(),
+        ];
+        let reply = call(&self.redis, &self.scripts.submit, keys::job(&job.queue, &id), args).await?;
+        let mut items = accept(reply)?.into_iter();
+        let created = matches!(items.next(), Some(Value::Boolean(true)));
+        let job = Job::from_fields(items.next().unwrap_or(Value::Null))?;
+        Ok((job, created))
+    }
+
+    /// Which queue a job id belongs to.
+    pub async fn locate(&self, id: &str) -> Result<String, Error> {
+        let queue: Option<String> = self.redis.get(keys::job_queue(id)).await?;
+        queue.ok_or(Error::NotFound)
+    }
+
+    /// The job as it is now; another tenant's job is NOT_FOUND.
+    pub async fn get(&self, tenant: &str, id: &str) -> Result<Job, Error> {
+        let queue = self.locate(id).await?;
+        let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
+        if matches!(&fields, Value::Array(a) if a.is_empty()) || fields.is_null() {
+            return Err(Error::NotFound);
+        }
+        let job = Job::from_fields(fields)?;
+        if job.tenant != tenant {
+            return Err(Error::NotFound);
+        }
+        Ok(job)
+    }
+
+    /// The job's retained events after `after_seq`, oldest first.
+    pub async fn events(&self, queue: &str, id: &str, after_seq: u64) -> Result<Vec<Event>, Error> {
+        let raw: Vec<Value> = self.redis.lrange(keys::events(queue, id), 0, -1).await?;
+        let mut events = Vec::with_capacity(raw.len());
+        for v in raw {
+            let e = Event::parse(v.as_bytes().unwrap_or_default())?;
+            if e.seq > after_seq {
+                events.push(e);
+            }
+        }
+        Ok(events)
+    }
+
+    /// One page of the tenant's jobs in `queue`, newest first.
+    pub async fn list(
+        &self,
+        tenant: &str,
+        queue: &str,
+        state: Option<JobState>,
+        page_size: u32,
+        cursor: Option<&str>,
+    ) -> Result<Page, Error> {
+        let args = vec![
+            s(keys::prefix(queue)),
+            s(tenant),
+            s(state.map(JobState::as_str).unwrap_or("")),
+            s(cursor.unwrap_or("+inf")),
+            Value::Integer(page_size as i64),
+            Value::Integer(5000),
+        ];
+        let reply: Vec<Value> = call(&self.redis, &self.scripts.list, keys::all(queue), args).await?;
+        let mut items = reply.into_iter();
+        let next = items.next().and_then(|v| v.as_string()).filter(|c| !c.is_empty());
+        let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
+        Ok(Page { jobs, next_cursor: next })
+    }
+
+    pub async fn cancel(&self, tenant: &str, id: &str) -> Result<Job, Error> {
+        let queue = self.locate(id).await?;
+        let args = vec![
+            s(keys::prefix(&queue)),
+            s(id),
+            s(tenant),
+            Value::Integer(now_ms()),
+            self.retention(),
+            self.keep(),
+        ];
+        let reply = call(&self.redis, &self.scripts.cancel, keys::job(&queue, id), args).await?;
+        Job::from_fields(accept(reply)?.into_iter().next().unwrap_or(Value::Null))
+    }
+
+    /// Leases up to `n` jobs of `queue` for a worker session (0 only reclaims and promotes).
+    pub async fn lease(&self, queue: &str, n: u32, session: &str, worker: &str) -> Result<Leased, Error> {
+        let w = self.options.tier_weights;
+        let args = vec![
+            s(keys::prefix(queue)),
+            Value::Integer(now_ms()),
+            Value::Integer(n as i64),
+            ms(self.options.lease_ttl),
+            s(session),
+            s(worker),
+            self.retention(),
+            self.keep(),
+            jitter(),
+            Value::Integer(w[0] as i64),
+            Value::Integer(w[1] as i64),
+            Value::Integer(w[2] as i64),
+            Value::Integer(w[3] as i64),
+        ];
+        let reply: Vec<Value> = call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;
+        let mut items = reply.into_iter();
+        let next_due_ms = items.next().and_then(|v| v.as_i64()).filter(|d| *d >= 0);
+        let more = items.next().and_then(|v| v.as_i64()) == Some(1);
+        let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
+        Ok(Leased { jobs, more, next_due_ms })
+    }
+
+    /// Extends the leases `session` holds in `queue`; returns the ids it no longer holds.
+    pub async fn renew(&self, queue: &str, session: &str, ids: &[String]) -> Result<Vec<String>, Error> {
+        let mut args = vec![
+            s(keys::prefix(queue)),
+            Value::Integer(now_ms()),
+            ms(self.options.lease_ttl),
+            s(session),
+            self.retention(),
+            self.keep(),
+            jitter(),
+        ];
+        args.extend(ids.iter().map(|id| s(id.as_str())));
+        Ok(call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?)
+    }
+
+    pub async fn progress(&self, queue: &str, id: &str, token: u64, p: &Progress) -> Result<(), Error> {
+        let args = vec![
+            s(keys::prefix(queue)),
+            s(id),
+            Value::Integer(token as i64),
+            Value::Double(p.percent as f64),
+            s(p.stage.as_str()),
+            s(p.message.as_str()),
+            Value::Integer(now_ms()),
+            self.keep(),
+        ];
+        accept(call(&self.redis, &self.scripts.progress, keys::job(queue, id), args).await?)?;
+        Ok(())
+    }
+
+    pub async fn complete(&self, queue: &str, id: &str, token: u64, result: &str) -> Result<(), Error> {
+        let args = vec![
+            s(keys::prefix(queue)),
+            s(id),
+            Value::Integer(token as i64),
+            s(result),
+            Value::Integer(now_ms()),
+            self.retention(),
+            self.keep(),
+        ];
+        accept(call(&self.redis, &self.scripts.complete, keys::job(queue, id), args).await?)?;
+        Ok(())
+    }
+
+    /// Ends the attempt as failed; returns the job's new state (SCHEDULED for a retry, or FAILED).
+    pub async fn fail(
+        &self,
+        queue: &str,
+        id: &str,
+        token: u64,
+        error: &str,
+        retryable: bool,
+    ) -> Result<JobState, Error> {
+        let args = vec![
+            s(keys::prefix(queue)),
+            s(id),
+            Value::Integer(token as i64),
+            s(error),
+            s(if retryable { "1" } else { "0" }),
+            Value::Integer(now_ms()),
+            jitter(),
+            self.retention(),
+            self.keep(),
+        ];
+        let reply = accept(call(&self.redis, &self.scripts.fail, keys::job(queue, id), args).await?)?;
+        let state = reply.first().and_then(Value::as_string).unwrap_or_default();
+        JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("fail returned {state:?}")))
+    }
+
+    /// Requeues at once the jobs a vanished worker session held in `queue`.
+    pub async fn release(&self, queue: &str, session: &str, reason: &str, ids: &[String]) -> Result<(), Error> {
+        let mut args = vec![
+            s(keys::prefix(queue)),
+            Value::Integer(now_ms()),
+            s(session),
+            s(reason),
+            self.retention(),
+            self.keep(),
+        ];
+        args.extend(ids.iter().map(|id| s(id.as_str())));
+        let _: i64 = call(&self.redis, &self.scripts.release, keys::leased(queue), args).await?;
+        Ok(())
+    }
+
+    /// Moves still-valid leases of `queue` to a reconnected worker's session.
+    /// Returns (re-attached ids, lost ids).
+    pub async fn reattach(
+        &self,
+        queue: &str,
+        session: &str,
+        worker: &str,
+        held: &[(String, u64)],
+    ) -> Result<(Vec<String>, Vec<String>), Error> {
+        let mut args = vec![
+            s(keys::prefix(queue)),
+            Value::Integer(now_ms()),
+            ms(self.options.lease_ttl),
+            s(session),
+            s(worker),
+        ];
+        for (id, token) in held {
+            args.push(s(id.as_str()));
+            args.push(Value::Integer(*token as i64));
+        }
+        Ok(call(&self.redis, &self.scripts.reattach, keys::leased(queue), args).await?)
+    }
+}

@@ -1,0 +1,17 @@
+//! The scheduler's errors; `api::status` maps them to gRPC codes.
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("job not found")]
+    NotFound,
+    /// The transition does not apply to the job as it is now (stale token, finished job...).
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error("{0}")]
+    AlreadyExists(String),
+    #[error("redis: {0}")]
+    Redis(#[from] fred::error::Error),
+    /// Redis answered something the scripts never write; a bug or a foreign writer.
+    #[error("unexpected data in redis: {0}")]
+    Corrupt(String),
+}

@@ -1,0 +1,94 @@
+//! Job events as the scripts publish them (JSON on `cv:events` and in each job's capped log).
+
+use serde::Deserialize;
+
+use super::{Error, JobState, Progress};
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum EventKind {
+    /// The job changed state; `state` is set.
+    State(JobState),
+    Progress(Progress),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Event {
+    pub job_id: String,
+    pub seq: u64,
+    pub kind: EventKind,
+    pub attempt: u32,
+    pub result: String,
+    pub error: String,
+    pub time_ms: i64,
+}
+
+impl Event {
+    pub fn is_terminal(&self) -> bool {
+        matches!(self.kind, EventKind::State(s) if s.is_terminal())
+    }
+
+    pub fn parse(json: &[u8]) -> Result<Event, Error> {
+        #[derive(Deserialize)]
+        struct Raw {
+            id: String,
+            seq: u64,
+            kind: String,
+            #[serde(default)]
+            state: String,
+            #[serde(default)]
+            attempt: u32,
+            #[serde(default)]
+            pct: f32,
+            #[serde(default)]
+            stage: String,
+            #[serde(default)]
+            msg: String,
+            #[serde(default)]
+            result: String,
+            #[serde(default)]
+            error: String,
+            #[serde(default)]
+            t: f64,
+        }
+        let raw: Raw = serde_json::from_slice(json)
+            .map_err(|e| Error::Corrupt(format!("undecodable job event: {e}")))?;
+        let kind = match raw.kind.as_str() {
+            "progress" => EventKind::Progress(Progress {
+                percent: raw.pct,
+                stage: raw.stage,
+                message: raw.msg,
+            }),
+            _ => EventKind::State(
+                JobState::parse(&raw.state)
+                    .ok_or_else(|| Error::Corrupt(format!("event with state {:?}", raw.state)))?,
+            ),
+        };
+        Ok(Event {
+            job_id: raw.id,
+            seq: raw.seq,
+            kind,
+            attempt: raw.attempt,
+            result: raw.result,
+            error: raw.error,
+            time_ms: raw.t as i64,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_state_and_progress_events() {
+        let e = Event::parse(br#"{"id":"j","seq":3,"kind":"state","state":"FAILED","error":"boom","t":1.7e12}"#)
+            .unwrap();
+        assert_eq!(e.kind, EventKind::State(JobState::Failed));
+        assert!(e.is_terminal());
+        assert_eq!(e.time_ms, 1_700_000_000_000);
+        let p = Event::parse(br#"{"id":"j","seq":4,"kind":"progress","pct":50,"stage":"encode","msg":""}"#)
+            .unwrap();
+        assert!(matches!(p.kind, EventKind::Progress(ref pr) if pr.percent == 50.0 && pr.stage == "encode"));
+        assert!(Event::parse(b"{}").is_err());
+    }
+}

@@ -1,0 +1,218 @@
+//! The job model as the scheduler sees it, and its decoding from Redis replies.
+
+use std::collections::BTreeMap;
+
+use fred::prelude::Value;
+
+use super::Error;
+
+/// The customer class that sets a job's share of the workers; the numbers match the proto.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    Free = 1,
+    Pro = 2,
+    Premium = 3,
+    Enterprise = 4,
+}
+
+impl Tier {
+    pub const ALL: [Tier; 4] = [Tier::Free, Tier::Pro, Tier::Premium, Tier::Enterprise];
+
+    pub fn from_i32(n: i32) -> Option<Tier> {
+        Tier::ALL.into_iter().find(|t| *t as i32 == n)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobState {
+    Scheduled,
+    Queued,
+    Running,
+    Succeeded,
+    Failed,
+    Cancelled,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "SCHEDULED",
+            JobState::Queued => "QUEUED",
+            JobState::Running => "RUNNING",
+            JobState::Succeeded => "SUCCEEDED",
+            JobState::Failed => "FAILED",
+            JobState::Cancelled => "CANCELLED",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<JobState> {
+        Some(match s {
+            "SCHEDULED" => JobState::Scheduled,
+            "QUEUED" => JobState::Queued,
+            "RUNNING" => JobState::Running,
+            "SUCCEEDED" => JobState::Succeeded,
+            "FAILED" => JobState::Failed,
+            "CANCELLED" => JobState::Cancelled,
+            _ => return None,
+        })
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Progress {
+    pub percent: f32,
+    pub stage: String,
+    pub message: String,
+}
+
+/// What a caller asks for; defaults are already applied and values validated by the api layer.
+#[derive(Clone, Debug)]
+pub struct NewJob {
+    pub queue: String,
+    pub tier: Tier,
+    pub priority: u8,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub labels: BTreeMap<String, String>,
+    /// `None` uses the queue default.
+    pub max_attempts: Option<u32>,
+    pub backoff_initial_ms: Option<u64>,
+    pub backoff_max_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    /// Unix ms; `None` or a past time means now.
+    pub run_at_ms: Option<i64>,
+    pub idempotency_key: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Job {
+    pub id: String,
+    pub queue: String,
+    pub tenant: String,
+    pub tier: Tier,
+    pub priority: u8,
+    pub state: JobState,
+    pub payload: Vec<u8>,
+    pub content_type: String,
+    pub labels: BTreeMap<String, String>,
+    pub attempt: u32,
+    pub max_attempts: u32,
+    pub timeout_ms: u64,
+    pub idempotency_key: String,
+    pub created_ms: i64,
+    pub run_at_ms: i64,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    pub progress: Progress,
+    pub result: String,
+    pub error: String,
+    pub worker: String,
+    /// The fencing token of the current (or last) lease; 0 before the first.
+    pub token: u64,
+    /// The sequence number of the job's last event.
+    pub seq: u64,
+}
+
+impl Job {
+    /// Decodes a `HGETALL` reply (a flat field/value array).
+    pub fn from_fields(value: Value) -> Result<Job, Error> {
+        let Value::Array(items) = value else {
+            return Err(Error::Corrupt("job reply is not an array".into()));
+        };
+        let mut fields: BTreeMap<String, Value> = BTreeMap::new();
+        let mut it = items.into_iter();
+        while let (Some(k), Some(v)) = (it.next(), it.next()) {
+            fields.insert(k.as_string().unwrap_or_default(), v);
+        }
+        let text = |name: &str| -> String {
+            fields.get(name).and_then(Value::as_string).unwrap_or_default()
+        };
+        let int = |name: &str| -> i64 { text(name).parse::<f64>().map(|f| f as i64).unwrap_or(0) };
+        let opt = |name: &str| -> Option<i64> { Some(int(name)).filter(|v| *v > 0) };
+        let id = text("id");
+        if id.is_empty() {
+            return Err(Error::Corrupt("job hash has no id".into()));
+        }
+        let tier = Tier::from_i32(int("tier") as i32)
+            .ok_or_else(|| Error::Corrupt(format!("job {id} has an unknown tier")))?;
+        let state = JobState::parse(&text("state"))
+            .ok_or_else(|| Error::Corrupt(format!("job {id} has an unknown state")))?;
+        let labels = serde_json::from_str(&text("labels")).unwrap_or_default();
+        let payload = fields.get("payload").and_then(|v| v.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default();
+        Ok(Job {
+            queue: text("queue"),
+            tenant: text("tenant"),
+            tier,
+            priority: int("priority") as u8,
+            state,
+            payload,
+            content_type: text("ctype"),
+            labels,
+            attempt: int("attempt") as u32,
+            max_attempts: int("max_attempts") as u32,
+            timeout_ms: int("timeout") as u64,
+            idempotency_key: text("idem"),
+            created_ms: int("created"),
+            run_at_ms: int("run_at"),
+            started_ms: opt("started"),
+            finished_ms: opt("finished"),
+            progress: Progress {
+                percent: text("pct").parse().unwrap_or(0.0),
+                stage: text("stage"),
+                message: text("msg"),
+            },
+            result: text("result"),
+            error: text("error"),
+            worker: text("worker"),
+            token: int("token") as u64,
+            seq: int("seq") as u64,
+            id,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(pairs: &[(&str, &str)]) -> Value {
+        Value::Array(
+            pairs
+                .iter()
+                .flat_map(|(k, v)| [Value::from(*k), Value::from(*v)])
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn decodes_a_job_hash() {
+        let job = Job::from_fields(fields(&[
+            ("id", "j1"),
+            ("queue", "render"),
+            ("tier", "3"),
+            ("priority", "2"),
+            ("state", "RUNNING"),
+            ("labels", r#"{"a":"b"}"#),
+            ("pct", "42.5"),
+            ("token", "7"),
+            ("started", "0"),
+        ]))
+        .unwrap();
+        assert_eq!(job.tier, Tier::Premium);
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!(job.labels["a"], "b");
+        assert_eq!(job.progress.percent, 42.5);
+        assert_eq!(job.token, 7);
+        assert_eq!(job.started_ms, None);
+    }
+
+    #[test]
+    fn rejects_a_hash_without_id_or_with_unknown_state() {
+        assert!(Job::from_fields(fields(&[("state", "RUNNING")])).is_err());
+        assert!(Job::from_fields(fields(&[("id", "j"), ("tier", "1"), ("state", "X")])).is_err());
+    }
+}

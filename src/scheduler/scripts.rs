@@ -1,0 +1,52 @@
+//! The Lua transition scripts, loaded once and called by SHA (reloaded on NOSCRIPT).
+
+use fred::prelude::{Client, FromValue, Value};
+use fred::types::scripts::Script;
+
+/// `common.lua` holds helpers every transition needs (emit an event, requeue with backoff);
+/// Redis scripts cannot import, so it is prepended to each one.
+const COMMON: &str = include_str!("scripts/common.lua");
+
+pub struct Scripts {
+    pub submit: Script,
+    pub lease: Script,
+    pub renew: Script,
+    pub progress: Script,
+    pub complete: Script,
+    pub fail: Script,
+    pub cancel: Script,
+    pub release: Script,
+    pub reattach: Script,
+    pub list: Script,
+}
+
+fn script(body: &str) -> Script {
+    Script::from_lua(format!("{COMMON}\n{body}"))
+}
+
+impl Scripts {
+    pub fn new() -> Self {
+        Self {
+            submit: script(include_str!("scripts/submit.lua")),
+            lease: script(include_str!("scripts/lease.lua")),
+            renew: script(include_str!("scripts/renew.lua")),
+            progress: script(include_str!("scripts/progress.lua")),
+            complete: script(include_str!("scripts/complete.lua")),
+            fail: script(include_str!("scripts/fail.lua")),
+            cancel: script(include_str!("scripts/cancel.lua")),
+            release: script(include_str!("scripts/release.lua")),
+            reattach: script(include_str!("scripts/reattach.lua")),
+            list: script(include_str!("scripts/list.lua")),
+        }
+    }
+}
+
+/// Runs `script` with one routing key and string arguments.
+pub async fn call<R: FromValue>(
+    client: &Client,
+    script: &Script,
+    key: String,
+    args: Vec<Value>,
+) -> Result<R, fred::error::Error> {
+    script.evalsha_with_reload(client, key, args).await
+}
