@@ -1,6 +1,8 @@
 //! Conveyor: job orchestration over gRPC with a Redis lease scheduler and remote workers.
 #![forbid(unsafe_code)]
 
+pub mod dispatcher;
+pub mod events;
 pub mod scheduler;
 
 /// Code generated from `proto/conveyor/v1/*.proto`.

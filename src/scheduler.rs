@@ -267,22 +267,27 @@ impl Handle {
         Ok(Leased { jobs, more, next_due_ms })
     }
 
-    /// Extends the leases `session` holds in `queue`; returns the ids it no longer holds.
-    pub async fn renew(&self, queue: &str, session: &str, ids: &[String]) -> Result<Vec<String>, Error> {
+    /// Extends the leases of `queue` that this replica's sessions hold, given as
+    /// (job id, session) pairs; returns the ids whose lease is no longer theirs.
+    pub async fn renew(&self, queue: &str, held: &[(String, String)]) -> Result<Vec<String>, Error> {
         let mut args = vec![
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
             ms(self.options.lease_ttl),
-            s(session),
+            s(""),
             self.retention(),
             self.keep(),
             jitter(),
         ];
-        args.extend(ids.iter().map(|id| s(id.as_str())));
+        for (id, session) in held {
+            args.push(s(id.as_str()));
+            args.push(s(session.as_str()));
+        }
         Ok(call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?)
     }
 
-    pub async fn progress(&self, queue: &str, id: &str, token: u64, p: &Progress) -> Result<(), Error> {
+    /// Records progress of the attempt `worker` runs under `token`.
+    pub async fn progress(&self, queue: &str, id: &str, worker: &str, token: u64, p: &Progress) -> Result<(), Error> {
         let args = vec![
             s(keys::prefix(queue)),
             s(id),
@@ -292,12 +297,14 @@ impl Handle {
             s(p.message.as_str()),
             Value::Integer(now_ms()),
             self.keep(),
+            s(worker),
         ];
         accept(call(&self.redis, &self.scripts.progress, keys::job(queue, id), args).await?)?;
         Ok(())
     }
 
-    pub async fn complete(&self, queue: &str, id: &str, token: u64, result: &str) -> Result<(), Error> {
+    /// Ends the attempt `worker` runs under `token` with success.
+    pub async fn complete(&self, queue: &str, id: &str, worker: &str, token: u64, result: &str) -> Result<(), Error> {
         let args = vec![
             s(keys::prefix(queue)),
             s(id),
@@ -306,6 +313,7 @@ impl Handle {
             Value::Integer(now_ms()),
             self.retention(),
             self.keep(),
+            s(worker),
         ];
         accept(call(&self.redis, &self.scripts.complete, keys::job(queue, id), args).await?)?;
         Ok(())
@@ -316,6 +324,7 @@ impl Handle {
         &self,
         queue: &str,
         id: &str,
+        worker: &str,
         token: u64,
         error: &str,
         retryable: bool,
@@ -330,6 +339,7 @@ impl Handle {
             jitter(),
             self.retention(),
             self.keep(),
+            s(worker),
         ];
         let reply = accept(call(&self.redis, &self.scripts.fail, keys::job(queue, id), args).await?)?;
         let state = reply.first().and_then(Value::as_string).unwrap_or_default();

@@ -75,14 +75,18 @@ local function retry_or_fail(prefix, id, now, jitter, err, retention_ms, keep, i
   return 'SCHEDULED'
 end
 
--- Checks that `token` holds the running lease of the job; returns nil or a rejection reply.
-local function check_lease(jkey, token)
-  local j = redis.call('HMGET', jkey, 'state', 'token')
+-- Checks that `worker` holds the running lease of the job under `token`; returns nil or a
+-- rejection reply.
+local function check_lease(jkey, token, worker)
+  local j = redis.call('HMGET', jkey, 'state', 'token', 'worker')
   if not j[1] then
     return { 'FAILED_PRECONDITION', 'job does not exist (finished jobs expire after the retention period)' }
   end
   if tonumber(token) ~= tonumber(j[2]) then
     return { 'FAILED_PRECONDITION', 'stale fencing token ' .. token .. '; the current lease has token ' .. j[2] }
+  end
+  if j[3] ~= worker then
+    return { 'FAILED_PRECONDITION', 'job was never assigned to this worker' }
   end
   if j[1] ~= 'RUNNING' then
     return { 'FAILED_PRECONDITION', 'job is ' .. j[1] .. ', not RUNNING' }

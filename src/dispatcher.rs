@@ -1,0 +1,171 @@
+//! The dispatcher: worker sessions, their credits and leases. It turns free worker slots into
+//! batched lease calls, renews every lease this replica holds in one call per queue, tells
+//! workers to stop cancelled jobs, and requeues the jobs of workers that vanish.
+//!
+//! One service loop owns all state; the api talks to it through a cheap `Handle`, and slow work
+//! (Redis calls) runs in spawned tasks that report back as commands, so the loop never waits.
+
+mod link;
+mod state;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::events::Signal;
+use crate::scheduler::{self, Job, Leased};
+pub use link::{Link, Report};
+use state::State;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a disconnected worker's leases wait for it to come back. Default 15 s.
+    pub grace: Duration,
+    /// How often workers and server exchange heartbeats. Default 5 s.
+    pub heartbeat: Duration,
+    /// How often this replica reclaims expired leases and promotes due jobs. Default 5 s.
+    pub sweep: Duration,
+    /// The most jobs one lease call hands out. Default 64.
+    pub max_batch: u32,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            grace: Duration::from_secs(15),
+            heartbeat: Duration::from_secs(5),
+            sweep: Duration::from_secs(5),
+            max_batch: 64,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("this server is shutting down; connect to another replica")]
+    ShuttingDown,
+    #[error(transparent)]
+    Scheduler(#[from] scheduler::Error),
+}
+
+/// What the dispatcher sends down a worker's stream.
+#[derive(Debug)]
+pub enum ToWorker {
+    Assign { job: Job, deadline_ms: i64 },
+    Cancel { job_id: String, reason: String },
+    Drain,
+    /// The answer to a report; `Ok` for a Complete or Fail, errors for any report.
+    Reported { job_id: String, token: u64, result: Result<(), scheduler::Error> },
+}
+
+/// A worker's first message, already validated.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub worker_id: String,
+    pub queues: Vec<String>,
+    pub concurrency: u32,
+    /// (job id, token) of jobs the worker still runs after a reconnect.
+    pub held: Vec<(String, u64)>,
+}
+
+/// What a worker is told after its Hello.
+#[derive(Debug, Default)]
+pub struct Welcome {
+    pub reattached: Vec<String>,
+    pub lost: Vec<String>,
+}
+
+enum Command {
+    Connect { session: String, hello: Hello, out: mpsc::Sender<ToWorker>, reply: oneshot::Sender<Result<Welcome, Error>> },
+    Attached { session: String, kept: Vec<(String, String)>, lost: Vec<String>, reply: oneshot::Sender<Result<Welcome, Error>> },
+    Disconnected { session: String },
+    GraceOver { session: String },
+    /// A Complete or Fail was handled: the slot is free again.
+    Finished { session: String, job_id: String },
+    Leased { queue: String, session: String, reserved: u32, result: Result<Leased, scheduler::Error> },
+    Swept { queue: String, result: Result<Leased, scheduler::Error> },
+    Lost { ids: Vec<String> },
+    Signal(Signal),
+    Drain { done: oneshot::Sender<()> },
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::Sender<Command>,
+    scheduler: scheduler::Handle,
+    options: Options,
+}
+
+impl Handle {
+    pub fn options(&self) -> &Options {
+        &self.options
+    }
+
+    /// Registers a worker stream; re-attaches the leases it says it still holds.
+    pub async fn connect(&self, hello: Hello) -> Result<(Link, Welcome), Error> {
+        let session = uuid::Uuid::now_v7().to_string();
+        // Assignments are bounded by credits; the rest of the traffic is small and rare.
+        let (out, rx) = mpsc::channel(hello.concurrency as usize + 256);
+        let (reply, welcome) = oneshot::channel();
+        let worker_id = hello.worker_id.clone();
+        self.send(Command::Connect { session: session.clone(), hello, out, reply }).await?;
+        let welcome = welcome.await.map_err(|_| Error::ShuttingDown)??;
+        Ok((Link::new(self.clone(), session, worker_id, rx), welcome))
+    }
+
+    /// Tells every connected worker to move to another replica; returns once they were told.
+    pub async fn drain(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Command::Drain { done }).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    async fn send(&self, command: Command) -> Result<(), Error> {
+        self.tx.send(command).await.map_err(|_| Error::ShuttingDown)
+    }
+
+    fn send_later(&self, command: Command) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move { tx.send(command).await });
+    }
+}
+
+/// Starts the service loop; it ends when every `Handle` is dropped and `signals` closes.
+pub fn spawn(scheduler: scheduler::Handle, options: Options, signals: mpsc::Receiver<Signal>) -> Handle {
+    let (tx, rx) = mpsc::channel(4096);
+    let handle = Handle { tx: tx.clone(), scheduler: scheduler.clone(), options: options.clone() };
+    let state = State::new(scheduler, options, tx);
+    tokio::spawn(run(state, rx, signals));
+    handle
+}
+
+async fn run(mut state: State, mut commands: mpsc::Receiver<Command>, mut signals: mpsc::Receiver<Signal>) {
+    let period = state.options.sweep;
+    let mut sweep = tokio::time::interval_at(Instant::now() + period, period);
+    let renew_every = state.scheduler.options().lease_ttl / 3;
+    let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
+    loop {
+        let due = state.next_due();
+        tokio::select! {
+            Some(command) = commands.recv() => state.handle(command),
+            Some(signal) = signals.recv() => state.handle(Command::Signal(signal)),
+            _ = sweep.tick() => state.sweep(),
+            _ = renew.tick() => state.renew(),
+            _ = sleep_until(due) => state.due(),
+            else => return,
+        }
+    }
+}
+
+async fn sleep_until(due: Option<Instant>) {
+    match due {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The jobs a session runs: job id -> queue.
+type HeldMap = HashMap<String, String>;

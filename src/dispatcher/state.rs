@@ -1,0 +1,383 @@
+//! The dispatcher's state and what each command, tick and signal does to it.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use super::{Command, Error, HeldMap, Hello, Options, ToWorker, Welcome};
+use crate::events::Signal;
+use crate::scheduler::{self, Leased, now_ms};
+
+struct Session {
+    worker: String,
+    queues: Vec<String>,
+    /// Slots not running or reserved for a lease call in flight.
+    free: u32,
+    held: HeldMap,
+    out: mpsc::Sender<ToWorker>,
+    /// False while the stream is gone and the grace period runs.
+    connected: bool,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Ready jobs may exist: a wake arrived or the last lease call filled its batch.
+    maybe_ready: bool,
+    /// A lease or sweep call for this queue is running; one at a time per replica.
+    busy: bool,
+    /// When the earliest delayed job is due.
+    next_due_ms: Option<i64>,
+}
+
+pub(super) struct State {
+    pub(super) scheduler: scheduler::Handle,
+    pub(super) options: Options,
+    tx: mpsc::Sender<Command>,
+    sessions: HashMap<String, Session>,
+    queues: HashMap<String, Queue>,
+    draining: bool,
+}
+
+impl State {
+    pub(super) fn new(scheduler: scheduler::Handle, options: Options, tx: mpsc::Sender<Command>) -> Self {
+        Self { scheduler, options, tx, sessions: HashMap::new(), queues: HashMap::new(), draining: false }
+    }
+
+    fn later(&self, work: impl Future<Output = Command> + Send + 'static) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(work.await).await;
+        });
+    }
+
+    pub(super) fn handle(&mut self, command: Command) {
+        match command {
+            Command::Connect { session, hello, out, reply } => self.connect(session, hello, out, reply),
+            Command::Attached { session, kept, lost, reply } => {
+                let Some(s) = self.sessions.get_mut(&session) else {
+                    let _ = reply.send(Err(Error::ShuttingDown));
+                    return;
+                };
+                let mut welcome = Welcome { reattached: Vec::new(), lost };
+                for (queue, id) in kept {
+                    s.free = s.free.saturating_sub(1);
+                    s.held.insert(id.clone(), queue);
+                    welcome.reattached.push(id);
+                }
+                let queues = s.queues.clone();
+                let _ = reply.send(Ok(welcome));
+                queues.iter().for_each(|q| self.dispatch(q));
+            }
+            Command::Disconnected { session } => self.disconnected(session),
+            Command::GraceOver { session } => self.grace_over(session),
+            Command::Finished { session, job_id } => {
+                if let Some(s) = self.sessions.get_mut(&session)
+                    && s.held.remove(&job_id).is_some()
+                {
+                    s.free += 1;
+                    let queues = s.queues.clone();
+                    queues.iter().for_each(|q| self.dispatch(q));
+                }
+            }
+            Command::Leased { queue, session, reserved, result } => self.leased(queue, session, reserved, result),
+            Command::Swept { queue, result } => {
+                let q = self.queues.entry(queue.clone()).or_default();
+                q.busy = false;
+                if let Ok(leased) = result {
+                    q.next_due_ms = leased.next_due_ms;
+                    q.maybe_ready |= leased.more;
+                }
+                self.dispatch(&queue);
+            }
+            Command::Lost { ids } => {
+                let lost: HashSet<String> = ids.into_iter().collect();
+                self.stop_jobs(&lost, "the lease was lost (cancelled, timed out or reclaimed)");
+            }
+            Command::Signal(signal) => self.signal(signal),
+            Command::Drain { done } => {
+                self.draining = true;
+                for s in self.sessions.values() {
+                    let _ = s.out.try_send(ToWorker::Drain);
+                }
+                let _ = done.send(());
+            }
+        }
+    }
+
+    fn connect(
+        &mut self,
+        session: String,
+        hello: Hello,
+        out: mpsc::Sender<ToWorker>,
+        reply: tokio::sync::oneshot::Sender<Result<Welcome, Error>>,
+    ) {
+        if self.draining {
+            let _ = reply.send(Err(Error::ShuttingDown));
+            return;
+        }
+        // The same worker back within its grace period: its old session's leases move over.
+        self.sessions.retain(|_, s| s.connected || s.worker != hello.worker_id);
+        for q in &hello.queues {
+            self.queues.entry(q.clone()).or_default().maybe_ready = true;
+        }
+        let Hello { worker_id, queues, concurrency, held } = hello;
+        self.sessions.insert(
+            session.clone(),
+            Session { worker: worker_id.clone(), queues, free: concurrency, held: HashMap::new(), out, connected: true },
+        );
+        let scheduler = self.scheduler.clone();
+        self.later(async move {
+            match reattach(&scheduler, &session, &worker_id, held).await {
+                Ok((kept, lost)) => Command::Attached { session, kept, lost, reply },
+                Err(e) => {
+                    let _ = reply.send(Err(e.into()));
+                    Command::Disconnected { session }
+                }
+            }
+        });
+    }
+
+    fn disconnected(&mut self, session: String) {
+        let Some(s) = self.sessions.get_mut(&session) else { return };
+        if s.held.is_empty() {
+            self.sessions.remove(&session);
+            return;
+        }
+        s.connected = false;
+        let grace = self.options.grace;
+        self.later(async move {
+            tokio::time::sleep(grace).await;
+            Command::GraceOver { session }
+        });
+    }
+
+    /// The worker did not come back: its jobs go back to their queues now.
+    fn grace_over(&mut self, session: String) {
+        let Some(s) = self.sessions.get(&session) else { return };
+        if s.connected {
+            return;
+        }
+        let s = self.sessions.remove(&session).expect("checked above");
+        let reason = format!("worker {} disconnected and did not come back", s.worker);
+        for (queue, ids) in by_queue(s.held.iter().map(|(id, q)| (id.clone(), q.clone()))) {
+            let scheduler = self.scheduler.clone();
+            let (session, reason) = (session.clone(), reason.clone());
+            tokio::spawn(async move {
+                if let Err(e) = scheduler.release(&queue, &session, &reason, &ids).await {
+                    // The leases still expire on their own and get reclaimed by a sweep.
+                    tracing::warn!(error = %e, queue, "could not release a vanished worker's jobs");
+                }
+            });
+        }
+    }
+
+    /// Starts a lease call for `queue` if a connected session has free slots for it.
+    pub(super) fn dispatch(&mut self, queue: &str) {
+        if self.draining {
+            return;
+        }
+        let q = self.queues.entry(queue.to_string()).or_default();
+        if q.busy || !q.maybe_ready {
+            return;
+        }
+        let best = self
+            .sessions
+            .iter_mut()
+            .filter(|(_, s)| s.connected && s.free > 0 && s.queues.iter().any(|x| x == queue))
+            .max_by_key(|(_, s)| s.free);
+        let Some((session, s)) = best else { return };
+        let n = s.free.min(self.options.max_batch);
+        s.free -= n;
+        q.busy = true;
+        let (scheduler, queue, session, worker) =
+            (self.scheduler.clone(), queue.to_string(), session.clone(), s.worker.clone());
+        self.later(async move {
+            let result = scheduler.lease(&queue, n, &session, &worker).await;
+            Command::Leased { queue, session, reserved: n, result }
+        });
+    }
+
+    fn leased(&mut self, queue: String, session: String, reserved: u32, result: Result<Leased, scheduler::Error>) {
+        let q = self.queues.entry(queue.clone()).or_default();
+        q.busy = false;
+        let leased = match result {
+            Ok(leased) => leased,
+            Err(e) => {
+                // Redis is unavailable: give the slots back and let the next sweep retry.
+                tracing::warn!(error = %e, queue, "lease failed");
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.free += reserved;
+                }
+                return;
+            }
+        };
+        q.maybe_ready = leased.more;
+        q.next_due_ms = leased.next_due_ms;
+        let unused = reserved - leased.jobs.len() as u32;
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.free += unused;
+                let deadline_ms = now_ms() + self.scheduler.options().lease_ttl.as_millis() as i64;
+                for job in leased.jobs {
+                    s.held.insert(job.id.clone(), queue.clone());
+                    if s.out.try_send(ToWorker::Assign { job, deadline_ms }).is_err() {
+                        // Stream gone: the disconnect path (grace, then release) covers the job.
+                        tracing::debug!(session, "assignment to a closed stream");
+                    }
+                }
+            }
+            None => {
+                // The session ended while the call ran: hand its new jobs straight back.
+                let ids: Vec<String> = leased.jobs.into_iter().map(|j| j.id).collect();
+                let (scheduler, q2, s2) = (self.scheduler.clone(), queue.clone(), session.clone());
+                tokio::spawn(async move { scheduler.release(&q2, &s2, "worker disconnected", &ids).await });
+            }
+        }
+        self.dispatch(&queue);
+    }
+
+    fn signal(&mut self, signal: Signal) {
+        match signal {
+            Signal::Wake { queue, due_ms } => {
+                let q = self.queues.entry(queue.clone()).or_default();
+                match due_ms {
+                    Some(due) => q.next_due_ms = Some(q.next_due_ms.map_or(due, |d| d.min(due))),
+                    None => q.maybe_ready = true,
+                }
+                self.dispatch(&queue);
+            }
+            Signal::Cancelled { job_id } => {
+                self.stop_jobs(&HashSet::from([job_id]), "the job was cancelled");
+            }
+            Signal::Resubscribed => {
+                let names: Vec<String> = self.queues.keys().cloned().collect();
+                for name in names {
+                    self.queues.entry(name.clone()).or_default().maybe_ready = true;
+                    self.dispatch(&name);
+                }
+            }
+        }
+    }
+
+    /// Tells the workers running these jobs to stop, and frees their slots.
+    fn stop_jobs(&mut self, ids: &HashSet<String>, reason: &str) {
+        let mut touched = Vec::new();
+        for s in self.sessions.values_mut() {
+            let before = s.held.len();
+            s.held.retain(|id, _| {
+                let stop = ids.contains(id);
+                if stop {
+                    let _ = s.out.try_send(ToWorker::Cancel { job_id: id.clone(), reason: reason.to_string() });
+                }
+                !stop
+            });
+            let stopped = (before - s.held.len()) as u32;
+            if stopped > 0 {
+                s.free += stopped;
+                touched.extend(s.queues.iter().cloned());
+            }
+        }
+        touched.iter().for_each(|q| self.dispatch(q));
+    }
+
+    /// The periodic sweep: reclaim expired leases and promote due jobs in every known queue.
+    pub(super) fn sweep(&mut self) {
+        let names: Vec<String> = self.queues.keys().cloned().collect();
+        for name in names {
+            self.queues.entry(name.clone()).or_default().maybe_ready = true;
+            self.dispatch(&name);
+            self.sweep_one(&name);
+        }
+    }
+
+    /// A lease call with no slots: reclaims and promotes, for queues nobody here can lease for.
+    fn sweep_one(&mut self, queue: &str) {
+        let q = self.queues.entry(queue.to_string()).or_default();
+        if q.busy {
+            return;
+        }
+        q.busy = true;
+        let (scheduler, queue) = (self.scheduler.clone(), queue.to_string());
+        self.later(async move {
+            let result = scheduler.lease(&queue, 0, "", "").await;
+            Command::Swept { queue, result }
+        });
+    }
+
+    /// Renews every lease this replica holds: one call per queue.
+    pub(super) fn renew(&mut self) {
+        let mut per_queue: HashMap<String, Vec<(String, String)>> = HashMap::new();
+        for (session, s) in &self.sessions {
+            for (id, queue) in &s.held {
+                per_queue.entry(queue.clone()).or_default().push((id.clone(), session.clone()));
+            }
+        }
+        for (queue, held) in per_queue {
+            let scheduler = self.scheduler.clone();
+            self.later(async move {
+                match scheduler.renew(&queue, &held).await {
+                    Ok(ids) => Command::Lost { ids },
+                    Err(e) => {
+                        tracing::warn!(error = %e, queue, "lease renewal failed");
+                        Command::Lost { ids: Vec::new() }
+                    }
+                }
+            });
+        }
+    }
+
+    pub(super) fn next_due(&self) -> Option<Instant> {
+        let earliest = self.queues.values().filter_map(|q| q.next_due_ms).min()?;
+        let wait = (earliest - now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    /// Delayed work came due: promote it (and lease it, where a worker here has room).
+    pub(super) fn due(&mut self) {
+        let now = now_ms();
+        let due: Vec<String> =
+            self.queues.iter().filter(|(_, q)| q.next_due_ms.is_some_and(|d| d <= now)).map(|(n, _)| n.clone()).collect();
+        for name in due {
+            let q = self.queues.entry(name.clone()).or_default();
+            q.next_due_ms = None;
+            q.maybe_ready = true;
+            self.dispatch(&name);
+            self.sweep_one(&name);
+        }
+    }
+}
+
+fn by_queue(items: impl Iterator<Item = (String, String)>) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (id, queue) in items {
+        map.entry(queue).or_default().push(id);
+    }
+    map
+}
+
+/// Looks up the queues of held jobs and moves their valid leases to the new session.
+async fn reattach(
+    scheduler: &scheduler::Handle,
+    session: &str,
+    worker: &str,
+    held: Vec<(String, u64)>,
+) -> Result<(Vec<(String, String)>, Vec<String>), scheduler::Error> {
+    let mut per_queue: HashMap<String, Vec<(String, u64)>> = HashMap::new();
+    let mut lost = Vec::new();
+    for (id, token) in held {
+        match scheduler.locate(&id).await {
+            Ok(queue) => per_queue.entry(queue).or_default().push((id, token)),
+            Err(scheduler::Error::NotFound) => lost.push(id),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut kept = Vec::new();
+    for (queue, held) in per_queue {
+        let (ok, gone) = scheduler.reattach(&queue, session, worker, &held).await?;
+        kept.extend(ok.into_iter().map(|id| (queue.clone(), id)));
+        lost.extend(gone);
+    }
+    Ok((kept, lost))
+}
