@@ -56,8 +56,6 @@ pub enum ToWorker {
     Assign { job: Job, deadline_ms: i64 },
     Cancel { job_id: String, reason: String },
     Drain,
-    /// The answer to a report; `Ok` for a Complete or Fail, errors for any report.
-    Reported { job_id: String, token: u64, result: Result<(), scheduler::Error> },
 }
 
 /// A worker's first message, already validated.
@@ -101,6 +99,10 @@ pub struct Handle {
 impl Handle {
     pub fn options(&self) -> &Options {
         &self.options
+    }
+
+    pub fn lease_ttl(&self) -> Duration {
+        self.scheduler.options().lease_ttl
     }
 
     /// Registers a worker stream; re-attaches the leases it says it still holds.

@@ -1,9 +1,12 @@
 //! Conveyor: job orchestration over gRPC with a Redis lease scheduler and remote workers.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod config;
 pub mod dispatcher;
 pub mod events;
 pub mod scheduler;
+pub mod server;
 
 /// Code generated from `proto/conveyor/v1/*.proto`.
 pub mod proto {

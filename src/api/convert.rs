@@ -1,0 +1,128 @@
+//! Conversions between the scheduler's types and the generated protobuf types.
+
+use crate::dispatcher::ToWorker;
+use crate::proto;
+use crate::scheduler::{Event, EventKind, Job, JobState, Progress, Tier};
+
+pub fn timestamp(ms: i64) -> prost_types::Timestamp {
+    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+}
+
+fn duration_ms(ms: u64) -> prost_types::Duration {
+    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+}
+
+pub fn duration(d: std::time::Duration) -> prost_types::Duration {
+    duration_ms(d.as_millis() as u64)
+}
+
+pub fn state(s: JobState) -> proto::JobState {
+    match s {
+        JobState::Scheduled => proto::JobState::Scheduled,
+        JobState::Queued => proto::JobState::Queued,
+        JobState::Running => proto::JobState::Running,
+        JobState::Succeeded => proto::JobState::Succeeded,
+        JobState::Failed => proto::JobState::Failed,
+        JobState::Cancelled => proto::JobState::Cancelled,
+    }
+}
+
+fn tier(t: Tier) -> proto::Tier {
+    match t {
+        Tier::Free => proto::Tier::Free,
+        Tier::Pro => proto::Tier::Pro,
+        Tier::Premium => proto::Tier::Premium,
+        Tier::Enterprise => proto::Tier::Enterprise,
+    }
+}
+
+pub fn progress(p: Progress) -> proto::Progress {
+    proto::Progress { percent: p.percent, stage: p.stage, message: p.message }
+}
+
+pub fn job(j: Job) -> proto::Job {
+    proto::Job {
+        id: j.id,
+        queue: j.queue,
+        tier: tier(j.tier) as i32,
+        priority: j.priority as i32,
+        state: state(j.state) as i32,
+        payload: j.payload,
+        content_type: j.content_type,
+        labels: j.labels.into_iter().collect(),
+        attempt: j.attempt,
+        max_attempts: j.max_attempts,
+        progress: Some(progress(j.progress)),
+        result: j.result,
+        error: j.error,
+        worker_id: j.worker,
+        created_at: Some(timestamp(j.created_ms)),
+        run_at: Some(timestamp(j.run_at_ms)),
+        started_at: j.started_ms.map(timestamp),
+        finished_at: j.finished_ms.map(timestamp),
+        timeout: Some(duration_ms(j.timeout_ms)),
+        idempotency_key: j.idempotency_key,
+    }
+}
+
+pub fn snapshot(j: Job) -> proto::JobEvent {
+    proto::JobEvent {
+        job_id: j.id.clone(),
+        seq: j.seq,
+        kind: proto::job_event::Kind::Snapshot as i32,
+        state: state(j.state) as i32,
+        attempt: j.attempt,
+        time: Some(timestamp(crate::scheduler::now_ms())),
+        job: Some(job(j)),
+        ..Default::default()
+    }
+}
+
+pub fn event(e: Event) -> proto::JobEvent {
+    let mut out = proto::JobEvent {
+        job_id: e.job_id,
+        seq: e.seq,
+        attempt: e.attempt,
+        result: e.result,
+        error: e.error,
+        time: Some(timestamp(e.time_ms)),
+        ..Default::default()
+    };
+    match e.kind {
+        EventKind::State(s) => {
+            out.kind = proto::job_event::Kind::State as i32;
+            out.state = state(s) as i32;
+        }
+        EventKind::Progress(p) => {
+            out.kind = proto::job_event::Kind::Progress as i32;
+            out.state = proto::JobState::Running as i32;
+            out.progress = Some(progress(p));
+        }
+    }
+    out
+}
+
+pub fn to_worker(m: ToWorker) -> proto::ServerMessage {
+    use proto::server_message::Msg;
+    let msg = match m {
+        ToWorker::Assign { job: j, deadline_ms } => Msg::Assignment(proto::Assignment {
+            token: j.token,
+            attempt: j.attempt,
+            deadline: Some(timestamp(deadline_ms)),
+            trace_context: String::new(),
+            job: Some(job(j)),
+        }),
+        ToWorker::Cancel { job_id, reason } => Msg::Cancel(proto::CancelAssignment { job_id, reason }),
+        ToWorker::Drain => Msg::Drain(proto::Drain {}),
+    };
+    proto::ServerMessage { msg: Some(msg) }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_keep_milliseconds() {
+        let t = super::timestamp(1_700_000_000_123);
+        assert_eq!((t.seconds, t.nanos), (1_700_000_000, 123_000_000));
+    }
+}

@@ -1,0 +1,133 @@
+//! JobService: submit, read, list, cancel and watch jobs.
+
+use std::pin::Pin;
+
+use futures_util::Stream;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::status::{Error, invalid};
+use super::{Limits, convert, tenant, validate};
+use crate::events::{self, Item};
+use crate::proto::{self, job_service_server::JobService};
+use crate::scheduler;
+
+const DEFAULT_PAGE: u32 = 50;
+const MAX_PAGE: u32 = 500;
+
+pub struct Jobs {
+    scheduler: scheduler::Handle,
+    hub: events::Handle,
+    limits: Limits,
+    /// Turns true when the server shuts down; open watches then end with UNAVAILABLE.
+    stopping: watch::Receiver<bool>,
+}
+
+impl Jobs {
+    pub fn new(scheduler: scheduler::Handle, hub: events::Handle, limits: Limits, stopping: watch::Receiver<bool>) -> Self {
+        Self { scheduler, hub, limits, stopping }
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl JobService for Jobs {
+    async fn submit_job(
+        &self,
+        request: Request<proto::SubmitJobRequest>,
+    ) -> Result<Response<proto::SubmitJobResponse>, Status> {
+        let tenant = tenant(&request);
+        let job = validate::submit(request.into_inner(), &self.limits)?;
+        let (job, created) = self.scheduler.submit(&tenant, job).await.map_err(Error::from)?;
+        Ok(Response::new(proto::SubmitJobResponse { job: Some(convert::job(job)), created }))
+    }
+
+    async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::GetJobResponse>, Status> {
+        let tenant = tenant(&request);
+        let id = request.into_inner().job_id;
+        validate::job_id(&id)?;
+        let job = self.scheduler.get(&tenant, &id).await.map_err(Error::from)?;
+        Ok(Response::new(proto::GetJobResponse { job: Some(convert::job(job)) }))
+    }
+
+    async fn list_jobs(
+        &self,
+        request: Request<proto::ListJobsRequest>,
+    ) -> Result<Response<proto::ListJobsResponse>, Status> {
+        let tenant = tenant(&request);
+        let r = request.into_inner();
+        validate::queue(&r.queue)?;
+        let state = validate::state_filter(r.state)?;
+        let page_size = match r.page_size {
+            0 => DEFAULT_PAGE,
+            n if n > MAX_PAGE => return Err(invalid(format!("page_size: {n} is over {MAX_PAGE}")).into()),
+            n => n,
+        };
+        let cursor = match r.page_token.as_str() {
+            "" => None,
+            t if t.parse::<u64>().is_ok() => Some(t),
+            _ => return Err(invalid("page_token: not a token from a previous ListJobs").into()),
+        };
+        let page = self.scheduler.list(&tenant, &r.queue, state, page_size, cursor).await.map_err(Error::from)?;
+        Ok(Response::new(proto::ListJobsResponse {
+            jobs: page.jobs.into_iter().map(convert::job).collect(),
+            next_page_token: page.next_cursor.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_job(
+        &self,
+        request: Request<proto::CancelJobRequest>,
+    ) -> Result<Response<proto::CancelJobResponse>, Status> {
+        let tenant = tenant(&request);
+        let id = request.into_inner().job_id;
+        validate::job_id(&id)?;
+        let job = self.scheduler.cancel(&tenant, &id).await.map_err(Error::from)?;
+        Ok(Response::new(proto::CancelJobResponse { job: Some(convert::job(job)) }))
+    }
+
+    type WatchJobStream = EventStream;
+
+    async fn watch_job(&self, request: Request<proto::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+        let tenant = tenant(&request);
+        let r = request.into_inner();
+        validate::job_id(&r.job_id)?;
+        let items = events::watch(self.hub.clone(), self.scheduler.clone(), tenant, r.job_id, r.after_seq)
+            .await
+            .map_err(Error::from)?;
+        let events = items.map(|item| match item {
+            Ok(Item::Snapshot(job)) => Ok(convert::snapshot(job)),
+            Ok(Item::Event(event)) => Ok(convert::event(event)),
+            Err(e) => Err(Status::from(Error::from(e))),
+        });
+        Ok(Response::new(until_stopping(events, self.stopping.clone())))
+    }
+}
+
+/// Ends a watch with UNAVAILABLE when the server stops, so the client resumes elsewhere with
+/// `after_seq` instead of waiting on a dead stream.
+fn until_stopping(
+    mut events: impl Stream<Item = Result<proto::JobEvent, Status>> + Send + Unpin + 'static,
+    mut stopping: watch::Receiver<bool>,
+) -> EventStream {
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                next = events.next() => match next {
+                    Some(item) => if tx.send(item).await.is_err() { return },
+                    None => return,
+                },
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    let _ = tx.send(Err(Status::unavailable("server shutting down; watch again with after_seq"))).await;
+                    return;
+                }
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    Box::pin(ReceiverStream::new(rx))
+}

@@ -1,0 +1,200 @@
+//! Checks on request fields, each failure a message a person can act on.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::Limits;
+use super::status::{Error, invalid};
+use crate::proto;
+use crate::scheduler::{JobState, NewJob, Tier, now_ms};
+
+pub const MAX_QUEUE_LEN: usize = 128;
+pub const MAX_LABELS: usize = 64;
+pub const MAX_LABEL_KEY: usize = 63;
+pub const MAX_LABEL_VALUE: usize = 256;
+pub const MAX_ATTEMPTS: u32 = 100;
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
+pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+const MAX_DELAY_MS: i64 = 365 * 24 * 3600 * 1000;
+const MAX_CONTENT_TYPE: usize = 128;
+
+pub fn queue(name: &str) -> Result<(), Error> {
+    if name.is_empty() {
+        return Err(invalid("queue: must not be empty"));
+    }
+    if name.len() > MAX_QUEUE_LEN {
+        return Err(invalid(format!("queue: {} bytes is over the limit of {MAX_QUEUE_LEN}", name.len())));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
+        return Err(invalid(format!(
+            "queue: {c:?} is not allowed; use letters, digits, '-', '_' and '.'"
+        )));
+    }
+    Ok(())
+}
+
+pub fn job_id(id: &str) -> Result<(), Error> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| invalid(format!("job_id: {:?} is not a job id (a UUID)", truncate(id))))
+}
+
+pub fn tier(value: i32) -> Result<Tier, Error> {
+    Tier::from_i32(value).ok_or_else(|| {
+        invalid(format!("tier: {value} is not a tier; use FREE, PRO, PREMIUM or ENTERPRISE"))
+    })
+}
+
+/// `None` for UNSPECIFIED (any state), an error for values outside the enum.
+pub fn state_filter(value: i32) -> Result<Option<JobState>, Error> {
+    use proto::JobState as P;
+    Ok(Some(match P::try_from(value) {
+        Ok(P::Unspecified) => return Ok(None),
+        Ok(P::Scheduled) => JobState::Scheduled,
+        Ok(P::Queued) => JobState::Queued,
+        Ok(P::Running) => JobState::Running,
+        Ok(P::Succeeded) => JobState::Succeeded,
+        Ok(P::Failed) => JobState::Failed,
+        Ok(P::Cancelled) => JobState::Cancelled,
+        Err(_) => return Err(invalid(format!("state: {value} is not a job state"))),
+    }))
+}
+
+fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
+    if d.seconds < 0 || d.nanos < 0 {
+        return Err(invalid(format!("{name}: must not be negative")));
+    }
+    Ok(Duration::new(d.seconds as u64, d.nanos as u32))
+}
+
+fn bounded(name: &str, d: Option<&prost_types::Duration>, min: Duration, max: Duration) -> Result<Option<u64>, Error> {
+    let Some(d) = d else { return Ok(None) };
+    let d = duration(name, d)?;
+    if d < min || d > max {
+        return Err(invalid(format!("{name}: {d:?} is outside {min:?}..={max:?}")));
+    }
+    Ok(Some(d.as_millis() as u64))
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Error> {
+    queue(&r.queue)?;
+    let tier = tier(r.tier)?;
+    if r.payload.len() > limits.max_payload {
+        return Err(invalid(format!(
+            "payload: {} bytes is over the limit of {} bytes; store large inputs elsewhere and pass a reference",
+            r.payload.len(),
+            limits.max_payload
+        )));
+    }
+    let priority = r.priority.unwrap_or(5);
+    if !(1..=9).contains(&priority) {
+        return Err(invalid(format!("priority: {priority} is outside 1 (most urgent) ..= 9")));
+    }
+    if r.labels.len() > MAX_LABELS {
+        return Err(invalid(format!("labels: {} labels is over the limit of {MAX_LABELS}", r.labels.len())));
+    }
+    for (k, v) in &r.labels {
+        if k.is_empty() || k.len() > MAX_LABEL_KEY {
+            return Err(invalid(format!("labels: key {:?} must be 1..={MAX_LABEL_KEY} bytes", truncate(k))));
+        }
+        if v.len() > MAX_LABEL_VALUE {
+            return Err(invalid(format!("labels: value of {k:?} is over {MAX_LABEL_VALUE} bytes")));
+        }
+    }
+    if let Some(n) = r.max_attempts
+        && !(1..=MAX_ATTEMPTS).contains(&n)
+    {
+        return Err(invalid(format!("max_attempts: {n} is outside 1..={MAX_ATTEMPTS}")));
+    }
+    let second = Duration::from_secs(1);
+    let timeout_ms = bounded("timeout", r.timeout.as_ref(), second, MAX_TIMEOUT)?;
+    let day = Duration::from_secs(24 * 3600);
+    let backoff_initial_ms = bounded("backoff_initial", r.backoff_initial.as_ref(), Duration::from_millis(1), day)?;
+    let backoff_max_ms = bounded("backoff_max", r.backoff_max.as_ref(), Duration::from_millis(1), day)?;
+    let run_at_ms = run_at(r.run_at.as_ref(), r.delay.as_ref())?;
+    if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
+        return Err(invalid(format!("idempotency_key: over {MAX_IDEMPOTENCY_KEY} bytes")));
+    }
+    if r.content_type.len() > MAX_CONTENT_TYPE {
+        return Err(invalid(format!("content_type: over {MAX_CONTENT_TYPE} bytes")));
+    }
+    Ok(NewJob {
+        queue: r.queue,
+        tier,
+        priority: priority as u8,
+        payload: r.payload,
+        content_type: r.content_type,
+        labels: r.labels.into_iter().collect::<BTreeMap<_, _>>(),
+        max_attempts: r.max_attempts,
+        backoff_initial_ms,
+        backoff_max_ms,
+        timeout_ms,
+        run_at_ms,
+        idempotency_key: r.idempotency_key,
+    })
+}
+
+/// When the job may first run (unix ms); `None` for now.
+fn run_at(at: Option<&prost_types::Timestamp>, delay: Option<&prost_types::Duration>) -> Result<Option<i64>, Error> {
+    let now = now_ms();
+    match (at, delay) {
+        (Some(_), Some(_)) => Err(invalid("run_at and delay: give at most one")),
+        (None, Some(d)) => {
+            let d = duration("delay", d)?;
+            if d.as_millis() as i64 > MAX_DELAY_MS {
+                return Err(invalid("delay: more than 365 days"));
+            }
+            Ok(Some(now + d.as_millis() as i64))
+        }
+        (Some(t), None) => {
+            let ms = t.seconds.saturating_mul(1000).saturating_add(t.nanos as i64 / 1_000_000);
+            // A little in the past is clock skew (run now); far past or future is a mistake.
+            if ms < now - 3_600_000 || ms > now + MAX_DELAY_MS || t.nanos < 0 {
+                return Err(invalid("run_at: must be within the past hour and the next 365 days"));
+            }
+            Ok(Some(ms))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
+pub fn progress_percent(p: f32) -> Result<(), Error> {
+    if !p.is_finite() || !(0.0..=100.0).contains(&p) {
+        return Err(invalid(format!("progress.percent: {p} is outside 0..=100")));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_names() {
+        assert!(queue("render.v2_hd-1").is_ok());
+        for bad in ["", "has space", "tab\t", "ünï", &"q".repeat(129)] {
+            assert!(queue(bad).is_err(), "{bad:?}");
+        }
+        assert!(queue(&"q".repeat(128)).is_ok());
+    }
+
+    #[test]
+    fn percent_bounds() {
+        assert!(progress_percent(0.0).is_ok() && progress_percent(100.0).is_ok());
+        assert!(progress_percent(f32::NAN).is_err() && progress_percent(-1.0).is_err());
+        assert!(progress_percent(150.0).is_err());
+    }
+
+    #[test]
+    fn run_at_bounds() {
+        let t = |s| prost_types::Timestamp { seconds: s, nanos: 0 };
+        assert!(run_at(Some(&t(0)), None).is_err());
+        assert!(run_at(Some(&t(253_402_300_799)), None).is_err());
+        let neg = prost_types::Duration { seconds: -1, nanos: 0 };
+        assert!(run_at(None, Some(&neg)).is_err());
+    }
+}

@@ -1,0 +1,129 @@
+//! One `Config` for the server, from flags and environment variables (clap), with defaults.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{api, dispatcher, scheduler};
+
+/// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (a bare number is seconds).
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 500ms"))?;
+    let seconds = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+    };
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+fn parse_weights(text: &str) -> Result<[u32; 4], String> {
+    let parts: Vec<u32> = text
+        .split(',')
+        .map(|p| p.trim().parse::<u32>().ok().filter(|w| (1..=1000).contains(w)))
+        .collect::<Option<_>>()
+        .ok_or_else(|| format!("{text:?}: expected four weights 1..=1000 like 1,2,4,8"))?;
+    parts.try_into().map_err(|_| format!("{text:?}: expected four weights (FREE,PRO,PREMIUM,ENTERPRISE)"))
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct Config {
+    /// Address the gRPC server listens on.
+    #[arg(long, env = "CONVEYOR_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Redis holding queues, leases and events.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    pub redis_url: String,
+    /// The SQL system of record (job history; not used yet).
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+    /// Largest accepted job payload in bytes.
+    #[arg(long, env = "CONVEYOR_MAX_PAYLOAD", default_value_t = 1 << 20)]
+    pub max_payload: usize,
+    /// Fair-share weights of FREE,PRO,PREMIUM,ENTERPRISE.
+    #[arg(long, env = "CONVEYOR_TIER_WEIGHTS", default_value = "1,2,4,8", value_parser = parse_weights)]
+    pub tier_weights: [u32; 4],
+    /// Attempts per job unless the submit says otherwise.
+    #[arg(long, env = "CONVEYOR_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+    /// First retry delay (doubles per attempt, with jitter) unless the submit says otherwise.
+    #[arg(long, env = "CONVEYOR_BACKOFF", default_value = "1s", value_parser = parse_duration)]
+    pub backoff: Duration,
+    /// Ceiling of the retry delay.
+    #[arg(long, env = "CONVEYOR_BACKOFF_MAX", default_value = "5m", value_parser = parse_duration)]
+    pub backoff_max: Duration,
+    /// How long one attempt may run unless the submit says otherwise.
+    #[arg(long, env = "CONVEYOR_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// Lease length; renewed every third of it while the worker is connected.
+    #[arg(long, env = "CONVEYOR_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+    /// How long a disconnected worker's jobs wait for it to reconnect before being requeued.
+    #[arg(long, env = "CONVEYOR_GRACE", default_value = "15s", value_parser = parse_duration)]
+    pub grace: Duration,
+    /// Heartbeat interval on worker streams; three missed ones close the stream.
+    #[arg(long, env = "CONVEYOR_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
+    pub heartbeat: Duration,
+    /// How often each replica reclaims expired leases and promotes due jobs.
+    #[arg(long, env = "CONVEYOR_SWEEP", default_value = "5s", value_parser = parse_duration)]
+    pub sweep: Duration,
+    /// How long finished jobs stay readable in Redis.
+    #[arg(long, env = "CONVEYOR_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    pub retention: Duration,
+}
+
+impl Config {
+    /// The defaults, pointing at `redis_url`; what tests and `conveyor dev` start from.
+    pub fn with_redis(redis_url: impl Into<String>) -> Self {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            config: Config,
+        }
+        let mut config = Defaults::parse_from(["conveyor"]).config;
+        config.redis_url = redis_url.into();
+        config
+    }
+
+    pub fn scheduler(&self) -> scheduler::Options {
+        scheduler::Options {
+            lease_ttl: self.lease_ttl,
+            tier_weights: self.tier_weights,
+            max_attempts: self.max_attempts,
+            backoff_initial: self.backoff,
+            backoff_max: self.backoff_max,
+            timeout: self.timeout,
+            retention: self.retention,
+            ..Default::default()
+        }
+    }
+
+    pub fn dispatcher(&self) -> dispatcher::Options {
+        dispatcher::Options { grace: self.grace, heartbeat: self.heartbeat, sweep: self.sweep, ..Default::default() }
+    }
+
+    pub fn limits(&self) -> api::Limits {
+        api::Limits { max_payload: self.max_payload }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_weights() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
+        assert!(parse_duration("5 parsecs").is_err() && parse_duration("-1s").is_err());
+        assert_eq!(parse_weights("1,2,4,8"), Ok([1, 2, 4, 8]));
+        assert!(parse_weights("1,2,4").is_err() && parse_weights("0,1,1,1").is_err());
+    }
+}

@@ -1,0 +1,108 @@
+//! The server: `run(config, listener, shutdown)` wires Redis, the scheduler, the event hub, the
+//! dispatcher and the gRPC services, and serves until `shutdown` resolves.
+
+use std::time::Duration;
+
+use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::codec::CompressionEncoding;
+use tonic::service::interceptor::InterceptedService;
+
+use crate::config::Config;
+use crate::proto::job_service_server::JobServiceServer;
+use crate::proto::worker_service_server::WorkerServiceServer;
+use crate::{api, dispatcher, events, proto, scheduler};
+
+/// How long shutdown waits for open streams after telling workers to drain.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Room for the rest of a SubmitJob beside the largest payload, so a payload one byte over the
+/// limit reaches our own check (INVALID_ARGUMENT) while anything far bigger is refused by tonic.
+const ENVELOPE: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("redis at {url}: {source}")]
+    Redis { url: String, source: fred::error::Error },
+    #[error("gRPC server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+async fn connect(url: &str) -> Result<(fred::prelude::Client, fred::clients::SubscriberClient), Error> {
+    let redis_err = |source| Error::Redis { url: url.to_string(), source };
+    let config = RedisConfig::from_url(url).map_err(redis_err)?;
+    let mut builder = Builder::from_config(config);
+    builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    let client = builder.build().map_err(redis_err)?;
+    let subscriber = builder.build_subscriber_client().map_err(redis_err)?;
+    client.init().await.map_err(redis_err)?;
+    subscriber.init().await.map_err(redis_err)?;
+    Ok((client, subscriber))
+}
+
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let (redis, subscriber) = connect(&config.redis_url).await?;
+    let scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
+    let hub = events::Handle::default();
+    let (signals_tx, signals_rx) = mpsc::channel(1024);
+    let dispatcher = dispatcher::spawn(scheduler.clone(), config.dispatcher(), signals_rx);
+    let events_task = tokio::spawn(events::run(subscriber.clone(), hub.clone(), signals_tx));
+
+    let (stopping_tx, stopping) = watch::channel(false);
+    let drain = dispatcher.clone();
+    let stopped = async move {
+        shutdown.await;
+        tracing::info!("shutting down: draining workers and watchers");
+        drain.drain().await;
+        let _ = stopping_tx.send(true);
+    };
+    let mut stopped_rx = stopping.clone();
+
+    let max_message = config.max_payload + ENVELOPE;
+    let jobs = JobServiceServer::new(api::Jobs::new(scheduler.clone(), hub, config.limits(), stopping))
+        .max_decoding_message_size(max_message)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let workers = WorkerServiceServer::new(api::Workers::new(dispatcher.clone()))
+        .max_decoding_message_size(max_message)
+        .accept_compressed(CompressionEncoding::Gzip);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<JobServiceServer<api::Jobs>>().await;
+    health.set_serving::<WorkerServiceServer<api::Workers>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+
+    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
+    let server = tonic::transport::Server::builder()
+        .tcp_nodelay(true)
+        // Dead peers are noticed within seconds even when no message is due.
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(5)))
+        .add_service(InterceptedService::new(jobs, api::identify))
+        .add_service(InterceptedService::new(workers, api::identify))
+        .add_service(health_service)
+        .add_service(reflection)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped);
+    let result = tokio::select! {
+        result = server => result.map_err(Error::from),
+        _ = async {
+            let _ = stopped_rx.wait_for(|s| *s).await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!("streams still open after {SHUTDOWN_GRACE:?}; closing them");
+            Ok(())
+        }
+    };
+    events_task.abort();
+    let _ = subscriber.quit().await;
+    let _ = redis.quit().await;
+    result
+}
