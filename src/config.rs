@@ -36,9 +36,10 @@ pub struct Config {
     /// Address the gRPC server listens on.
     #[arg(long, env = "CONVEYOR_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// Redis holding queues, leases and events.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
-    pub redis_url: String,
+    /// Redis holding queues, leases and events. `serve` defaults to redis://127.0.0.1:6379;
+    /// `dev` starts a private redis-server when it is not set.
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
     /// The SQL system of record (job history; not used yet).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
@@ -87,8 +88,12 @@ impl Config {
             config: Config,
         }
         let mut config = Defaults::parse_from(["conveyor"]).config;
-        config.redis_url = redis_url.into();
+        config.redis_url = Some(redis_url.into());
         config
+    }
+
+    pub fn redis_url(&self) -> &str {
+        self.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379")
     }
 
     pub fn scheduler(&self) -> scheduler::Options {

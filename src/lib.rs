@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod config;
+pub mod dev;
 pub mod dispatcher;
 pub mod events;
 pub mod scheduler;

@@ -1,1 +1,87 @@
-fn main() {}
+//! The `conveyor` command: parses the CLI and calls into the library.
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::net::TcpListener;
+
+use conveyor::config::Config;
+use conveyor::{dev, server};
+
+#[derive(Parser)]
+#[command(name = "conveyor", version, about = "Job orchestration over gRPC: submit, run on remote workers, watch live.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server against REDIS_URL (default redis://127.0.0.1:6379).
+    Serve(Config),
+    /// Run a server for a laptop: without REDIS_URL it starts a private redis-server.
+    Dev {
+        #[command(flatten)]
+        config: Config,
+        /// Where the private redis-server keeps its data.
+        #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
+        data_dir: PathBuf,
+    },
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+    }
+}
+
+async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+    let listener = TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e} (set CONVEYOR_LISTEN or --listen)", config.listen))?;
+    server::run(config, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
+        Command::Serve(config) => {
+            init_logging("info");
+            serve(config).await.map(|_| ExitCode::SUCCESS)
+        }
+        Command::Dev { mut config, data_dir } => {
+            init_logging("info");
+            async {
+                let _redis = match config.redis_url {
+                    Some(_) => None,
+                    None => {
+                        let redis = dev::start_redis(&data_dir.join("redis")).await?;
+                        tracing::info!(url = redis.url, dir = %data_dir.display(), "started a private redis-server");
+                        config.redis_url = Some(redis.url.clone());
+                        Some(redis)
+                    }
+                };
+                serve(config).await?;
+                Ok(ExitCode::SUCCESS)
+            }
+            .await
+        }
+    };
+    outcome.unwrap_or_else(|e| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    })
+}

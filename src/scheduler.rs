@@ -180,7 +180,12 @@ impl Handle {
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Job, Error> {
         let queue = self.locate(id).await?;
         let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
-        if matches!(&fields, Value::Array(a) if a.is_empty()) || fields.is_null() {
+        let empty = match &fields {
+            Value::Array(a) => a.is_empty(),
+            Value::Map(m) => m.is_empty(),
+            other => other.is_null(),
+        };
+        if empty {
             return Err(Error::NotFound);
         }
         let job = Job::from_fields(fields)?;

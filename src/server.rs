@@ -48,7 +48,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (redis, subscriber) = connect(&config.redis_url).await?;
+    let (redis, subscriber) = connect(config.redis_url()).await?;
     let scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
     let hub = events::Handle::default();
     let (signals_tx, signals_rx) = mpsc::channel(1024);

@@ -120,13 +120,21 @@ pub struct Job {
 impl Job {
     /// Decodes a `HGETALL` reply (a flat field/value array).
     pub fn from_fields(value: Value) -> Result<Job, Error> {
-        let Value::Array(items) = value else {
-            return Err(Error::Corrupt("job reply is not an array".into()));
-        };
         let mut fields: BTreeMap<String, Value> = BTreeMap::new();
-        let mut it = items.into_iter();
-        while let (Some(k), Some(v)) = (it.next(), it.next()) {
-            fields.insert(k.as_string().unwrap_or_default(), v);
+        match value {
+            // Replies from scripts are flat arrays; HGETALL from fred arrives as a map.
+            Value::Array(items) => {
+                let mut it = items.into_iter();
+                while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                    fields.insert(k.as_string().unwrap_or_default(), v);
+                }
+            }
+            Value::Map(map) => {
+                for (k, v) in map.inner() {
+                    fields.insert(k.as_str().unwrap_or_default().to_string(), v);
+                }
+            }
+            _ => return Err(Error::Corrupt("job reply is not an array".into())),
         }
         let text = |name: &str| -> String {
             fields.get(name).and_then(Value::as_string).unwrap_or_default()

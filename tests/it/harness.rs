@@ -1,0 +1,290 @@
+//! Starts real servers for a test: a private redis-server on a free port and Conveyor
+//! in-process on an ephemeral port, and hands out generated gRPC clients.
+
+use std::future::Future;
+use std::net::TcpListener as StdListener;
+use std::process::Stdio;
+use std::time::Duration;
+
+use conveyor::config::Config;
+use conveyor::proto::job_service_client::JobServiceClient;
+use conveyor::proto::worker_service_client::WorkerServiceClient;
+use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Channel;
+
+pub const DEADLINE: Duration = Duration::from_secs(20);
+
+/// Polls `check` until it returns `Some`, failing the test after `DEADLINE`.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A private redis-server; killed on drop.
+pub struct Redis {
+    pub port: u16,
+    _child: tokio::process::Child,
+}
+
+impl Redis {
+    pub async fn start() -> Redis {
+        let port = free_port();
+        let child = tokio::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("redis-server must be installed (apt-get install redis-server)");
+        let redis = Redis { port, _child: child };
+        eventually("redis-server to answer", || redis.ping()).await;
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    async fn ping(&self) -> Option<()> {
+        let reply = self.command(&["PING"]).await?;
+        (reply == "+PONG\r\n").then_some(())
+    }
+
+    /// Sends one command and returns the raw RESP reply (enough for tests).
+    pub async fn command(&self, args: &[&str]) -> Option<String> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.ok()?;
+        let mut out = format!("*{}\r\n", args.len());
+        for a in args {
+            out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+        stream.write_all(out.as_bytes()).await.ok()?;
+        let mut buf = vec![0u8; 1 << 20];
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.ok()?.ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    }
+}
+
+/// The test defaults: short timers so failure paths finish in well under a second.
+pub fn config(redis: &Redis) -> Config {
+    let mut c = Config::with_redis(redis.url());
+    c.grace = Duration::from_millis(500);
+    c.heartbeat = Duration::from_millis(500);
+    c.sweep = Duration::from_millis(500);
+    c.backoff = Duration::from_millis(50);
+    c.backoff_max = Duration::from_millis(400);
+    c
+}
+
+/// A Conveyor server running in this process.
+pub struct Server {
+    pub addr: String,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub async fn start(config: Config) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = format!("http://{}", listener.local_addr().unwrap());
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            conveyor::server::run(config, listener, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("server failed");
+        });
+        Server { addr, stop: Some(stop), task: Some(task) }
+    }
+
+    pub async fn channel(&self) -> Channel {
+        tonic::transport::Endpoint::from_shared(self.addr.clone()).unwrap().connect().await.unwrap()
+    }
+
+    pub async fn jobs(&self) -> JobServiceClient<Channel> {
+        JobServiceClient::new(self.channel().await)
+    }
+
+    /// Stops the server the way SIGTERM would (workers get Drain) and waits for it.
+    pub async fn stop(mut self) {
+        let _ = self.stop.take().unwrap().send(());
+        let _ = self.task.take().unwrap().await;
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Server logs go to the test's output (shown for failing tests); RUST_LOG filters them.
+pub fn logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+}
+
+/// Redis plus one server: what most tests need.
+pub async fn start() -> (Redis, Server) {
+    logs();
+    let redis = Redis::start().await;
+    let server = Server::start(config(&redis)).await;
+    (redis, server)
+}
+
+pub fn submit(queue: &str, payload: &str) -> proto::SubmitJobRequest {
+    proto::SubmitJobRequest {
+        queue: queue.into(),
+        payload: payload.as_bytes().to_vec(),
+        tier: proto::Tier::Free as i32,
+        ..Default::default()
+    }
+}
+
+pub async fn submit_job(jobs: &mut JobServiceClient<Channel>, req: proto::SubmitJobRequest) -> proto::Job {
+    jobs.submit_job(req).await.expect("submit").into_inner().job.unwrap()
+}
+
+pub async fn get(jobs: &mut JobServiceClient<Channel>, id: &str) -> proto::Job {
+    jobs.get_job(proto::GetJobRequest { job_id: id.into() }).await.expect("get").into_inner().job.unwrap()
+}
+
+pub async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, state: proto::JobState) -> proto::Job {
+    eventually(&format!("job {id} to be {state:?}"), || {
+        let mut jobs = jobs.clone();
+        async move {
+            let job = get(&mut jobs, id).await;
+            (job.state == state as i32).then_some(job)
+        }
+    })
+    .await
+}
+
+/// Drives the worker protocol by hand, so tests can say exactly what a worker sends.
+pub struct Worker {
+    pub tx: mpsc::Sender<proto::WorkerMessage>,
+    pub rx: tonic::Streaming<proto::ServerMessage>,
+    pub welcome: proto::Welcome,
+}
+
+pub fn hello(queues: &[&str], concurrency: u32, worker_id: &str) -> proto::Hello {
+    proto::Hello {
+        queues: queues.iter().map(|q| q.to_string()).collect(),
+        concurrency,
+        worker_id: worker_id.into(),
+        version: "test".into(),
+        ..Default::default()
+    }
+}
+
+impl Worker {
+    /// Opens a stream whose first message is `first` and returns the stream's two ends.
+    pub async fn open(
+        server: &Server,
+        first: WorkerMsg,
+    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, tonic::Streaming<proto::ServerMessage>), tonic::Status> {
+        let (tx, rx) = mpsc::channel(64);
+        tx.send(proto::WorkerMessage { msg: Some(first) }).await.unwrap();
+        let mut client = WorkerServiceClient::new(server.channel().await);
+        let response = client.connect(ReceiverStream::new(rx)).await?;
+        Ok((tx, response.into_inner()))
+    }
+
+    pub async fn connect_with(server: &Server, hello: proto::Hello) -> Worker {
+        let (tx, mut rx) = Worker::open(server, WorkerMsg::Hello(hello)).await.expect("connect");
+        let welcome = match rx.next().await {
+            Some(Ok(proto::ServerMessage { msg: Some(ServerMsg::Welcome(w)) })) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        Worker { tx, rx, welcome }
+    }
+
+    pub async fn connect(server: &Server, queues: &[&str], concurrency: u32) -> Worker {
+        Worker::connect_with(server, hello(queues, concurrency, "")).await
+    }
+
+    pub async fn send(&self, msg: WorkerMsg) {
+        self.tx.send(proto::WorkerMessage { msg: Some(msg) }).await.unwrap();
+    }
+
+    /// The next message other than a heartbeat.
+    pub async fn recv(&mut self) -> ServerMsg {
+        loop {
+            let next = tokio::time::timeout(DEADLINE, self.rx.next()).await.expect("server message in time");
+            match next {
+                Some(Ok(proto::ServerMessage { msg: Some(ServerMsg::Heartbeat(_)) })) => continue,
+                Some(Ok(proto::ServerMessage { msg: Some(m) })) => return m,
+                other => panic!("worker stream ended: {other:?}"),
+            }
+        }
+    }
+
+    pub async fn assignment(&mut self) -> proto::Assignment {
+        match self.recv().await {
+            ServerMsg::Assignment(a) => a,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    pub async fn report_result(&mut self) -> proto::ReportResult {
+        match self.recv().await {
+            ServerMsg::ReportResult(r) => r,
+            other => panic!("expected a report result, got {other:?}"),
+        }
+    }
+
+    pub async fn progress(&self, a: &proto::Assignment, percent: f32, stage: &str) {
+        let job_id = a.job.as_ref().unwrap().id.clone();
+        let progress = Some(proto::Progress { percent, stage: stage.into(), message: String::new() });
+        self.send(WorkerMsg::Progress(proto::ProgressReport { job_id, token: a.token, progress })).await;
+    }
+
+    pub async fn complete(&mut self, job_id: &str, token: u64, result: &str) -> proto::ReportResult {
+        let c = proto::Complete { job_id: job_id.into(), token, result: result.into() };
+        self.send(WorkerMsg::Complete(c)).await;
+        self.report_result().await
+    }
+
+    pub async fn fail(&mut self, job_id: &str, token: u64, error: &str, retryable: bool) -> proto::ReportResult {
+        let f = proto::Fail { job_id: job_id.into(), token, error: error.into(), retryable };
+        self.send(WorkerMsg::Fail(f)).await;
+        self.report_result().await
+    }
+}
+
+/// Collects a WatchJob stream to its end.
+pub async fn watch_all(jobs: &mut JobServiceClient<Channel>, id: &str, after_seq: Option<u64>) -> Vec<proto::JobEvent> {
+    let mut stream = jobs
+        .watch_job(proto::WatchJobRequest { job_id: id.into(), after_seq })
+        .await
+        .expect("watch")
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(event) = tokio::time::timeout(DEADLINE, stream.next()).await.expect("event in time") {
+        events.push(event.expect("event"));
+    }
+    events
+}
