@@ -1,4 +1,7 @@
 //! Integration tests: real redis-server, real Conveyor servers, generated gRPC clients.
 
+mod fairness;
 mod harness;
 mod jobs;
+mod replicas;
+mod workers;
