@@ -1,0 +1,41 @@
+//! On demand, not in CI: what one job costs Redis, from submit to completion, by
+//! `INFO commandstats`. Run: `cargo test --test it -- --ignored --nocapture redis_commands_per_job`
+
+use std::collections::BTreeMap;
+
+use crate::harness::{self, Worker, submit, submit_job};
+
+fn commandstats(info: &str) -> BTreeMap<String, u64> {
+    info.lines()
+        .filter_map(|l| l.strip_prefix("cmdstat_"))
+        .filter_map(|l| {
+            let (name, rest) = l.split_once(':')?;
+            let calls = rest.split(',').find_map(|kv| kv.strip_prefix("calls="))?;
+            Some((name.to_string(), calls.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test]
+#[ignore = "prints figures; run on demand"]
+async fn redis_commands_per_job() {
+    const JOBS: u64 = 200;
+    let (redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    redis.command(&["CONFIG", "RESETSTAT"]).await.unwrap();
+    for i in 0..JOBS {
+        let job = submit_job(&mut jobs, submit("render", &i.to_string())).await;
+        let a = worker.assignment().await;
+        assert_eq!(a.job.as_ref().unwrap().id, job.id);
+        worker.progress(&a, 50.0, "half").await;
+        assert_eq!(worker.complete(&job.id, a.token, "{}").await.code, 0);
+    }
+    let stats = commandstats(&redis.command(&["INFO", "commandstats"]).await.unwrap());
+    let total: u64 = stats.values().sum();
+    println!("Redis commands per job (submit, lease, 1 progress, complete; {JOBS} jobs, one worker):");
+    for (name, calls) in &stats {
+        println!("  {name:<14} {:>6.2}", *calls as f64 / JOBS as f64);
+    }
+    println!("  {:<14} {:>6.2}", "total", total as f64 / JOBS as f64);
+}
