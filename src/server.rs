@@ -36,6 +36,9 @@ async fn connect(url: &str) -> Result<(fred::prelude::Client, fred::clients::Sub
     let config = RedisConfig::from_url(url).map_err(redis_err)?;
     let mut builder = Builder::from_config(config);
     builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
+    // The subscriber hands every event of the replica to one task; a bigger buffer means a burst
+    // does not overflow it (which would make every watcher re-read from Redis).
+    builder.with_performance_config(|p| p.broadcast_channel_capacity = 16 * 1024);
     let client = builder.build().map_err(redis_err)?;
     let subscriber = builder.build_subscriber_client().map_err(redis_err)?;
     client.init().await.map_err(redis_err)?;

@@ -117,8 +117,7 @@ impl State {
             let _ = reply.send(Err(Error::ShuttingDown));
             return;
         }
-        // The same worker back within its grace period: its old session's leases move over.
-        self.sessions.retain(|_, s| s.connected || s.worker != hello.worker_id);
+        self.replace_sessions_of(&hello);
         for q in &hello.queues {
             self.queues.entry(q.clone()).or_default().maybe_ready = true;
         }
@@ -137,6 +136,25 @@ impl State {
                 }
             }
         });
+    }
+
+    /// A Hello with a known worker id means that worker's earlier stream is dead, even if this
+    /// replica has not noticed yet. Its session goes; the leases the worker still holds move to
+    /// the new session (`reattach`), and the others go back to their queues now.
+    fn replace_sessions_of(&mut self, hello: &Hello) {
+        let still_held: HashSet<&str> = hello.held.iter().map(|(id, _)| id.as_str()).collect();
+        let old: Vec<String> =
+            self.sessions.iter().filter(|(_, s)| s.worker == hello.worker_id).map(|(id, _)| id.clone()).collect();
+        for session in old {
+            let s = self.sessions.remove(&session).expect("listed above");
+            let orphans = s.held.into_iter().filter(|(id, _)| !still_held.contains(id.as_str()));
+            for (queue, ids) in by_queue(orphans) {
+                let (scheduler, session) = (self.scheduler.clone(), session.clone());
+                tokio::spawn(async move {
+                    let _ = scheduler.release(&queue, &session, "the worker reconnected without this job", &ids).await;
+                });
+            }
+        }
     }
 
     fn disconnected(&mut self, session: String) {
@@ -349,7 +367,7 @@ impl State {
     }
 }
 
-fn by_queue(items: impl Iterator<Item = (String, String)>) -> HashMap<String, Vec<String>> {
+fn by_queue(items: impl IntoIterator<Item = (String, String)>) -> HashMap<String, Vec<String>> {
     let mut map: HashMap<String, Vec<String>> = HashMap::new();
     for (id, queue) in items {
         map.entry(queue).or_default().push(id);
