@@ -11,7 +11,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .file_descriptor_set_path(out.join("conveyor_descriptor.bin"))
         .compile_with_config(
             config,
-            &["proto/conveyor/v1/jobs.proto", "proto/conveyor/v1/workers.proto"],
+            &[
+                "proto/conveyor/v1/jobs.proto",
+                "proto/conveyor/v1/workers.proto",
+            ],
             &["proto"],
         )?;
     println!("cargo:rerun-if-changed=proto");

@@ -23,7 +23,9 @@ pub const DEFAULT_TENANT: &str = "default";
 /// Tags a request with its tenant (the place authentication will plug in).
 #[allow(clippy::result_large_err)]
 pub fn identify(mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-    request.extensions_mut().insert(Tenant(DEFAULT_TENANT.to_string()));
+    request
+        .extensions_mut()
+        .insert(Tenant(DEFAULT_TENANT.to_string()));
     Ok(request)
 }
 
@@ -44,6 +46,8 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { max_payload: 1 << 20 }
+        Self {
+            max_payload: 1 << 20,
+        }
     }
 }

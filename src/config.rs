@@ -8,16 +8,24 @@ use crate::{api, dispatcher, scheduler};
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let n: f64 = number.parse().map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 500ms"))?;
+    let n: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 30s, 5m or 500ms"))?;
     let seconds = match unit {
         "ms" => n / 1000.0,
         "" | "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
         "d" => n * 86400.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?}; use ms, s, m, h or d")),
+        _ => {
+            return Err(format!(
+                "{text:?}: unknown unit {unit:?}; use ms, s, m, h or d"
+            ));
+        }
     };
     Ok(Duration::from_secs_f64(seconds))
 }
@@ -25,10 +33,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 fn parse_weights(text: &str) -> Result<[u32; 4], String> {
     let parts: Vec<u32> = text
         .split(',')
-        .map(|p| p.trim().parse::<u32>().ok().filter(|w| (1..=1000).contains(w)))
+        .map(|p| {
+            p.trim()
+                .parse::<u32>()
+                .ok()
+                .filter(|w| (1..=1000).contains(w))
+        })
         .collect::<Option<_>>()
         .ok_or_else(|| format!("{text:?}: expected four weights 1..=1000 like 1,2,4,8"))?;
-    parts.try_into().map_err(|_| format!("{text:?}: expected four weights (FREE,PRO,PREMIUM,ENTERPRISE)"))
+    parts
+        .try_into()
+        .map_err(|_| format!("{text:?}: expected four weights (FREE,PRO,PREMIUM,ENTERPRISE)"))
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -93,7 +108,9 @@ impl Config {
     }
 
     pub fn redis_url(&self) -> &str {
-        self.redis_url.as_deref().unwrap_or("redis://127.0.0.1:6379")
+        self.redis_url
+            .as_deref()
+            .unwrap_or("redis://127.0.0.1:6379")
     }
 
     pub fn scheduler(&self) -> scheduler::Options {
@@ -110,11 +127,18 @@ impl Config {
     }
 
     pub fn dispatcher(&self) -> dispatcher::Options {
-        dispatcher::Options { grace: self.grace, heartbeat: self.heartbeat, sweep: self.sweep, ..Default::default() }
+        dispatcher::Options {
+            grace: self.grace,
+            heartbeat: self.heartbeat,
+            sweep: self.sweep,
+            ..Default::default()
+        }
     }
 
     pub fn limits(&self) -> api::Limits {
-        api::Limits { max_payload: self.max_payload }
+        api::Limits {
+            max_payload: self.max_payload,
+        }
     }
 }
 

@@ -38,7 +38,9 @@ fn on_path(program: &str) -> bool {
 }
 
 async fn answers_ping(port: u16) -> bool {
-    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else { return false };
+    let Ok(mut stream) = TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
     let mut reply = [0u8; 7];
     stream.write_all(b"PING\r\n").await.is_ok()
         && stream.read_exact(&mut reply).await.is_ok()
@@ -55,7 +57,16 @@ pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
     let port = free_port()?;
     let log = dir.join("redis.log");
     let child = Command::new("redis-server")
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "yes"])
+        .args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "yes",
+        ])
         .arg("--dir")
         .arg(dir)
         .arg("--logfile")
@@ -71,5 +82,8 @@ pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    Ok(Redis { url: format!("redis://127.0.0.1:{port}"), _child: child })
+    Ok(Redis {
+        url: format!("redis://127.0.0.1:{port}"),
+        _child: child,
+    })
 }

@@ -53,7 +53,7 @@ pub enum Error {
 /// What the dispatcher sends down a worker's stream.
 #[derive(Debug)]
 pub enum ToWorker {
-    Assign { job: Job, deadline_ms: i64 },
+    Assign { job: Box<Job>, deadline_ms: i64 },
     Cancel { job_id: String, reason: String },
     Drain,
 }
@@ -76,17 +76,46 @@ pub struct Welcome {
 }
 
 enum Command {
-    Connect { session: String, hello: Hello, out: mpsc::Sender<ToWorker>, reply: oneshot::Sender<Result<Welcome, Error>> },
-    Attached { session: String, kept: Vec<(String, String)>, lost: Vec<String>, reply: oneshot::Sender<Result<Welcome, Error>> },
-    Disconnected { session: String },
-    GraceOver { session: String },
+    Connect {
+        session: String,
+        hello: Hello,
+        out: mpsc::Sender<ToWorker>,
+        reply: oneshot::Sender<Result<Welcome, Error>>,
+    },
+    Attached {
+        session: String,
+        kept: Vec<(String, String)>,
+        lost: Vec<String>,
+        reply: oneshot::Sender<Result<Welcome, Error>>,
+    },
+    Disconnected {
+        session: String,
+    },
+    GraceOver {
+        session: String,
+    },
     /// A Complete or Fail was handled: the slot is free again.
-    Finished { session: String, job_id: String },
-    Leased { queue: String, session: String, reserved: u32, result: Result<Leased, scheduler::Error> },
-    Swept { queue: String, result: Result<Leased, scheduler::Error> },
-    Lost { ids: Vec<String> },
+    Finished {
+        session: String,
+        job_id: String,
+    },
+    Leased {
+        queue: String,
+        session: String,
+        reserved: u32,
+        result: Result<Leased, scheduler::Error>,
+    },
+    Swept {
+        queue: String,
+        result: Result<Leased, scheduler::Error>,
+    },
+    Lost {
+        ids: Vec<String>,
+    },
     Signal(Signal),
-    Drain { done: oneshot::Sender<()> },
+    Drain {
+        done: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Clone)]
@@ -112,7 +141,13 @@ impl Handle {
         let (out, rx) = mpsc::channel(hello.concurrency as usize + 256);
         let (reply, welcome) = oneshot::channel();
         let worker_id = hello.worker_id.clone();
-        self.send(Command::Connect { session: session.clone(), hello, out, reply }).await?;
+        self.send(Command::Connect {
+            session: session.clone(),
+            hello,
+            out,
+            reply,
+        })
+        .await?;
         let welcome = welcome.await.map_err(|_| Error::ShuttingDown)??;
         Ok((Link::new(self.clone(), session, worker_id, rx), welcome))
     }
@@ -136,15 +171,27 @@ impl Handle {
 }
 
 /// Starts the service loop; it ends when every `Handle` is dropped and `signals` closes.
-pub fn spawn(scheduler: scheduler::Handle, options: Options, signals: mpsc::Receiver<Signal>) -> Handle {
+pub fn spawn(
+    scheduler: scheduler::Handle,
+    options: Options,
+    signals: mpsc::Receiver<Signal>,
+) -> Handle {
     let (tx, rx) = mpsc::channel(4096);
-    let handle = Handle { tx: tx.clone(), scheduler: scheduler.clone(), options: options.clone() };
+    let handle = Handle {
+        tx: tx.clone(),
+        scheduler: scheduler.clone(),
+        options: options.clone(),
+    };
     let state = State::new(scheduler, options, tx);
     tokio::spawn(run(state, rx, signals));
     handle
 }
 
-async fn run(mut state: State, mut commands: mpsc::Receiver<Command>, mut signals: mpsc::Receiver<Signal>) {
+async fn run(
+    mut state: State,
+    mut commands: mpsc::Receiver<Command>,
+    mut signals: mpsc::Receiver<Signal>,
+) {
     let period = state.options.sweep;
     let mut sweep = tokio::time::interval_at(Instant::now() + period, period);
     let renew_every = state.scheduler.options().lease_ttl / 3;

@@ -29,9 +29,12 @@ pub enum Signal {
 /// job's log in Redis, so one slow client never holds memory or the others back.
 const WATCHER_BUFFER: usize = 64;
 
+/// Watchers by job id: (watcher id, its buffer).
+type Watchers = HashMap<String, Vec<(u64, mpsc::Sender<Event>)>>;
+
 #[derive(Clone, Default)]
 pub struct Handle {
-    watchers: Arc<Mutex<HashMap<String, Vec<(u64, mpsc::Sender<Event>)>>>>,
+    watchers: Arc<Mutex<Watchers>>,
     next_id: Arc<AtomicU64>,
 }
 
@@ -54,8 +57,16 @@ impl Handle {
         let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.entry(job_id.to_string()).or_default().push((id, tx));
-        Subscription { rx, hub: self.clone(), job_id: job_id.to_string(), id }
+        watchers
+            .entry(job_id.to_string())
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            rx,
+            hub: self.clone(),
+            job_id: job_id.to_string(),
+            id,
+        }
     }
 
     fn remove(&self, job_id: &str, id: u64) {
@@ -81,7 +92,10 @@ impl Handle {
 
     /// Cuts every watcher loose, so each re-reads what it may have missed.
     fn reset(&self) {
-        self.watchers.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.watchers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 
     pub fn watcher_count(&self) -> usize {
@@ -99,7 +113,9 @@ pub async fn run(
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
     let _resubscribe = subscriber.manage_subscriptions();
-    subscriber.subscribe(vec![keys::EVENTS_CHANNEL, keys::WAKE_CHANNEL]).await?;
+    subscriber
+        .subscribe(vec![keys::EVENTS_CHANNEL, keys::WAKE_CHANNEL])
+        .await?;
     loop {
         tokio::select! {
             message = messages.recv() => {

@@ -13,5 +13,6 @@ pub mod server;
 pub mod proto {
     tonic::include_proto!("conveyor.v1");
     /// The encoded descriptors, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("conveyor_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("conveyor_descriptor");
 }

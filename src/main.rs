@@ -11,7 +11,11 @@ use conveyor::config::Config;
 use conveyor::{dev, server};
 
 #[derive(Parser)]
-#[command(name = "conveyor", version, about = "Job orchestration over gRPC: submit, run on remote workers, watch live.")]
+#[command(
+    name = "conveyor",
+    version,
+    about = "Job orchestration over gRPC: submit, run on remote workers, watch live."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -34,7 +38,10 @@ enum Command {
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 /// Resolves on Ctrl-C or SIGTERM.
@@ -47,9 +54,12 @@ async fn shutdown_signal() {
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .map_err(|e| format!("cannot listen on {}: {e} (set CONVEYOR_LISTEN or --listen)", config.listen))?;
+    let listener = TcpListener::bind(config.listen).await.map_err(|e| {
+        format!(
+            "cannot listen on {}: {e} (set CONVEYOR_LISTEN or --listen)",
+            config.listen
+        )
+    })?;
     server::run(config, listener, shutdown_signal()).await?;
     Ok(())
 }
@@ -62,7 +72,10 @@ async fn main() -> ExitCode {
             init_logging("info");
             serve(config).await.map(|_| ExitCode::SUCCESS)
         }
-        Command::Dev { mut config, data_dir } => {
+        Command::Dev {
+            mut config,
+            data_dir,
+        } => {
             init_logging("info");
             async {
                 let _redis = match config.redis_url {

@@ -12,7 +12,7 @@ mod scripts;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::{Client, KeysInterface, ListInterface, HashesInterface, Value};
+use fred::prelude::{Client, HashesInterface, KeysInterface, ListInterface, Value};
 use rand::Rng;
 
 pub use error::Error;
@@ -81,7 +81,10 @@ pub struct Handle {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn ms(d: Duration) -> Value {
@@ -124,7 +127,11 @@ fn accept(reply: Value) -> Result<Vec<Value>, Error> {
 
 impl Handle {
     pub fn new(redis: Client, options: Options) -> Self {
-        Self { redis, scripts: Arc::new(Scripts::new()), options: Arc::new(options) }
+        Self {
+            redis,
+            scripts: Arc::new(Scripts::new()),
+            options: Arc::new(options),
+        }
     }
 
     pub fn options(&self) -> &Options {
@@ -155,15 +162,27 @@ impl Handle {
             s(job.content_type),
             s(labels),
             Value::Integer(job.max_attempts.unwrap_or(o.max_attempts) as i64),
-            Value::Integer(job.backoff_initial_ms.unwrap_or(o.backoff_initial.as_millis() as u64) as i64),
-            Value::Integer(job.backoff_max_ms.unwrap_or(o.backoff_max.as_millis() as u64) as i64),
+            Value::Integer(
+                job.backoff_initial_ms
+                    .unwrap_or(o.backoff_initial.as_millis() as u64) as i64,
+            ),
+            Value::Integer(
+                job.backoff_max_ms
+                    .unwrap_or(o.backoff_max.as_millis() as u64) as i64,
+            ),
             Value::Integer(job.timeout_ms.unwrap_or(o.timeout.as_millis() as u64) as i64),
             s(job.idempotency_key),
             Value::Integer(now_ms()),
             Value::Integer(job.run_at_ms.unwrap_or(0)),
             self.keep(),
         ];
-        let reply = call(&self.redis, &self.scripts.submit, keys::job(&job.queue, &id), args).await?;
+        let reply = call(
+            &self.redis,
+            &self.scripts.submit,
+            keys::job(&job.queue, &id),
+            args,
+        )
+        .await?;
         let mut items = accept(reply)?.into_iter();
         let created = matches!(items.next(), Some(Value::Boolean(true)));
         let job = Job::from_fields(items.next().unwrap_or(Value::Null))?;
@@ -225,11 +244,18 @@ impl Handle {
             Value::Integer(page_size as i64),
             Value::Integer(5000),
         ];
-        let reply: Vec<Value> = call(&self.redis, &self.scripts.list, keys::all(queue), args).await?;
+        let reply: Vec<Value> =
+            call(&self.redis, &self.scripts.list, keys::all(queue), args).await?;
         let mut items = reply.into_iter();
-        let next = items.next().and_then(|v| v.as_string()).filter(|c| !c.is_empty());
+        let next = items
+            .next()
+            .and_then(|v| v.as_string())
+            .filter(|c| !c.is_empty());
         let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
-        Ok(Page { jobs, next_cursor: next })
+        Ok(Page {
+            jobs,
+            next_cursor: next,
+        })
     }
 
     pub async fn cancel(&self, tenant: &str, id: &str) -> Result<Job, Error> {
@@ -242,12 +268,24 @@ impl Handle {
             self.retention(),
             self.keep(),
         ];
-        let reply = call(&self.redis, &self.scripts.cancel, keys::job(&queue, id), args).await?;
+        let reply = call(
+            &self.redis,
+            &self.scripts.cancel,
+            keys::job(&queue, id),
+            args,
+        )
+        .await?;
         Job::from_fields(accept(reply)?.into_iter().next().unwrap_or(Value::Null))
     }
 
     /// Leases up to `n` jobs of `queue` for a worker session (0 only reclaims and promotes).
-    pub async fn lease(&self, queue: &str, n: u32, session: &str, worker: &str) -> Result<Leased, Error> {
+    pub async fn lease(
+        &self,
+        queue: &str,
+        n: u32,
+        session: &str,
+        worker: &str,
+    ) -> Result<Leased, Error> {
         let w = self.options.tier_weights;
         let args = vec![
             s(keys::prefix(queue)),
@@ -264,17 +302,26 @@ impl Handle {
             Value::Integer(w[2] as i64),
             Value::Integer(w[3] as i64),
         ];
-        let reply: Vec<Value> = call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;
+        let reply: Vec<Value> =
+            call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;
         let mut items = reply.into_iter();
         let next_due_ms = items.next().and_then(|v| v.as_i64()).filter(|d| *d >= 0);
         let more = items.next().and_then(|v| v.as_i64()) == Some(1);
         let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
-        Ok(Leased { jobs, more, next_due_ms })
+        Ok(Leased {
+            jobs,
+            more,
+            next_due_ms,
+        })
     }
 
     /// Extends the leases of `queue` that this replica's sessions hold, given as
     /// (job id, session) pairs; returns the ids whose lease is no longer theirs.
-    pub async fn renew(&self, queue: &str, held: &[(String, String)]) -> Result<Vec<String>, Error> {
+    pub async fn renew(
+        &self,
+        queue: &str,
+        held: &[(String, String)],
+    ) -> Result<Vec<String>, Error> {
         let mut args = vec![
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
@@ -292,7 +339,14 @@ impl Handle {
     }
 
     /// Records progress of the attempt `worker` runs under `token`.
-    pub async fn progress(&self, queue: &str, id: &str, worker: &str, token: u64, p: &Progress) -> Result<(), Error> {
+    pub async fn progress(
+        &self,
+        queue: &str,
+        id: &str,
+        worker: &str,
+        token: u64,
+        p: &Progress,
+    ) -> Result<(), Error> {
         let args = vec![
             s(keys::prefix(queue)),
             s(id),
@@ -304,12 +358,27 @@ impl Handle {
             self.keep(),
             s(worker),
         ];
-        accept(call(&self.redis, &self.scripts.progress, keys::job(queue, id), args).await?)?;
+        accept(
+            call(
+                &self.redis,
+                &self.scripts.progress,
+                keys::job(queue, id),
+                args,
+            )
+            .await?,
+        )?;
         Ok(())
     }
 
     /// Ends the attempt `worker` runs under `token` with success.
-    pub async fn complete(&self, queue: &str, id: &str, worker: &str, token: u64, result: &str) -> Result<(), Error> {
+    pub async fn complete(
+        &self,
+        queue: &str,
+        id: &str,
+        worker: &str,
+        token: u64,
+        result: &str,
+    ) -> Result<(), Error> {
         let args = vec![
             s(keys::prefix(queue)),
             s(id),
@@ -320,7 +389,15 @@ impl Handle {
             self.keep(),
             s(worker),
         ];
-        accept(call(&self.redis, &self.scripts.complete, keys::job(queue, id), args).await?)?;
+        accept(
+            call(
+                &self.redis,
+                &self.scripts.complete,
+                keys::job(queue, id),
+                args,
+            )
+            .await?,
+        )?;
         Ok(())
     }
 
@@ -346,13 +423,20 @@ impl Handle {
             self.keep(),
             s(worker),
         ];
-        let reply = accept(call(&self.redis, &self.scripts.fail, keys::job(queue, id), args).await?)?;
+        let reply =
+            accept(call(&self.redis, &self.scripts.fail, keys::job(queue, id), args).await?)?;
         let state = reply.first().and_then(Value::as_string).unwrap_or_default();
         JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("fail returned {state:?}")))
     }
 
     /// Requeues at once the jobs a vanished worker session held in `queue`.
-    pub async fn release(&self, queue: &str, session: &str, reason: &str, ids: &[String]) -> Result<(), Error> {
+    pub async fn release(
+        &self,
+        queue: &str,
+        session: &str,
+        reason: &str,
+        ids: &[String],
+    ) -> Result<(), Error> {
         let mut args = vec![
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
@@ -362,7 +446,13 @@ impl Handle {
             self.keep(),
         ];
         args.extend(ids.iter().map(|id| s(id.as_str())));
-        let _: i64 = call(&self.redis, &self.scripts.release, keys::leased(queue), args).await?;
+        let _: i64 = call(
+            &self.redis,
+            &self.scripts.release,
+            keys::leased(queue),
+            args,
+        )
+        .await?;
         Ok(())
     }
 
@@ -386,6 +476,12 @@ impl Handle {
             args.push(s(id.as_str()));
             args.push(Value::Integer(*token as i64));
         }
-        Ok(call(&self.redis, &self.scripts.reattach, keys::leased(queue), args).await?)
+        Ok(call(
+            &self.redis,
+            &self.scripts.reattach,
+            keys::leased(queue),
+            args,
+        )
+        .await?)
     }
 }

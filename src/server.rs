@@ -24,15 +24,23 @@ const ENVELOPE: usize = 64 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("redis at {url}: {source}")]
-    Redis { url: String, source: fred::error::Error },
+    Redis {
+        url: String,
+        source: fred::error::Error,
+    },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
 
-async fn connect(url: &str) -> Result<(fred::prelude::Client, fred::clients::SubscriberClient), Error> {
-    let redis_err = |source| Error::Redis { url: url.to_string(), source };
+async fn connect(
+    url: &str,
+) -> Result<(fred::prelude::Client, fred::clients::SubscriberClient), Error> {
+    let redis_err = |source| Error::Redis {
+        url: url.to_string(),
+        source,
+    };
     let config = RedisConfig::from_url(url).map_err(redis_err)?;
     let mut builder = Builder::from_config(config);
     builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
@@ -69,15 +77,22 @@ pub async fn run(
     let mut stopped_rx = stopping.clone();
 
     let max_message = config.max_payload + ENVELOPE;
-    let jobs = JobServiceServer::new(api::Jobs::new(scheduler.clone(), hub, config.limits(), stopping))
-        .max_decoding_message_size(max_message)
-        .accept_compressed(CompressionEncoding::Gzip);
+    let jobs = JobServiceServer::new(api::Jobs::new(
+        scheduler.clone(),
+        hub,
+        config.limits(),
+        stopping,
+    ))
+    .max_decoding_message_size(max_message)
+    .accept_compressed(CompressionEncoding::Gzip);
     let workers = WorkerServiceServer::new(api::Workers::new(dispatcher.clone()))
         .max_decoding_message_size(max_message)
         .accept_compressed(CompressionEncoding::Gzip);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<api::Jobs>>().await;
-    health.set_serving::<WorkerServiceServer<api::Workers>>().await;
+    health
+        .set_serving::<WorkerServiceServer<api::Workers>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

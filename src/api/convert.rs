@@ -5,11 +5,17 @@ use crate::proto;
 use crate::scheduler::{Event, EventKind, Job, JobState, Progress, Tier};
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: ms.div_euclid(1000), nanos: (ms.rem_euclid(1000) * 1_000_000) as i32 }
+    prost_types::Timestamp {
+        seconds: ms.div_euclid(1000),
+        nanos: (ms.rem_euclid(1000) * 1_000_000) as i32,
+    }
 }
 
 fn duration_ms(ms: u64) -> prost_types::Duration {
-    prost_types::Duration { seconds: (ms / 1000) as i64, nanos: ((ms % 1000) * 1_000_000) as i32 }
+    prost_types::Duration {
+        seconds: (ms / 1000) as i64,
+        nanos: ((ms % 1000) * 1_000_000) as i32,
+    }
 }
 
 pub fn duration(d: std::time::Duration) -> prost_types::Duration {
@@ -37,7 +43,11 @@ fn tier(t: Tier) -> proto::Tier {
 }
 
 pub fn progress(p: Progress) -> proto::Progress {
-    proto::Progress { percent: p.percent, stage: p.stage, message: p.message }
+    proto::Progress {
+        percent: p.percent,
+        stage: p.stage,
+        message: p.message,
+    }
 }
 
 pub fn job(j: Job) -> proto::Job {
@@ -105,14 +115,19 @@ pub fn event(e: Event) -> proto::JobEvent {
 pub fn to_worker(m: ToWorker) -> proto::ServerMessage {
     use proto::server_message::Msg;
     let msg = match m {
-        ToWorker::Assign { job: j, deadline_ms } => Msg::Assignment(proto::Assignment {
+        ToWorker::Assign {
+            job: j,
+            deadline_ms,
+        } => Msg::Assignment(proto::Assignment {
             token: j.token,
             attempt: j.attempt,
             deadline: Some(timestamp(deadline_ms)),
             trace_context: String::new(),
-            job: Some(job(j)),
+            job: Some(job(*j)),
         }),
-        ToWorker::Cancel { job_id, reason } => Msg::Cancel(proto::CancelAssignment { job_id, reason }),
+        ToWorker::Cancel { job_id, reason } => {
+            Msg::Cancel(proto::CancelAssignment { job_id, reason })
+        }
         ToWorker::Drain => Msg::Drain(proto::Drain {}),
     };
     proto::ServerMessage { msg: Some(msg) }

@@ -26,8 +26,18 @@ pub struct Jobs {
 }
 
 impl Jobs {
-    pub fn new(scheduler: scheduler::Handle, hub: events::Handle, limits: Limits, stopping: watch::Receiver<bool>) -> Self {
-        Self { scheduler, hub, limits, stopping }
+    pub fn new(
+        scheduler: scheduler::Handle,
+        hub: events::Handle,
+        limits: Limits,
+        stopping: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            scheduler,
+            hub,
+            limits,
+            stopping,
+        }
     }
 }
 
@@ -41,16 +51,32 @@ impl JobService for Jobs {
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let tenant = tenant(&request);
         let job = validate::submit(request.into_inner(), &self.limits)?;
-        let (job, created) = self.scheduler.submit(&tenant, job).await.map_err(Error::from)?;
-        Ok(Response::new(proto::SubmitJobResponse { job: Some(convert::job(job)), created }))
+        let (job, created) = self
+            .scheduler
+            .submit(&tenant, job)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::SubmitJobResponse {
+            job: Some(convert::job(job)),
+            created,
+        }))
     }
 
-    async fn get_job(&self, request: Request<proto::GetJobRequest>) -> Result<Response<proto::GetJobResponse>, Status> {
+    async fn get_job(
+        &self,
+        request: Request<proto::GetJobRequest>,
+    ) -> Result<Response<proto::GetJobResponse>, Status> {
         let tenant = tenant(&request);
         let id = request.into_inner().job_id;
         validate::job_id(&id)?;
-        let job = self.scheduler.get(&tenant, &id).await.map_err(Error::from)?;
-        Ok(Response::new(proto::GetJobResponse { job: Some(convert::job(job)) }))
+        let job = self
+            .scheduler
+            .get(&tenant, &id)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::GetJobResponse {
+            job: Some(convert::job(job)),
+        }))
     }
 
     async fn list_jobs(
@@ -63,7 +89,9 @@ impl JobService for Jobs {
         let state = validate::state_filter(r.state)?;
         let page_size = match r.page_size {
             0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => return Err(invalid(format!("page_size: {n} is over {MAX_PAGE}")).into()),
+            n if n > MAX_PAGE => {
+                return Err(invalid(format!("page_size: {n} is over {MAX_PAGE}")).into());
+            }
             n => n,
         };
         let cursor = match r.page_token.as_str() {
@@ -71,7 +99,11 @@ impl JobService for Jobs {
             t if t.parse::<u64>().is_ok() => Some(t),
             _ => return Err(invalid("page_token: not a token from a previous ListJobs").into()),
         };
-        let page = self.scheduler.list(&tenant, &r.queue, state, page_size, cursor).await.map_err(Error::from)?;
+        let page = self
+            .scheduler
+            .list(&tenant, &r.queue, state, page_size, cursor)
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(proto::ListJobsResponse {
             jobs: page.jobs.into_iter().map(convert::job).collect(),
             next_page_token: page.next_cursor.unwrap_or_default(),
@@ -85,21 +117,36 @@ impl JobService for Jobs {
         let tenant = tenant(&request);
         let id = request.into_inner().job_id;
         validate::job_id(&id)?;
-        let job = self.scheduler.cancel(&tenant, &id).await.map_err(Error::from)?;
-        Ok(Response::new(proto::CancelJobResponse { job: Some(convert::job(job)) }))
+        let job = self
+            .scheduler
+            .cancel(&tenant, &id)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::CancelJobResponse {
+            job: Some(convert::job(job)),
+        }))
     }
 
     type WatchJobStream = EventStream;
 
-    async fn watch_job(&self, request: Request<proto::WatchJobRequest>) -> Result<Response<EventStream>, Status> {
+    async fn watch_job(
+        &self,
+        request: Request<proto::WatchJobRequest>,
+    ) -> Result<Response<EventStream>, Status> {
         let tenant = tenant(&request);
         let r = request.into_inner();
         validate::job_id(&r.job_id)?;
-        let items = events::watch(self.hub.clone(), self.scheduler.clone(), tenant, r.job_id, r.after_seq)
-            .await
-            .map_err(Error::from)?;
+        let items = events::watch(
+            self.hub.clone(),
+            self.scheduler.clone(),
+            tenant,
+            r.job_id,
+            r.after_seq,
+        )
+        .await
+        .map_err(Error::from)?;
         let events = items.map(|item| match item {
-            Ok(Item::Snapshot(job)) => Ok(convert::snapshot(job)),
+            Ok(Item::Snapshot(job)) => Ok(convert::snapshot(*job)),
             Ok(Item::Event(event)) => Ok(convert::event(event)),
             Err(e) => Err(Status::from(Error::from(e))),
         });

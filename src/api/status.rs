@@ -27,7 +27,9 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::Scheduler(e) => e.into(),
             Error::Dispatcher(dispatcher::Error::Scheduler(e)) => e.into(),
-            Error::Dispatcher(e @ dispatcher::Error::ShuttingDown) => Status::unavailable(e.to_string()),
+            Error::Dispatcher(e @ dispatcher::Error::ShuttingDown) => {
+                Status::unavailable(e.to_string())
+            }
         }
     }
 }

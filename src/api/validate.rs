@@ -23,9 +23,15 @@ pub fn queue(name: &str) -> Result<(), Error> {
         return Err(invalid("queue: must not be empty"));
     }
     if name.len() > MAX_QUEUE_LEN {
-        return Err(invalid(format!("queue: {} bytes is over the limit of {MAX_QUEUE_LEN}", name.len())));
+        return Err(invalid(format!(
+            "queue: {} bytes is over the limit of {MAX_QUEUE_LEN}",
+            name.len()
+        )));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c))) {
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || "-_.".contains(*c)))
+    {
         return Err(invalid(format!(
             "queue: {c:?} is not allowed; use letters, digits, '-', '_' and '.'"
         )));
@@ -34,14 +40,19 @@ pub fn queue(name: &str) -> Result<(), Error> {
 }
 
 pub fn job_id(id: &str) -> Result<(), Error> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| invalid(format!("job_id: {:?} is not a job id (a UUID)", truncate(id))))
+    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
+        invalid(format!(
+            "job_id: {:?} is not a job id (a UUID)",
+            truncate(id)
+        ))
+    })
 }
 
 pub fn tier(value: i32) -> Result<Tier, Error> {
     Tier::from_i32(value).ok_or_else(|| {
-        invalid(format!("tier: {value} is not a tier; use FREE, PRO, PREMIUM or ENTERPRISE"))
+        invalid(format!(
+            "tier: {value} is not a tier; use FREE, PRO, PREMIUM or ENTERPRISE"
+        ))
     })
 }
 
@@ -67,11 +78,18 @@ fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
-fn bounded(name: &str, d: Option<&prost_types::Duration>, min: Duration, max: Duration) -> Result<Option<u64>, Error> {
+fn bounded(
+    name: &str,
+    d: Option<&prost_types::Duration>,
+    min: Duration,
+    max: Duration,
+) -> Result<Option<u64>, Error> {
     let Some(d) = d else { return Ok(None) };
     let d = duration(name, d)?;
     if d < min || d > max {
-        return Err(invalid(format!("{name}: {d:?} is outside {min:?}..={max:?}")));
+        return Err(invalid(format!(
+            "{name}: {d:?} is outside {min:?}..={max:?}"
+        )));
     }
     Ok(Some(d.as_millis() as u64))
 }
@@ -92,35 +110,61 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
     }
     let priority = r.priority.unwrap_or(5);
     if !(1..=9).contains(&priority) {
-        return Err(invalid(format!("priority: {priority} is outside 1 (most urgent) ..= 9")));
+        return Err(invalid(format!(
+            "priority: {priority} is outside 1 (most urgent) ..= 9"
+        )));
     }
     if r.labels.len() > MAX_LABELS {
-        return Err(invalid(format!("labels: {} labels is over the limit of {MAX_LABELS}", r.labels.len())));
+        return Err(invalid(format!(
+            "labels: {} labels is over the limit of {MAX_LABELS}",
+            r.labels.len()
+        )));
     }
     for (k, v) in &r.labels {
         if k.is_empty() || k.len() > MAX_LABEL_KEY {
-            return Err(invalid(format!("labels: key {:?} must be 1..={MAX_LABEL_KEY} bytes", truncate(k))));
+            return Err(invalid(format!(
+                "labels: key {:?} must be 1..={MAX_LABEL_KEY} bytes",
+                truncate(k)
+            )));
         }
         if v.len() > MAX_LABEL_VALUE {
-            return Err(invalid(format!("labels: value of {k:?} is over {MAX_LABEL_VALUE} bytes")));
+            return Err(invalid(format!(
+                "labels: value of {k:?} is over {MAX_LABEL_VALUE} bytes"
+            )));
         }
     }
     if let Some(n) = r.max_attempts
         && !(1..=MAX_ATTEMPTS).contains(&n)
     {
-        return Err(invalid(format!("max_attempts: {n} is outside 1..={MAX_ATTEMPTS}")));
+        return Err(invalid(format!(
+            "max_attempts: {n} is outside 1..={MAX_ATTEMPTS}"
+        )));
     }
     let second = Duration::from_secs(1);
     let timeout_ms = bounded("timeout", r.timeout.as_ref(), second, MAX_TIMEOUT)?;
     let day = Duration::from_secs(24 * 3600);
-    let backoff_initial_ms = bounded("backoff_initial", r.backoff_initial.as_ref(), Duration::from_millis(1), day)?;
-    let backoff_max_ms = bounded("backoff_max", r.backoff_max.as_ref(), Duration::from_millis(1), day)?;
+    let backoff_initial_ms = bounded(
+        "backoff_initial",
+        r.backoff_initial.as_ref(),
+        Duration::from_millis(1),
+        day,
+    )?;
+    let backoff_max_ms = bounded(
+        "backoff_max",
+        r.backoff_max.as_ref(),
+        Duration::from_millis(1),
+        day,
+    )?;
     let run_at_ms = run_at(r.run_at.as_ref(), r.delay.as_ref())?;
     if r.idempotency_key.len() > MAX_IDEMPOTENCY_KEY {
-        return Err(invalid(format!("idempotency_key: over {MAX_IDEMPOTENCY_KEY} bytes")));
+        return Err(invalid(format!(
+            "idempotency_key: over {MAX_IDEMPOTENCY_KEY} bytes"
+        )));
     }
     if r.content_type.len() > MAX_CONTENT_TYPE {
-        return Err(invalid(format!("content_type: over {MAX_CONTENT_TYPE} bytes")));
+        return Err(invalid(format!(
+            "content_type: over {MAX_CONTENT_TYPE} bytes"
+        )));
     }
     Ok(NewJob {
         queue: r.queue,
@@ -139,7 +183,10 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
 }
 
 /// When the job may first run (unix ms); `None` for now.
-fn run_at(at: Option<&prost_types::Timestamp>, delay: Option<&prost_types::Duration>) -> Result<Option<i64>, Error> {
+fn run_at(
+    at: Option<&prost_types::Timestamp>,
+    delay: Option<&prost_types::Duration>,
+) -> Result<Option<i64>, Error> {
     let now = now_ms();
     match (at, delay) {
         (Some(_), Some(_)) => Err(invalid("run_at and delay: give at most one")),
@@ -151,10 +198,15 @@ fn run_at(at: Option<&prost_types::Timestamp>, delay: Option<&prost_types::Durat
             Ok(Some(now + d.as_millis() as i64))
         }
         (Some(t), None) => {
-            let ms = t.seconds.saturating_mul(1000).saturating_add(t.nanos as i64 / 1_000_000);
+            let ms = t
+                .seconds
+                .saturating_mul(1000)
+                .saturating_add(t.nanos as i64 / 1_000_000);
             // A little in the past is clock skew (run now); far past or future is a mistake.
             if ms < now - 3_600_000 || ms > now + MAX_DELAY_MS || t.nanos < 0 {
-                return Err(invalid("run_at: must be within the past hour and the next 365 days"));
+                return Err(invalid(
+                    "run_at: must be within the past hour and the next 365 days",
+                ));
             }
             Ok(Some(ms))
         }
@@ -191,10 +243,16 @@ mod tests {
 
     #[test]
     fn run_at_bounds() {
-        let t = |s| prost_types::Timestamp { seconds: s, nanos: 0 };
+        let t = |s| prost_types::Timestamp {
+            seconds: s,
+            nanos: 0,
+        };
         assert!(run_at(Some(&t(0)), None).is_err());
         assert!(run_at(Some(&t(253_402_300_799)), None).is_err());
-        let neg = prost_types::Duration { seconds: -1, nanos: 0 };
+        let neg = prost_types::Duration {
+            seconds: -1,
+            nanos: 0,
+        };
         assert!(run_at(None, Some(&neg)).is_err());
     }
 }

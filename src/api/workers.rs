@@ -42,11 +42,21 @@ impl WorkerService for Workers {
         let heartbeat = self.dispatcher.options().heartbeat;
         let first = tokio::time::timeout(heartbeat * MISSED_HEARTBEATS, inbound.message())
             .await
-            .map_err(|_| Status::failed_precondition("no Hello: a worker stream must start with Hello"))??;
+            .map_err(|_| {
+                Status::failed_precondition("no Hello: a worker stream must start with Hello")
+            })??;
         let hello = match first.and_then(|m| m.msg) {
             Some(Msg::Hello(hello)) => hello,
-            Some(_) => return Err(Status::failed_precondition("a worker stream must start with Hello")),
-            None => return Err(Status::cancelled("the worker closed the stream before Hello")),
+            Some(_) => {
+                return Err(Status::failed_precondition(
+                    "a worker stream must start with Hello",
+                ));
+            }
+            None => {
+                return Err(Status::cancelled(
+                    "the worker closed the stream before Hello",
+                ));
+            }
         };
         let hello = check_hello(hello)?;
         let (link, welcome) = self.dispatcher.connect(hello).await.map_err(Error::from)?;
@@ -58,7 +68,9 @@ impl WorkerService for Workers {
             reattached: welcome.reattached,
             lost: welcome.lost,
         };
-        let _ = tx.send(Ok(message(proto::server_message::Msg::Welcome(welcome)))).await;
+        let _ = tx
+            .send(Ok(message(proto::server_message::Msg::Welcome(welcome))))
+            .await;
         tokio::spawn(serve(link, inbound, tx, heartbeat));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
@@ -71,18 +83,26 @@ fn message(msg: proto::server_message::Msg) -> proto::ServerMessage {
 #[allow(clippy::result_large_err)]
 fn check_hello(h: proto::Hello) -> Result<dispatcher::Hello, Status> {
     if h.queues.is_empty() {
-        return Err(Status::invalid_argument("hello.queues: name at least one queue"));
+        return Err(Status::invalid_argument(
+            "hello.queues: name at least one queue",
+        ));
     }
     for q in &h.queues {
         validate::queue(q)?;
     }
     if !(1..=MAX_CONCURRENCY).contains(&h.concurrency) {
-        return Err(Status::invalid_argument(format!("hello.concurrency: must be 1..={MAX_CONCURRENCY}")));
+        return Err(Status::invalid_argument(format!(
+            "hello.concurrency: must be 1..={MAX_CONCURRENCY}"
+        )));
     }
     for lease in &h.held {
         validate::job_id(&lease.job_id)?;
     }
-    let worker_id = if h.worker_id.is_empty() { uuid::Uuid::now_v7().to_string() } else { h.worker_id };
+    let worker_id = if h.worker_id.is_empty() {
+        uuid::Uuid::now_v7().to_string()
+    } else {
+        h.worker_id
+    };
     if worker_id.len() > 128 {
         return Err(Status::invalid_argument("hello.worker_id: over 128 bytes"));
     }
@@ -95,7 +115,12 @@ fn check_hello(h: proto::Hello) -> Result<dispatcher::Hello, Status> {
 }
 
 /// Moves messages both ways until either side goes away or the worker falls silent.
-async fn serve(mut link: Link, mut inbound: Streaming<proto::WorkerMessage>, tx: Outbound, heartbeat: Duration) {
+async fn serve(
+    mut link: Link,
+    mut inbound: Streaming<proto::WorkerMessage>,
+    tx: Outbound,
+    heartbeat: Duration,
+) {
     let mut ticker = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
     loop {
@@ -148,25 +173,36 @@ async fn serve(mut link: Link, mut inbound: Streaming<proto::WorkerMessage>, tx:
 
 fn progress(p: proto::ProgressReport) -> Result<Report, (Code, String)> {
     let progress = p.progress.unwrap_or_default();
-    validate::progress_percent(progress.percent).map_err(|e| (Code::InvalidArgument, e.to_string()))?;
+    validate::progress_percent(progress.percent)
+        .map_err(|e| (Code::InvalidArgument, e.to_string()))?;
     Ok(Report::Progress {
         job_id: p.job_id,
         token: p.token,
-        progress: Progress { percent: progress.percent, stage: progress.stage, message: progress.message },
+        progress: Progress {
+            percent: progress.percent,
+            stage: progress.stage,
+            message: progress.message,
+        },
     })
 }
 
 /// Checks a report's ids and applies it; the error is what the worker is told.
-async fn report(link: &mut Link, report: Result<Report, (Code, String)>) -> Result<(), (Code, String)> {
+async fn report(
+    link: &mut Link,
+    report: Result<Report, (Code, String)>,
+) -> Result<(), (Code, String)> {
     let report = report?;
     let (id, token) = match &report {
-        Report::Progress { job_id, token, .. } | Report::Complete { job_id, token, .. } | Report::Fail { job_id, token, .. } => {
-            (job_id, *token)
-        }
+        Report::Progress { job_id, token, .. }
+        | Report::Complete { job_id, token, .. }
+        | Report::Fail { job_id, token, .. } => (job_id, *token),
     };
     validate::job_id(id).map_err(|e| (Code::InvalidArgument, e.to_string()))?;
     if token == 0 {
-        return Err((Code::InvalidArgument, "token: 0 is not a fencing token".into()));
+        return Err((
+            Code::InvalidArgument,
+            "token: 0 is not a fencing token".into(),
+        ));
     }
     link.report(report).await.map_err(|e| {
         let status = Status::from(e);
@@ -175,6 +211,11 @@ async fn report(link: &mut Link, report: Result<Report, (Code, String)>) -> Resu
 }
 
 fn result(job_id: String, token: u64, code: Code, text: String) -> proto::ServerMessage {
-    let r = proto::ReportResult { job_id, token, code: code as i32, message: text };
+    let r = proto::ReportResult {
+        job_id,
+        token,
+        code: code as i32,
+        message: text,
+    };
     message(proto::server_message::Msg::ReportResult(r))
 }

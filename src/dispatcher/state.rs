@@ -41,8 +41,19 @@ pub(super) struct State {
 }
 
 impl State {
-    pub(super) fn new(scheduler: scheduler::Handle, options: Options, tx: mpsc::Sender<Command>) -> Self {
-        Self { scheduler, options, tx, sessions: HashMap::new(), queues: HashMap::new(), draining: false }
+    pub(super) fn new(
+        scheduler: scheduler::Handle,
+        options: Options,
+        tx: mpsc::Sender<Command>,
+    ) -> Self {
+        Self {
+            scheduler,
+            options,
+            tx,
+            sessions: HashMap::new(),
+            queues: HashMap::new(),
+            draining: false,
+        }
     }
 
     fn later(&self, work: impl Future<Output = Command> + Send + 'static) {
@@ -54,13 +65,26 @@ impl State {
 
     pub(super) fn handle(&mut self, command: Command) {
         match command {
-            Command::Connect { session, hello, out, reply } => self.connect(session, hello, out, reply),
-            Command::Attached { session, kept, lost, reply } => {
+            Command::Connect {
+                session,
+                hello,
+                out,
+                reply,
+            } => self.connect(session, hello, out, reply),
+            Command::Attached {
+                session,
+                kept,
+                lost,
+                reply,
+            } => {
                 let Some(s) = self.sessions.get_mut(&session) else {
                     let _ = reply.send(Err(Error::ShuttingDown));
                     return;
                 };
-                let mut welcome = Welcome { reattached: Vec::new(), lost };
+                let mut welcome = Welcome {
+                    reattached: Vec::new(),
+                    lost,
+                };
                 for (queue, id) in kept {
                     s.free = s.free.saturating_sub(1);
                     s.held.insert(id.clone(), queue);
@@ -81,7 +105,12 @@ impl State {
                     queues.iter().for_each(|q| self.dispatch(q));
                 }
             }
-            Command::Leased { queue, session, reserved, result } => self.leased(queue, session, reserved, result),
+            Command::Leased {
+                queue,
+                session,
+                reserved,
+                result,
+            } => self.leased(queue, session, reserved, result),
             Command::Swept { queue, result } => {
                 let q = self.queues.entry(queue.clone()).or_default();
                 q.busy = false;
@@ -93,7 +122,10 @@ impl State {
             }
             Command::Lost { ids } => {
                 let lost: HashSet<String> = ids.into_iter().collect();
-                self.stop_jobs(&lost, "the lease was lost (cancelled, timed out or reclaimed)");
+                self.stop_jobs(
+                    &lost,
+                    "the lease was lost (cancelled, timed out or reclaimed)",
+                );
             }
             Command::Signal(signal) => self.signal(signal),
             Command::Drain { done } => {
@@ -121,15 +153,32 @@ impl State {
         for q in &hello.queues {
             self.queues.entry(q.clone()).or_default().maybe_ready = true;
         }
-        let Hello { worker_id, queues, concurrency, held } = hello;
+        let Hello {
+            worker_id,
+            queues,
+            concurrency,
+            held,
+        } = hello;
         self.sessions.insert(
             session.clone(),
-            Session { worker: worker_id.clone(), queues, free: concurrency, held: HashMap::new(), out, connected: true },
+            Session {
+                worker: worker_id.clone(),
+                queues,
+                free: concurrency,
+                held: HashMap::new(),
+                out,
+                connected: true,
+            },
         );
         let scheduler = self.scheduler.clone();
         self.later(async move {
             match reattach(&scheduler, &session, &worker_id, held).await {
-                Ok((kept, lost)) => Command::Attached { session, kept, lost, reply },
+                Ok((kept, lost)) => Command::Attached {
+                    session,
+                    kept,
+                    lost,
+                    reply,
+                },
                 Err(e) => {
                     let _ = reply.send(Err(e.into()));
                     Command::Disconnected { session }
@@ -143,22 +192,38 @@ impl State {
     /// the new session (`reattach`), and the others go back to their queues now.
     fn replace_sessions_of(&mut self, hello: &Hello) {
         let still_held: HashSet<&str> = hello.held.iter().map(|(id, _)| id.as_str()).collect();
-        let old: Vec<String> =
-            self.sessions.iter().filter(|(_, s)| s.worker == hello.worker_id).map(|(id, _)| id.clone()).collect();
+        let old: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.worker == hello.worker_id)
+            .map(|(id, _)| id.clone())
+            .collect();
         for session in old {
             let s = self.sessions.remove(&session).expect("listed above");
-            let orphans = s.held.into_iter().filter(|(id, _)| !still_held.contains(id.as_str()));
+            let orphans = s
+                .held
+                .into_iter()
+                .filter(|(id, _)| !still_held.contains(id.as_str()));
             for (queue, ids) in by_queue(orphans) {
                 let (scheduler, session) = (self.scheduler.clone(), session.clone());
                 tokio::spawn(async move {
-                    let _ = scheduler.release(&queue, &session, "the worker reconnected without this job", &ids).await;
+                    let _ = scheduler
+                        .release(
+                            &queue,
+                            &session,
+                            "the worker reconnected without this job",
+                            &ids,
+                        )
+                        .await;
                 });
             }
         }
     }
 
     fn disconnected(&mut self, session: String) {
-        let Some(s) = self.sessions.get_mut(&session) else { return };
+        let Some(s) = self.sessions.get_mut(&session) else {
+            return;
+        };
         if s.held.is_empty() {
             self.sessions.remove(&session);
             return;
@@ -173,7 +238,9 @@ impl State {
 
     /// The worker did not come back: its jobs go back to their queues now.
     fn grace_over(&mut self, session: String) {
-        let Some(s) = self.sessions.get(&session) else { return };
+        let Some(s) = self.sessions.get(&session) else {
+            return;
+        };
         if s.connected {
             return;
         }
@@ -209,15 +276,30 @@ impl State {
         let n = s.free.min(self.options.max_batch);
         s.free -= n;
         q.busy = true;
-        let (scheduler, queue, session, worker) =
-            (self.scheduler.clone(), queue.to_string(), session.clone(), s.worker.clone());
+        let (scheduler, queue, session, worker) = (
+            self.scheduler.clone(),
+            queue.to_string(),
+            session.clone(),
+            s.worker.clone(),
+        );
         self.later(async move {
             let result = scheduler.lease(&queue, n, &session, &worker).await;
-            Command::Leased { queue, session, reserved: n, result }
+            Command::Leased {
+                queue,
+                session,
+                reserved: n,
+                result,
+            }
         });
     }
 
-    fn leased(&mut self, queue: String, session: String, reserved: u32, result: Result<Leased, scheduler::Error>) {
+    fn leased(
+        &mut self,
+        queue: String,
+        session: String,
+        reserved: u32,
+        result: Result<Leased, scheduler::Error>,
+    ) {
         let q = self.queues.entry(queue.clone()).or_default();
         q.busy = false;
         let leased = match result {
@@ -240,7 +322,13 @@ impl State {
                 let deadline_ms = now_ms() + self.scheduler.options().lease_ttl.as_millis() as i64;
                 for job in leased.jobs {
                     s.held.insert(job.id.clone(), queue.clone());
-                    if s.out.try_send(ToWorker::Assign { job, deadline_ms }).is_err() {
+                    if s.out
+                        .try_send(ToWorker::Assign {
+                            job: Box::new(job),
+                            deadline_ms,
+                        })
+                        .is_err()
+                    {
                         // Stream gone: the disconnect path (grace, then release) covers the job.
                         tracing::debug!(session, "assignment to a closed stream");
                     }
@@ -250,7 +338,11 @@ impl State {
                 // The session ended while the call ran: hand its new jobs straight back.
                 let ids: Vec<String> = leased.jobs.into_iter().map(|j| j.id).collect();
                 let (scheduler, q2, s2) = (self.scheduler.clone(), queue.clone(), session.clone());
-                tokio::spawn(async move { scheduler.release(&q2, &s2, "worker disconnected", &ids).await });
+                tokio::spawn(async move {
+                    scheduler
+                        .release(&q2, &s2, "worker disconnected", &ids)
+                        .await
+                });
             }
         }
         self.dispatch(&queue);
@@ -287,7 +379,10 @@ impl State {
             s.held.retain(|id, _| {
                 let stop = ids.contains(id);
                 if stop {
-                    let _ = s.out.try_send(ToWorker::Cancel { job_id: id.clone(), reason: reason.to_string() });
+                    let _ = s.out.try_send(ToWorker::Cancel {
+                        job_id: id.clone(),
+                        reason: reason.to_string(),
+                    });
                 }
                 !stop
             });
@@ -329,7 +424,10 @@ impl State {
         let mut per_queue: HashMap<String, Vec<(String, String)>> = HashMap::new();
         for (session, s) in &self.sessions {
             for (id, queue) in &s.held {
-                per_queue.entry(queue.clone()).or_default().push((id.clone(), session.clone()));
+                per_queue
+                    .entry(queue.clone())
+                    .or_default()
+                    .push((id.clone(), session.clone()));
             }
         }
         for (queue, held) in per_queue {
@@ -355,8 +453,12 @@ impl State {
     /// Delayed work came due: promote it (and lease it, where a worker here has room).
     pub(super) fn due(&mut self) {
         let now = now_ms();
-        let due: Vec<String> =
-            self.queues.iter().filter(|(_, q)| q.next_due_ms.is_some_and(|d| d <= now)).map(|(n, _)| n.clone()).collect();
+        let due: Vec<String> = self
+            .queues
+            .iter()
+            .filter(|(_, q)| q.next_due_ms.is_some_and(|d| d <= now))
+            .map(|(n, _)| n.clone())
+            .collect();
         for name in due {
             let q = self.queues.entry(name.clone()).or_default();
             q.next_due_ms = None;

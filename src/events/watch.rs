@@ -10,7 +10,7 @@ use crate::scheduler::{self, Event, Job};
 /// What a watcher receives.
 #[derive(Debug)]
 pub enum Item {
-    Snapshot(Job),
+    Snapshot(Box<Job>),
     Event(Event),
 }
 
@@ -28,7 +28,15 @@ pub async fn watch(
     let subscription = hub.subscribe(&job_id);
     let job = scheduler.get(&tenant, &job_id).await?;
     let (tx, rx) = mpsc::channel(16);
-    let watcher = Watcher { hub, scheduler, tenant, queue: job.queue.clone(), job_id, tx, last: 0 };
+    let watcher = Watcher {
+        hub,
+        scheduler,
+        tenant,
+        queue: job.queue.clone(),
+        job_id,
+        tx,
+        last: 0,
+    };
     tokio::spawn(async move {
         let tx = watcher.tx.clone();
         match watcher.run(subscription, job, after_seq).await {
@@ -68,13 +76,18 @@ struct Watcher {
 }
 
 impl Watcher {
-    async fn run(mut self, mut subscription: Subscription, job: Job, after: Option<u64>) -> Result<(), Stop> {
+    async fn run(
+        mut self,
+        mut subscription: Subscription,
+        job: Job,
+        after: Option<u64>,
+    ) -> Result<(), Stop> {
         let done = match after {
             Some(after) if after <= job.seq => {
                 self.last = after;
                 self.catch_up().await?
             }
-            _ => self.send(Item::Snapshot(job)).await?,
+            _ => self.send(Item::Snapshot(Box::new(job))).await?,
         };
         if done {
             return Ok(());
@@ -111,10 +124,13 @@ impl Watcher {
 
     /// Sends what the job's log holds after `last`, or a fresh snapshot where it was trimmed.
     async fn catch_up(&mut self) -> Result<Done, Stop> {
-        let events = self.scheduler.events(&self.queue, &self.job_id, self.last).await?;
+        let events = self
+            .scheduler
+            .events(&self.queue, &self.job_id, self.last)
+            .await?;
         if events.first().is_some_and(|e| e.seq != self.last + 1) {
             let job = self.scheduler.get(&self.tenant, &self.job_id).await?;
-            return self.send(Item::Snapshot(job)).await;
+            return self.send(Item::Snapshot(Box::new(job))).await;
         }
         for event in events {
             if self.send(Item::Event(event)).await? {

@@ -81,14 +81,20 @@ mod tests {
 
     #[test]
     fn parses_state_and_progress_events() {
-        let e = Event::parse(br#"{"id":"j","seq":3,"kind":"state","state":"FAILED","error":"boom","t":1.7e12}"#)
-            .unwrap();
+        let e = Event::parse(
+            br#"{"id":"j","seq":3,"kind":"state","state":"FAILED","error":"boom","t":1.7e12}"#,
+        )
+        .unwrap();
         assert_eq!(e.kind, EventKind::State(JobState::Failed));
         assert!(e.is_terminal());
         assert_eq!(e.time_ms, 1_700_000_000_000);
-        let p = Event::parse(br#"{"id":"j","seq":4,"kind":"progress","pct":50,"stage":"encode","msg":""}"#)
-            .unwrap();
-        assert!(matches!(p.kind, EventKind::Progress(ref pr) if pr.percent == 50.0 && pr.stage == "encode"));
+        let p = Event::parse(
+            br#"{"id":"j","seq":4,"kind":"progress","pct":50,"stage":"encode","msg":""}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(p.kind, EventKind::Progress(ref pr) if pr.percent == 50.0 && pr.stage == "encode")
+        );
         assert!(Event::parse(b"{}").is_err());
     }
 }

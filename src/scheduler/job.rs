@@ -58,7 +58,10 @@ impl JobState {
     }
 
     pub fn is_terminal(self) -> bool {
-        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Failed | JobState::Cancelled
+        )
     }
 }
 
@@ -137,7 +140,10 @@ impl Job {
             _ => return Err(Error::Corrupt("job reply is not an array".into())),
         }
         let text = |name: &str| -> String {
-            fields.get(name).and_then(Value::as_string).unwrap_or_default()
+            fields
+                .get(name)
+                .and_then(Value::as_string)
+                .unwrap_or_default()
         };
         let int = |name: &str| -> i64 { text(name).parse::<f64>().map(|f| f as i64).unwrap_or(0) };
         let opt = |name: &str| -> Option<i64> { Some(int(name)).filter(|v| *v > 0) };
@@ -150,7 +156,11 @@ impl Job {
         let state = JobState::parse(&text("state"))
             .ok_or_else(|| Error::Corrupt(format!("job {id} has an unknown state")))?;
         let labels = serde_json::from_str(&text("labels")).unwrap_or_default();
-        let payload = fields.get("payload").and_then(|v| v.as_bytes()).map(<[u8]>::to_vec).unwrap_or_default();
+        let payload = fields
+            .get("payload")
+            .and_then(|v| v.as_bytes())
+            .map(<[u8]>::to_vec)
+            .unwrap_or_default();
         Ok(Job {
             queue: text("queue"),
             tenant: text("tenant"),

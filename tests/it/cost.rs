@@ -33,7 +33,9 @@ async fn redis_commands_per_job() {
     }
     let stats = commandstats(&redis.command(&["INFO", "commandstats"]).await.unwrap());
     let total: u64 = stats.values().sum();
-    println!("Redis commands per job (submit, lease, 1 progress, complete; {JOBS} jobs, one worker):");
+    println!(
+        "Redis commands per job (submit, lease, 1 progress, complete; {JOBS} jobs, one worker):"
+    );
     for (name, calls) in &stats {
         println!("  {name:<14} {:>6.2}", *calls as f64 / JOBS as f64);
     }

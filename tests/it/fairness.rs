@@ -13,7 +13,10 @@ async fn tiers_share_the_workers_by_weight() {
     let tiers = [Tier::Free, Tier::Pro, Tier::Premium, Tier::Enterprise];
     for tier in tiers {
         for i in 0..60 {
-            let req = proto::SubmitJobRequest { tier: tier as i32, ..submit("render", &i.to_string()) };
+            let req = proto::SubmitJobRequest {
+                tier: tier as i32,
+                ..submit("render", &i.to_string())
+            };
             submit_job(&mut jobs, req).await;
         }
     }
@@ -28,9 +31,17 @@ async fn tiers_share_the_workers_by_weight() {
     }
     let count = |t: Tier| taken.get(&(t as i32)).copied().unwrap_or(0);
     // 75 leases at 8:4:2:1 is 40:20:10:5; allow a job either way for rounding at the edges.
-    for (tier, expected) in [(Tier::Enterprise, 40), (Tier::Premium, 20), (Tier::Pro, 10), (Tier::Free, 5)] {
+    for (tier, expected) in [
+        (Tier::Enterprise, 40),
+        (Tier::Premium, 20),
+        (Tier::Pro, 10),
+        (Tier::Free, 5),
+    ] {
         let got = count(tier);
-        assert!(got.abs_diff(expected) <= 1, "{tier:?}: {got} of 75, expected about {expected}: {taken:?}");
+        assert!(
+            got.abs_diff(expected) <= 1,
+            "{tier:?}: {got} of 75, expected about {expected}: {taken:?}"
+        );
     }
 }
 
@@ -41,7 +52,10 @@ async fn within_a_tier_lower_priority_numbers_go_first_then_submission_order() {
     let mut expected = Vec::new();
     let mut submitted = Vec::new();
     for (i, priority) in [5, 9, 1, 5, 1, 3].into_iter().enumerate() {
-        let req = proto::SubmitJobRequest { priority: Some(priority), ..submit("edit", &i.to_string()) };
+        let req = proto::SubmitJobRequest {
+            priority: Some(priority),
+            ..submit("edit", &i.to_string())
+        };
         submitted.push((priority, i, submit_job(&mut jobs, req).await.id));
     }
     submitted.sort();

@@ -38,7 +38,11 @@ where
 }
 
 fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A private redis-server; killed on drop.
@@ -51,12 +55,24 @@ impl Redis {
     pub async fn start() -> Redis {
         let port = free_port();
         let child = tokio::process::Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
             .expect("redis-server must be installed (apt-get install redis-server)");
-        let redis = Redis { port, _child: child };
+        let redis = Redis {
+            port,
+            _child: child,
+        };
         eventually("redis-server to answer", || redis.ping()).await;
         redis
     }
@@ -79,7 +95,10 @@ impl Redis {
         }
         stream.write_all(out.as_bytes()).await.ok()?;
         let mut buf = vec![0u8; 1 << 20];
-        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf)).await.ok()?.ok()?;
+        let n = tokio::time::timeout(Duration::from_secs(2), stream.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
         Some(String::from_utf8_lossy(&buf[..n]).into_owned())
     }
 }
@@ -114,11 +133,19 @@ impl Server {
             .await
             .expect("server failed");
         });
-        Server { addr, stop: Some(stop), task: Some(task) }
+        Server {
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        }
     }
 
     pub async fn channel(&self) -> Channel {
-        tonic::transport::Endpoint::from_shared(self.addr.clone()).unwrap().connect().await.unwrap()
+        tonic::transport::Endpoint::from_shared(self.addr.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
     }
 
     pub async fn jobs(&self) -> JobServiceClient<Channel> {
@@ -144,7 +171,10 @@ impl Drop for Server {
 pub fn logs() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Redis plus one server: what most tests need.
@@ -164,15 +194,32 @@ pub fn submit(queue: &str, payload: &str) -> proto::SubmitJobRequest {
     }
 }
 
-pub async fn submit_job(jobs: &mut JobServiceClient<Channel>, req: proto::SubmitJobRequest) -> proto::Job {
-    jobs.submit_job(req).await.expect("submit").into_inner().job.unwrap()
+pub async fn submit_job(
+    jobs: &mut JobServiceClient<Channel>,
+    req: proto::SubmitJobRequest,
+) -> proto::Job {
+    jobs.submit_job(req)
+        .await
+        .expect("submit")
+        .into_inner()
+        .job
+        .unwrap()
 }
 
 pub async fn get(jobs: &mut JobServiceClient<Channel>, id: &str) -> proto::Job {
-    jobs.get_job(proto::GetJobRequest { job_id: id.into() }).await.expect("get").into_inner().job.unwrap()
+    jobs.get_job(proto::GetJobRequest { job_id: id.into() })
+        .await
+        .expect("get")
+        .into_inner()
+        .job
+        .unwrap()
 }
 
-pub async fn wait_state(jobs: &mut JobServiceClient<Channel>, id: &str, state: proto::JobState) -> proto::Job {
+pub async fn wait_state(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    state: proto::JobState,
+) -> proto::Job {
     eventually(&format!("job {id} to be {state:?}"), || {
         let mut jobs = jobs.clone();
         async move {
@@ -205,18 +252,30 @@ impl Worker {
     pub async fn open(
         server: &Server,
         first: WorkerMsg,
-    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, tonic::Streaming<proto::ServerMessage>), tonic::Status> {
+    ) -> Result<
+        (
+            mpsc::Sender<proto::WorkerMessage>,
+            tonic::Streaming<proto::ServerMessage>,
+        ),
+        tonic::Status,
+    > {
         let (tx, rx) = mpsc::channel(64);
-        tx.send(proto::WorkerMessage { msg: Some(first) }).await.unwrap();
+        tx.send(proto::WorkerMessage { msg: Some(first) })
+            .await
+            .unwrap();
         let mut client = WorkerServiceClient::new(server.channel().await);
         let response = client.connect(ReceiverStream::new(rx)).await?;
         Ok((tx, response.into_inner()))
     }
 
     pub async fn connect_with(server: &Server, hello: proto::Hello) -> Worker {
-        let (tx, mut rx) = Worker::open(server, WorkerMsg::Hello(hello)).await.expect("connect");
+        let (tx, mut rx) = Worker::open(server, WorkerMsg::Hello(hello))
+            .await
+            .expect("connect");
         let welcome = match rx.next().await {
-            Some(Ok(proto::ServerMessage { msg: Some(ServerMsg::Welcome(w)) })) => w,
+            Some(Ok(proto::ServerMessage {
+                msg: Some(ServerMsg::Welcome(w)),
+            })) => w,
             other => panic!("expected Welcome, got {other:?}"),
         };
         Worker { tx, rx, welcome }
@@ -227,15 +286,22 @@ impl Worker {
     }
 
     pub async fn send(&self, msg: WorkerMsg) {
-        self.tx.send(proto::WorkerMessage { msg: Some(msg) }).await.unwrap();
+        self.tx
+            .send(proto::WorkerMessage { msg: Some(msg) })
+            .await
+            .unwrap();
     }
 
     /// The next message other than a heartbeat.
     pub async fn recv(&mut self) -> ServerMsg {
         loop {
-            let next = tokio::time::timeout(DEADLINE, self.rx.next()).await.expect("server message in time");
+            let next = tokio::time::timeout(DEADLINE, self.rx.next())
+                .await
+                .expect("server message in time");
             match next {
-                Some(Ok(proto::ServerMessage { msg: Some(ServerMsg::Heartbeat(_)) })) => continue,
+                Some(Ok(proto::ServerMessage {
+                    msg: Some(ServerMsg::Heartbeat(_)),
+                })) => continue,
                 Some(Ok(proto::ServerMessage { msg: Some(m) })) => return m,
                 other => panic!("worker stream ended: {other:?}"),
             }
@@ -258,32 +324,71 @@ impl Worker {
 
     pub async fn progress(&self, a: &proto::Assignment, percent: f32, stage: &str) {
         let job_id = a.job.as_ref().unwrap().id.clone();
-        let progress = Some(proto::Progress { percent, stage: stage.into(), message: String::new() });
-        self.send(WorkerMsg::Progress(proto::ProgressReport { job_id, token: a.token, progress })).await;
+        let progress = Some(proto::Progress {
+            percent,
+            stage: stage.into(),
+            message: String::new(),
+        });
+        self.send(WorkerMsg::Progress(proto::ProgressReport {
+            job_id,
+            token: a.token,
+            progress,
+        }))
+        .await;
     }
 
-    pub async fn complete(&mut self, job_id: &str, token: u64, result: &str) -> proto::ReportResult {
-        let c = proto::Complete { job_id: job_id.into(), token, result: result.into() };
+    pub async fn complete(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        result: &str,
+    ) -> proto::ReportResult {
+        let c = proto::Complete {
+            job_id: job_id.into(),
+            token,
+            result: result.into(),
+        };
         self.send(WorkerMsg::Complete(c)).await;
         self.report_result().await
     }
 
-    pub async fn fail(&mut self, job_id: &str, token: u64, error: &str, retryable: bool) -> proto::ReportResult {
-        let f = proto::Fail { job_id: job_id.into(), token, error: error.into(), retryable };
+    pub async fn fail(
+        &mut self,
+        job_id: &str,
+        token: u64,
+        error: &str,
+        retryable: bool,
+    ) -> proto::ReportResult {
+        let f = proto::Fail {
+            job_id: job_id.into(),
+            token,
+            error: error.into(),
+            retryable,
+        };
         self.send(WorkerMsg::Fail(f)).await;
         self.report_result().await
     }
 }
 
 /// Collects a WatchJob stream to its end.
-pub async fn watch_all(jobs: &mut JobServiceClient<Channel>, id: &str, after_seq: Option<u64>) -> Vec<proto::JobEvent> {
+pub async fn watch_all(
+    jobs: &mut JobServiceClient<Channel>,
+    id: &str,
+    after_seq: Option<u64>,
+) -> Vec<proto::JobEvent> {
     let mut stream = jobs
-        .watch_job(proto::WatchJobRequest { job_id: id.into(), after_seq })
+        .watch_job(proto::WatchJobRequest {
+            job_id: id.into(),
+            after_seq,
+        })
         .await
         .expect("watch")
         .into_inner();
     let mut events = Vec::new();
-    while let Some(event) = tokio::time::timeout(DEADLINE, stream.next()).await.expect("event in time") {
+    while let Some(event) = tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .expect("event in time")
+    {
         events.push(event.expect("event"));
     }
     events

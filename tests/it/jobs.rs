@@ -18,20 +18,34 @@ async fn submitted_job_runs_on_a_worker_and_its_watcher_sees_every_step() {
     let mut worker = Worker::connect(&server, &["render"], 1).await;
     let a = worker.assignment().await;
     let assigned = a.job.clone().unwrap();
-    assert_eq!((assigned.id.as_str(), assigned.payload.as_slice()), (job.id.as_str(), &br#"{"video":"v1"}"#[..]));
+    assert_eq!(
+        (assigned.id.as_str(), assigned.payload.as_slice()),
+        (job.id.as_str(), &br#"{"video":"v1"}"#[..])
+    );
     assert_eq!((a.attempt, a.token > 0), (1, true));
     worker.progress(&a, 50.0, "encode").await;
-    let done = worker.complete(&job.id, a.token, r#"{"url":"s3://out.mp4"}"#).await;
+    let done = worker
+        .complete(&job.id, a.token, r#"{"url":"s3://out.mp4"}"#)
+        .await;
     assert_eq!(done.code, 0, "{}", done.message);
 
     let events = watcher.await.unwrap();
     assert_eq!(events[0].kind, Kind::Snapshot as i32);
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "gapless, ordered: {seqs:?}");
+    assert!(
+        seqs.windows(2).all(|w| w[1] == w[0] + 1),
+        "gapless, ordered: {seqs:?}"
+    );
     let last = events.last().unwrap();
-    assert_eq!((last.kind, last.state), (Kind::State as i32, JobState::Succeeded as i32));
+    assert_eq!(
+        (last.kind, last.state),
+        (Kind::State as i32, JobState::Succeeded as i32)
+    );
     assert_eq!(last.result, r#"{"url":"s3://out.mp4"}"#);
-    let progress = events.iter().find(|e| e.kind == Kind::Progress as i32).expect("a progress event");
+    let progress = events
+        .iter()
+        .find(|e| e.kind == Kind::Progress as i32)
+        .expect("a progress event");
     assert_eq!(progress.progress.as_ref().unwrap().percent, 50.0);
 
     let finished = get(&mut jobs, &job.id).await;
@@ -40,7 +54,10 @@ async fn submitted_job_runs_on_a_worker_and_its_watcher_sees_every_step() {
 
     // A watcher that comes back with the last seq it saw gets nothing it already has.
     let resumed = watch_all(&mut jobs, &job.id, Some(last.seq - 1)).await;
-    assert_eq!(resumed.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![last.seq]);
+    assert_eq!(
+        resumed.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![last.seq]
+    );
     // One from the start gets all events, without a snapshot.
     let replay = watch_all(&mut jobs, &job.id, Some(0)).await;
     assert_eq!(replay.first().map(|e| e.seq), Some(1));
@@ -51,16 +68,31 @@ async fn submitted_job_runs_on_a_worker_and_its_watcher_sees_every_step() {
 async fn idempotent_submit_returns_the_first_job() {
     let (_redis, server) = harness::start().await;
     let mut jobs = server.jobs().await;
-    let req = proto::SubmitJobRequest { idempotency_key: "order-42".into(), ..submit("upload", "a") };
+    let req = proto::SubmitJobRequest {
+        idempotency_key: "order-42".into(),
+        ..submit("upload", "a")
+    };
     let first = jobs.submit_job(req.clone()).await.unwrap().into_inner();
     let again = jobs.submit_job(req.clone()).await.unwrap().into_inner();
     assert!(first.created && !again.created);
     assert_eq!(first.job.unwrap().id, again.job.as_ref().unwrap().id);
-    let other = proto::SubmitJobRequest { payload: b"b".to_vec(), ..req };
+    let other = proto::SubmitJobRequest {
+        payload: b"b".to_vec(),
+        ..req
+    };
     let err = jobs.submit_job(other).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::AlreadyExists);
-    assert!(err.message().contains(&again.job.unwrap().id), "{}", err.message());
-    let page = jobs.list_jobs(proto::ListJobsRequest { queue: "upload".into(), ..Default::default() }).await;
+    assert!(
+        err.message().contains(&again.job.unwrap().id),
+        "{}",
+        err.message()
+    );
+    let page = jobs
+        .list_jobs(proto::ListJobsRequest {
+            queue: "upload".into(),
+            ..Default::default()
+        })
+        .await;
     assert_eq!(page.unwrap().into_inner().jobs.len(), 1);
 }
 
@@ -70,13 +102,26 @@ async fn list_pages_newest_first_and_filters_by_state() {
     let mut jobs = server.jobs().await;
     let mut ids = Vec::new();
     for i in 0..5 {
-        ids.push(submit_job(&mut jobs, submit("edit", &i.to_string())).await.id);
+        ids.push(
+            submit_job(&mut jobs, submit("edit", &i.to_string()))
+                .await
+                .id,
+        );
     }
-    jobs.cancel_job(proto::CancelJobRequest { job_id: ids[0].clone() }).await.unwrap();
+    jobs.cancel_job(proto::CancelJobRequest {
+        job_id: ids[0].clone(),
+    })
+    .await
+    .unwrap();
     let mut seen = Vec::new();
     let mut token = String::new();
     loop {
-        let req = proto::ListJobsRequest { queue: "edit".into(), page_size: 2, page_token: token, ..Default::default() };
+        let req = proto::ListJobsRequest {
+            queue: "edit".into(),
+            page_size: 2,
+            page_token: token,
+            ..Default::default()
+        };
         let page = jobs.list_jobs(req).await.unwrap().into_inner();
         seen.extend(page.jobs.into_iter().map(|j| j.id));
         if page.next_page_token.is_empty() {
@@ -86,7 +131,11 @@ async fn list_pages_newest_first_and_filters_by_state() {
     }
     ids.reverse();
     assert_eq!(seen, ids);
-    let req = proto::ListJobsRequest { queue: "edit".into(), state: JobState::Cancelled as i32, ..Default::default() };
+    let req = proto::ListJobsRequest {
+        queue: "edit".into(),
+        state: JobState::Cancelled as i32,
+        ..Default::default()
+    };
     let cancelled = jobs.list_jobs(req).await.unwrap().into_inner().jobs;
     assert_eq!(cancelled.len(), 1);
 }
@@ -95,7 +144,13 @@ async fn list_pages_newest_first_and_filters_by_state() {
 async fn delayed_job_waits_then_runs() {
     let (_redis, server) = harness::start().await;
     let mut jobs = server.jobs().await;
-    let req = proto::SubmitJobRequest { delay: Some(prost_types::Duration { seconds: 0, nanos: 300_000_000 }), ..submit("later", "x") };
+    let req = proto::SubmitJobRequest {
+        delay: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 300_000_000,
+        }),
+        ..submit("later", "x")
+    };
     let job = submit_job(&mut jobs, req).await;
     assert_eq!(job.state, JobState::Scheduled as i32);
     let mut worker = Worker::connect(&server, &["later"], 1).await;

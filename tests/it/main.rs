@@ -1,5 +1,6 @@
 //! Integration tests: real redis-server, real Conveyor servers, generated gRPC clients.
 
+mod bad_inputs;
 mod cost;
 mod fairness;
 mod harness;

@@ -39,8 +39,14 @@ async fn failed_attempts_retry_with_growing_backoff_then_fail_with_the_last_erro
     let mut jobs = server.jobs().await;
     let req = proto::SubmitJobRequest {
         max_attempts: Some(3),
-        backoff_initial: Some(prost_types::Duration { seconds: 0, nanos: 200_000_000 }),
-        backoff_max: Some(prost_types::Duration { seconds: 10, nanos: 0 }),
+        backoff_initial: Some(prost_types::Duration {
+            seconds: 0,
+            nanos: 200_000_000,
+        }),
+        backoff_max: Some(prost_types::Duration {
+            seconds: 10,
+            nanos: 0,
+        }),
         ..submit("upload", "x")
     };
     let job = submit_job(&mut jobs, req).await;
@@ -52,20 +58,32 @@ async fn failed_attempts_retry_with_growing_backoff_then_fail_with_the_last_erro
         if attempt > 1 {
             // Equal jitter: at least half of 200 ms, then of 400 ms.
             let floor = Duration::from_millis(100 << (attempt - 2));
-            assert!(failed_at.elapsed() >= floor, "attempt {attempt} came after {:?}", failed_at.elapsed());
+            assert!(
+                failed_at.elapsed() >= floor,
+                "attempt {attempt} came after {:?}",
+                failed_at.elapsed()
+            );
         }
         assert_eq!(a.attempt, attempt);
         assert!(a.token > last_token, "fencing tokens grow");
         last_token = a.token;
-        let r = worker.fail(&job.id, a.token, &format!("network down #{attempt}"), true).await;
+        let r = worker
+            .fail(&job.id, a.token, &format!("network down #{attempt}"), true)
+            .await;
         assert_eq!(r.code, 0, "{}", r.message);
         failed_at = Instant::now();
         if attempt < 3 {
-            assert_eq!(get(&mut jobs, &job.id).await.state, JobState::Scheduled as i32);
+            assert_eq!(
+                get(&mut jobs, &job.id).await.state,
+                JobState::Scheduled as i32
+            );
         }
     }
     let failed = wait_state(&mut jobs, &job.id, JobState::Failed).await;
-    assert_eq!((failed.attempt, failed.error.as_str()), (3, "network down #3"));
+    assert_eq!(
+        (failed.attempt, failed.error.as_str()),
+        (3, "network down #3")
+    );
 }
 
 #[tokio::test]
@@ -75,7 +93,13 @@ async fn a_non_retryable_failure_ends_the_job_at_once() {
     let job = submit_job(&mut jobs, submit("upload", "x")).await;
     let mut worker = Worker::connect(&server, &["upload"], 1).await;
     let a = worker.assignment().await;
-    assert_eq!(worker.fail(&job.id, a.token, "bad credentials", false).await.code, 0);
+    assert_eq!(
+        worker
+            .fail(&job.id, a.token, "bad credentials", false)
+            .await
+            .code,
+        0
+    );
     let failed = get(&mut jobs, &job.id).await;
     assert_eq!((failed.state, failed.attempt), (JobState::Failed as i32, 1));
 }
@@ -89,15 +113,30 @@ async fn cancelling_a_running_job_tells_its_worker_and_frees_the_slot() {
     let mut worker = Worker::connect(&server, &["render"], 1).await;
     let a = worker.assignment().await;
     assert_eq!(a.job.as_ref().unwrap().id, first.id);
-    let cancelled = jobs.cancel_job(proto::CancelJobRequest { job_id: first.id.clone() }).await.unwrap();
-    assert_eq!(cancelled.into_inner().job.unwrap().state, JobState::Cancelled as i32);
+    let cancelled = jobs
+        .cancel_job(proto::CancelJobRequest {
+            job_id: first.id.clone(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        cancelled.into_inner().job.unwrap().state,
+        JobState::Cancelled as i32
+    );
     match worker.recv().await {
         Msg::Cancel(c) => assert_eq!(c.job_id, first.id),
         other => panic!("expected Cancel, got {other:?}"),
     }
-    assert_eq!(worker.assignment().await.job.unwrap().id, second.id, "the freed slot takes the next job");
+    assert_eq!(
+        worker.assignment().await.job.unwrap().id,
+        second.id,
+        "the freed slot takes the next job"
+    );
     // The cancelled attempt can no longer report.
-    assert_eq!(worker.complete(&first.id, a.token, "late").await.code, tonic::Code::FailedPrecondition as i32);
+    assert_eq!(
+        worker.complete(&first.id, a.token, "late").await.code,
+        tonic::Code::FailedPrecondition as i32
+    );
 }
 
 #[tokio::test]
@@ -109,16 +148,25 @@ async fn a_worker_back_within_the_grace_period_keeps_its_jobs() {
     let a = worker.assignment().await;
     drop(worker); // the network blips
     let mut h = hello(&["render"], 1, "node-1");
-    h.held = vec![proto::HeldLease { job_id: job.id.clone(), token: a.token }];
+    h.held = vec![proto::HeldLease {
+        job_id: job.id.clone(),
+        token: a.token,
+    }];
     let mut back = Worker::connect_with(&server, h).await;
     assert_eq!(back.welcome.reattached, vec![job.id.clone()]);
     assert!(back.welcome.lost.is_empty());
     // Well past the grace period, it is still the same attempt, and it completes.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     let running = get(&mut jobs, &job.id).await;
-    assert_eq!((running.state, running.attempt), (JobState::Running as i32, 1));
+    assert_eq!(
+        (running.state, running.attempt),
+        (JobState::Running as i32, 1)
+    );
     assert_eq!(back.complete(&job.id, a.token, "done").await.code, 0);
-    assert_eq!(get(&mut jobs, &job.id).await.state, JobState::Succeeded as i32);
+    assert_eq!(
+        get(&mut jobs, &job.id).await.state,
+        JobState::Succeeded as i32
+    );
 }
 
 #[tokio::test]
@@ -135,12 +183,23 @@ async fn a_worker_that_does_not_come_back_loses_its_jobs_to_another_and_its_toke
     assert_eq!((new.attempt, new.token > old.token), (2, true));
     // The first worker comes back late and reports: rejected, nothing changes.
     let mut h = hello(&["render"], 1, "node-gone");
-    h.held = vec![proto::HeldLease { job_id: job.id.clone(), token: old.token }];
+    h.held = vec![proto::HeldLease {
+        job_id: job.id.clone(),
+        token: old.token,
+    }];
     let mut late = Worker::connect_with(&server, h).await;
     assert_eq!(late.welcome.lost, vec![job.id.clone()]);
     let r = late.complete(&job.id, old.token, "stale").await;
-    assert_eq!(r.code, tonic::Code::FailedPrecondition as i32, "{}", r.message);
-    assert_eq!(get(&mut jobs, &job.id).await.state, JobState::Running as i32);
+    assert_eq!(
+        r.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{}",
+        r.message
+    );
+    assert_eq!(
+        get(&mut jobs, &job.id).await.state,
+        JobState::Running as i32
+    );
     assert_eq!(other.complete(&job.id, new.token, "fresh").await.code, 0);
     assert_eq!(get(&mut jobs, &job.id).await.result, "fresh");
 }
@@ -164,7 +223,10 @@ async fn a_job_past_its_timeout_fails_its_attempt() {
     let mut jobs = server.jobs().await;
     let req = proto::SubmitJobRequest {
         max_attempts: Some(1),
-        timeout: Some(prost_types::Duration { seconds: 1, nanos: 0 }),
+        timeout: Some(prost_types::Duration {
+            seconds: 1,
+            nanos: 0,
+        }),
         ..submit("render", "x")
     };
     let job = submit_job(&mut jobs, req).await;
