@@ -54,6 +54,8 @@ pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
         return Err(Error::Missing);
     }
     std::fs::create_dir_all(dir)?;
+    // redis-server changes into `--dir` before opening its log, so paths must be absolute.
+    let dir = &dir.canonicalize()?;
     let port = free_port()?;
     let log = dir.join("redis.log");
     let child = Command::new("redis-server")

@@ -2,12 +2,15 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod dev;
 pub mod dispatcher;
 pub mod events;
 pub mod scheduler;
 pub mod server;
+pub mod worker;
 
 /// Code generated from `proto/conveyor/v1/*.proto`.
 pub mod proto {

@@ -7,8 +7,9 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use tokio::net::TcpListener;
 
+use conveyor::cli::{self, CancelArgs, GetArgs, ListArgs, SubmitArgs, WatchArgs, WorkerArgs};
 use conveyor::config::Config;
-use conveyor::{dev, server};
+use conveyor::{demo, dev, server};
 
 #[derive(Parser)]
 #[command(
@@ -33,6 +34,24 @@ enum Command {
         #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
         data_dir: PathBuf,
     },
+    /// Show the whole loop in one command: private Redis, server, worker, one job watched to its result.
+    Demo {
+        /// Where the demo's redis-server keeps its data.
+        #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
+        data_dir: PathBuf,
+    },
+    /// Run CMD once per job of the given queues.
+    Worker(WorkerArgs),
+    /// Submit a job and print its id.
+    Submit(SubmitArgs),
+    /// Show one job.
+    Get(GetArgs),
+    /// List the jobs of a queue, newest first.
+    List(ListArgs),
+    /// Follow a job to its end; the exit code says how it ended (0 succeeded, 1 failed, 3 cancelled).
+    Watch(WatchArgs),
+    /// Cancel a job; a running job's worker is told to stop.
+    Cancel(CancelArgs),
 }
 
 fn init_logging(default: &str) {
@@ -67,6 +86,9 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_) | Command::Dev { .. }) {
+        return client(cli.command).await;
+    }
     let outcome: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(config) => {
             init_logging("info");
@@ -92,9 +114,29 @@ async fn main() -> ExitCode {
             }
             .await
         }
+        _ => unreachable!("client commands return above"),
     };
     outcome.unwrap_or_else(|e| {
         eprintln!("error: {e}");
         ExitCode::FAILURE
+    })
+}
+
+/// Client commands log only warnings, so their output stays readable; a worker says more.
+async fn client(command: Command) -> ExitCode {
+    init_logging(if matches!(command, Command::Worker(_)) {
+        "info"
+    } else {
+        "warn"
+    });
+    cli::report(match command {
+        Command::Demo { data_dir } => demo::run(&data_dir).await,
+        Command::Worker(args) => cli::worker::run(args).await,
+        Command::Submit(args) => cli::submit::run(args).await,
+        Command::Get(args) => cli::show::get(args).await,
+        Command::List(args) => cli::show::list(args).await,
+        Command::Watch(args) => cli::watch::run(args).await,
+        Command::Cancel(args) => cli::show::cancel(args).await,
+        Command::Serve(_) | Command::Dev { .. } => unreachable!("handled in main"),
     })
 }

@@ -1,0 +1,144 @@
+//! `conveyor get`, `list` and `cancel`: read and change jobs, printed for people.
+
+use std::process::ExitCode;
+
+use super::{ClientArgs, Error, Outcome};
+use crate::proto::{self, JobState, Tier};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct GetArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub job_id: String,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[arg(long, short)]
+    pub queue: String,
+    /// Only jobs in this state: scheduled, queued, running, succeeded, failed, cancelled.
+    #[arg(long, value_parser = parse_state)]
+    pub state: Option<i32>,
+    /// Jobs per page.
+    #[arg(long, default_value_t = 20)]
+    pub limit: u32,
+    /// The token a previous page printed.
+    #[arg(long)]
+    pub page_token: Option<String>,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    pub job_id: String,
+}
+
+fn parse_state(s: &str) -> Result<i32, String> {
+    JobState::from_str_name(&format!("JOB_STATE_{}", s.to_ascii_uppercase()))
+        .filter(|s| *s != JobState::Unspecified)
+        .map(|s| s as i32)
+        .ok_or_else(|| {
+            format!("{s:?}: use scheduled, queued, running, succeeded, failed or cancelled")
+        })
+}
+
+fn state(value: i32) -> String {
+    JobState::try_from(value)
+        .map(|s| s.as_str_name().trim_start_matches("JOB_STATE_").to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn tier(value: i32) -> String {
+    Tier::try_from(value)
+        .map(|t| t.as_str_name().trim_start_matches("TIER_").to_string())
+        .unwrap_or_else(|_| value.to_string())
+}
+
+fn time(t: &Option<prost_types::Timestamp>) -> String {
+    t.as_ref()
+        .map(|t| t.to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn print_job(job: &proto::Job) {
+    let progress = job.progress.clone().unwrap_or_default();
+    println!("id:        {}", job.id);
+    println!("queue:     {}", job.queue);
+    println!("state:     {}", state(job.state));
+    println!("tier:      {}", tier(job.tier));
+    println!("priority:  {}", job.priority);
+    println!("attempt:   {}/{}", job.attempt, job.max_attempts);
+    println!(
+        "progress:  {:.1}% {} {}",
+        progress.percent, progress.stage, progress.message
+    );
+    println!("created:   {}", time(&job.created_at));
+    println!("started:   {}", time(&job.started_at));
+    println!("finished:  {}", time(&job.finished_at));
+    if !job.worker_id.is_empty() {
+        println!("worker:    {}", job.worker_id);
+    }
+    if !job.result.is_empty() {
+        println!("result:    {}", job.result);
+    }
+    if !job.error.is_empty() {
+        println!("error:     {}", job.error);
+    }
+}
+
+pub async fn get(args: GetArgs) -> Outcome {
+    let mut jobs = args.client.jobs().await?;
+    let job = jobs
+        .get_job(proto::GetJobRequest {
+            job_id: args.job_id,
+        })
+        .await?
+        .into_inner()
+        .job;
+    print_job(&job.ok_or_else(|| Error::Usage("empty answer".into()))?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn list(args: ListArgs) -> Outcome {
+    let mut jobs = args.client.jobs().await?;
+    let request = proto::ListJobsRequest {
+        queue: args.queue,
+        state: args.state.unwrap_or_default(),
+        page_size: args.limit,
+        page_token: args.page_token.unwrap_or_default(),
+    };
+    let page = jobs.list_jobs(request).await?.into_inner();
+    for job in &page.jobs {
+        let pct = job.progress.as_ref().map(|p| p.percent).unwrap_or(0.0);
+        println!(
+            "{}  {:<9}  {:<10}  p{}  {:>5.1}%  {}",
+            job.id,
+            state(job.state),
+            tier(job.tier),
+            job.priority,
+            pct,
+            time(&job.created_at)
+        );
+    }
+    if !page.next_page_token.is_empty() {
+        println!("next page: --page-token {}", page.next_page_token);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn cancel(args: CancelArgs) -> Outcome {
+    let mut jobs = args.client.jobs().await?;
+    let job = jobs
+        .cancel_job(proto::CancelJobRequest {
+            job_id: args.job_id,
+        })
+        .await?
+        .into_inner()
+        .job
+        .unwrap_or_default();
+    println!("{} {}", job.id, state(job.state));
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,135 @@
+//! `conveyor submit`: sends a job and prints its id; `--watch` then follows it to the end.
+
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use super::{ClientArgs, Error, Outcome, watch};
+use crate::config::parse_duration;
+use crate::proto;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The queue, e.g. `render`.
+    #[arg(long, short)]
+    pub queue: String,
+    /// The payload (usually JSON). Use `--file`, or `-` to read stdin, for larger ones.
+    pub payload: Option<String>,
+    /// Read the payload from this file (`-` for stdin).
+    #[arg(long, conflicts_with = "payload")]
+    pub file: Option<PathBuf>,
+    #[arg(long, default_value = "application/json")]
+    pub content_type: String,
+    /// free, pro, premium or enterprise.
+    #[arg(long, default_value = "free", value_parser = parse_tier)]
+    pub tier: i32,
+    /// 1 (most urgent) .. 9; the server's default is 5.
+    #[arg(long, allow_negative_numbers = true)]
+    pub priority: Option<i32>,
+    /// Run no sooner than this from now, e.g. 30s, 5m.
+    #[arg(long, value_parser = parse_duration)]
+    pub delay: Option<Duration>,
+    /// Attempts before the job fails for good.
+    #[arg(long)]
+    pub attempts: Option<u32>,
+    /// How long one attempt may run, e.g. 10m.
+    #[arg(long, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
+    /// First retry delay (doubles per attempt).
+    #[arg(long, value_parser = parse_duration)]
+    pub backoff: Option<Duration>,
+    /// A label `key=value` (repeatable).
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// A second submit with the same key returns the first job.
+    #[arg(long)]
+    pub idempotency_key: Option<String>,
+    /// Follow the job to its end with a progress bar; exit with its outcome.
+    #[arg(long)]
+    pub watch: bool,
+}
+
+fn parse_tier(s: &str) -> Result<i32, String> {
+    let name = format!("TIER_{}", s.to_ascii_uppercase());
+    proto::Tier::from_str_name(&name)
+        .filter(|t| *t != proto::Tier::Unspecified)
+        .map(|t| t as i32)
+        .ok_or_else(|| format!("{s:?}: use free, pro, premium or enterprise"))
+}
+
+fn parse_label(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?}: use key=value"))
+}
+
+fn duration(d: Duration) -> prost_types::Duration {
+    prost_types::Duration {
+        seconds: d.as_secs() as i64,
+        nanos: d.subsec_nanos() as i32,
+    }
+}
+
+fn payload(args: &SubmitArgs) -> Result<Vec<u8>, Error> {
+    let read_stdin = || {
+        let mut buf = Vec::new();
+        std::io::stdin().read_to_end(&mut buf).map(|_| buf)
+    };
+    let io = |e: std::io::Error| Error::Usage(format!("reading the payload: {e}"));
+    match (&args.payload, &args.file) {
+        (Some(p), _) if p == "-" => read_stdin().map_err(io),
+        (Some(p), _) => Ok(p.clone().into_bytes()),
+        (None, Some(f)) if f.as_os_str() == "-" => read_stdin().map_err(io),
+        (None, Some(f)) => {
+            std::fs::read(f).map_err(|e| Error::Usage(format!("{}: {e}", f.display())))
+        }
+        (None, None) => Ok(b"{}".to_vec()),
+    }
+}
+
+pub async fn run(args: SubmitArgs) -> Outcome {
+    let request = proto::SubmitJobRequest {
+        queue: args.queue.clone(),
+        payload: payload(&args)?,
+        content_type: args.content_type.clone(),
+        tier: args.tier,
+        priority: args.priority,
+        labels: args.labels.iter().cloned().collect::<HashMap<_, _>>(),
+        delay: args.delay.map(duration),
+        max_attempts: args.attempts,
+        timeout: args.timeout.map(duration),
+        backoff_initial: args.backoff.map(duration),
+        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        ..Default::default()
+    };
+    let mut jobs = args.client.jobs().await?;
+    let response = jobs.submit_job(request).await?.into_inner();
+    let job = response.job.unwrap_or_default();
+    if response.created {
+        println!("{}", job.id);
+    } else {
+        println!("{} (existing job with this idempotency key)", job.id);
+    }
+    if !args.watch {
+        return Ok(ExitCode::SUCCESS);
+    }
+    watch::follow(&mut jobs, &job.id, None).await
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tiers_and_labels() {
+        assert_eq!(
+            super::parse_tier("Premium"),
+            Ok(crate::proto::Tier::Premium as i32)
+        );
+        assert!(super::parse_tier("gold").is_err() && super::parse_tier("unspecified").is_err());
+        assert_eq!(super::parse_label("a=b=c"), Ok(("a".into(), "b=c".into())));
+        assert!(super::parse_label("ab").is_err());
+    }
+}

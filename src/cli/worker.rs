@@ -1,0 +1,60 @@
+//! `conveyor worker --queue Q --concurrency N -- CMD ARGS...`
+
+use std::process::ExitCode;
+
+use super::{ClientArgs, Outcome};
+use crate::worker;
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// Queues to take jobs from (repeat the flag, or comma-separate).
+    #[arg(
+        long = "queue",
+        short,
+        env = "CONVEYOR_QUEUES",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub queues: Vec<String>,
+    /// Jobs run at once.
+    #[arg(long, short, env = "CONVEYOR_CONCURRENCY", default_value_t = 1)]
+    pub concurrency: u32,
+    /// Stable id across restarts (default: made up per process).
+    #[arg(long, env = "CONVEYOR_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// The command run per job: payload on stdin; `PROGRESS <pct> [stage] [msg]` and
+    /// `RESULT <json>` lines on stdout; a non-zero exit fails the attempt.
+    #[arg(last = true, required = true)]
+    pub command: Vec<String>,
+}
+
+/// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
+async fn shutdown() {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    let mut next = async move || {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+    };
+    next().await;
+    tokio::spawn(async move {
+        next().await;
+        std::process::exit(130);
+    });
+}
+
+pub async fn run(args: WorkerArgs) -> Outcome {
+    let options = worker::Options {
+        addr: args.client.addr,
+        queues: args.queues,
+        concurrency: args.concurrency,
+        command: args.command,
+        worker_id: args.worker_id,
+        labels: Default::default(),
+    };
+    worker::run(options, shutdown()).await?;
+    Ok(ExitCode::SUCCESS)
+}
