@@ -5,5 +5,6 @@ mod cost;
 mod fairness;
 mod harness;
 mod jobs;
+mod process;
 mod replicas;
 mod workers;

@@ -1,0 +1,150 @@
+//! Real `conveyor` processes: `worker -- CMD` running shell commands, `submit --watch`, and a
+//! worker killed with SIGKILL mid-job.
+
+use std::process::Stdio;
+
+use conveyor::proto::{self, JobState};
+use tokio::process::{Child, Command};
+
+use crate::harness::{self, Server, eventually, get, submit, submit_job, wait_state};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
+
+fn worker(server: &Server, id: &str, script: &str) -> Child {
+    Command::new(BIN)
+        .args([
+            "worker",
+            "--addr",
+            &server.addr,
+            "--queue",
+            "render",
+            "--worker-id",
+            id,
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[tokio::test]
+async fn a_job_whose_worker_is_killed_completes_on_another() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    // The first attempt reports progress until its stdout breaks (its worker died); later
+    // attempts finish at once.
+    let script = r#"if [ "$CONVEYOR_ATTEMPT" = 1 ]; then
+        while echo "PROGRESS 10 start"; do sleep 0.1; done; exit 1
+    fi
+    echo "RESULT {\"attempt\":$CONVEYOR_ATTEMPT}""#;
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    let mut first = worker(&server, "doomed", script);
+    eventually("the first attempt to report progress", || {
+        let mut jobs = jobs.clone();
+        let id = job.id.clone();
+        async move { (get(&mut jobs, &id).await.progress?.percent == 10.0).then_some(()) }
+    })
+    .await;
+    first.start_kill().unwrap(); // SIGKILL: no goodbye, no drain
+    first.wait().await.unwrap();
+    let _second = worker(&server, "survivor", script);
+    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
+    assert_eq!(
+        (done.attempt, done.result.as_str(), done.worker_id.as_str()),
+        (2, r#"{"attempt":2}"#, "survivor")
+    );
+}
+
+#[tokio::test]
+async fn cancel_reaches_a_real_worker_and_kills_its_command() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    let script = format!(
+        "echo $$ > {}; echo 'PROGRESS 1 waiting'; exec sleep 600",
+        pidfile.display()
+    );
+    let _worker = worker(&server, "w", &script);
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    let pid: u32 = eventually("the command to start", || {
+        let pidfile = pidfile.clone();
+        async move { std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok() }
+    })
+    .await;
+    assert!(alive(pid));
+    jobs.cancel_job(proto::CancelJobRequest {
+        job_id: job.id.clone(),
+    })
+    .await
+    .unwrap();
+    eventually("the command to be killed", || async move {
+        (!alive(pid)).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&mut jobs, &job.id).await.state,
+        JobState::Cancelled as i32
+    );
+}
+
+#[tokio::test]
+async fn submit_watch_follows_a_job_to_its_result_and_exit_codes_tell_the_outcome() {
+    let (_redis, server) = harness::start().await;
+    let script = r#"read payload
+        if [ "$payload" = '"bad"' ]; then echo "FATAL no such video"; exit 1; fi
+        echo "PROGRESS 50 encode half way"; echo "RESULT {\"echo\":$payload}""#;
+    let _worker = worker(&server, "w", script);
+    let run = |payload: &str| {
+        Command::new(BIN)
+            .args([
+                "submit",
+                "--addr",
+                &server.addr,
+                "--queue",
+                "render",
+                "--watch",
+                &format!("{payload}\n"),
+            ])
+            .output()
+    };
+    let ok = run("1").await.unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&ok.stdout),
+        String::from_utf8_lossy(&ok.stderr),
+    );
+    assert_eq!(ok.status.code(), Some(0), "{stderr}");
+    assert!(stdout.ends_with("{\"echo\":1}\n"), "{stdout}");
+    assert!(stderr.contains("50.0%  encode  half way"), "{stderr}");
+    assert!(stderr.contains("SUCCEEDED"), "{stderr}");
+
+    let bad = run("\"bad\"").await.unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no such video"));
+
+    let refused = Command::new(BIN)
+        .args([
+            "submit",
+            "--addr",
+            &server.addr,
+            "--queue",
+            "has space",
+            "x",
+        ])
+        .output();
+    let refused = refused.await.unwrap();
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("queue"));
+}
