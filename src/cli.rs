@@ -46,7 +46,7 @@ pub enum Error {
         addr: String,
         source: tonic::transport::Error,
     },
-    #[error("{}: {}", .0.code().description(), .0.message())]
+    #[error("{:?}: {}", .0.code(), .0.message())]
     Status(#[from] tonic::Status),
     #[error(transparent)]
     Worker(#[from] crate::worker::Error),

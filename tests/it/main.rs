@@ -7,4 +7,5 @@ mod harness;
 mod jobs;
 mod process;
 mod replicas;
+mod standard;
 mod workers;
