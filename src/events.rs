@@ -156,3 +156,45 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scheduler::Progress;
+
+    fn event(seq: u64) -> Event {
+        let kind = EventKind::Progress(Progress::default());
+        Event {
+            job_id: "j".into(),
+            seq,
+            kind,
+            attempt: 1,
+            result: String::new(),
+            error: String::new(),
+            time_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_cut_loose_and_the_others_keep_going() {
+        let hub = Handle::default();
+        let mut slow = hub.subscribe("j");
+        let mut fast = hub.subscribe("j");
+        for seq in 1..=(WATCHER_BUFFER as u64 + 10) {
+            hub.publish(&event(seq));
+            assert_eq!(fast.rx.recv().await.map(|e| e.seq), Some(seq));
+        }
+        assert_eq!(hub.watcher_count(), 1, "only the reader is left");
+        let mut got = 0;
+        while let Some(e) = slow.rx.recv().await {
+            got += 1;
+            assert_eq!(e.seq, got);
+        }
+        assert_eq!(
+            got, WATCHER_BUFFER as u64,
+            "the slow one holds at most its buffer, then ends"
+        );
+        drop(fast);
+        assert_eq!(hub.watcher_count(), 0);
+    }
+}

@@ -158,3 +158,52 @@ async fn delayed_job_waits_then_runs() {
     assert_eq!(a.job.unwrap().id, job.id);
     wait_state(&mut jobs, &job.id, JobState::Running).await;
 }
+
+#[tokio::test]
+async fn a_watcher_that_does_not_read_neither_stalls_others_nor_misses_the_end() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let job = submit_job(&mut jobs, submit("render", "x")).await;
+    // Opened first and then left unread while the job produces hundreds of events.
+    let mut slow = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let fast = {
+        let (mut jobs, id) = (jobs.clone(), job.id.clone());
+        tokio::spawn(async move { watch_all(&mut jobs, &id, None).await })
+    };
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    let a = worker.assignment().await;
+    for i in 0..400 {
+        worker.progress(&a, i as f32 / 4.0, "step").await;
+    }
+    assert_eq!(worker.complete(&job.id, a.token, "done").await.code, 0);
+    let fast = fast.await.unwrap();
+    assert_eq!(fast.last().unwrap().state, JobState::Succeeded as i32);
+
+    let mut seen = Vec::new();
+    while let Some(event) = tokio_stream::StreamExt::next(&mut slow).await {
+        seen.push(event.unwrap());
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");
+    // Had it fallen behind the retained log, it would get a fresh snapshot instead of a gap
+    // (the hub's side of that is unit-tested in src/events.rs).
+    for w in seen.windows(2) {
+        assert!(
+            w[1].seq == w[0].seq + 1 || w[1].kind == Kind::Snapshot as i32,
+            "gap before seq {}",
+            w[1].seq
+        );
+    }
+    let last = seen.last().unwrap();
+    assert!(
+        last.state == JobState::Succeeded as i32,
+        "ends with the terminal event: {last:?}"
+    );
+}

@@ -42,3 +42,32 @@ async fn a_job_submitted_on_one_replica_wakes_a_worker_on_another() {
     let job = submit_job(&mut jobs, submit("upload", "x")).await;
     assert_eq!(worker.assignment().await.job.unwrap().id, job.id);
 }
+
+#[tokio::test]
+async fn a_drained_worker_takes_its_running_job_to_another_replica() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let a = Server::start(harness::config(&redis)).await;
+    let b = Server::start(harness::config(&redis)).await;
+    let mut jobs = b.jobs().await;
+    let job = submit_job(&mut jobs, submit("render", "x")).await;
+    let mut worker = Worker::connect_with(&a, harness::hello(&["render"], 1, "node-1")).await;
+    let lease = worker.assignment().await;
+    let stopping = tokio::spawn(a.stop());
+    assert!(matches!(
+        worker.recv().await,
+        conveyor::proto::server_message::Msg::Drain(_)
+    ));
+    drop(worker);
+    stopping.await.unwrap();
+    let mut hello = harness::hello(&["render"], 1, "node-1");
+    hello.held = vec![conveyor::proto::HeldLease {
+        job_id: job.id.clone(),
+        token: lease.token,
+    }];
+    let mut moved = Worker::connect_with(&b, hello).await;
+    assert_eq!(moved.welcome.reattached, vec![job.id.clone()]);
+    assert_eq!(moved.complete(&job.id, lease.token, "done").await.code, 0);
+    let done = harness::get(&mut jobs, &job.id).await;
+    assert_eq!((done.state, done.attempt), (JobState::Succeeded as i32, 1));
+}
