@@ -170,7 +170,7 @@ impl Handle {
     }
 }
 
-/// Starts the service loop; it ends when every `Handle` is dropped and `signals` closes.
+/// Starts the service loop; it ends when `signals` closes (the server's event task ended).
 pub fn spawn(
     scheduler: scheduler::Handle,
     options: Options,
@@ -200,7 +200,11 @@ async fn run(
         let due = state.next_due();
         tokio::select! {
             Some(command) = commands.recv() => state.handle(command),
-            Some(signal) = signals.recv() => state.handle(Command::Signal(signal)),
+            // The event task ends with the server; so does this loop.
+            signal = signals.recv() => match signal {
+                Some(signal) => state.handle(Command::Signal(signal)),
+                None => return,
+            },
             _ = sweep.tick() => state.sweep(),
             _ = renew.tick() => state.renew(),
             _ = sleep_until(due) => state.due(),
