@@ -63,15 +63,6 @@ fn init_logging(default: &str) {
         .init();
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-    }
-}
-
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         format!(
@@ -79,7 +70,7 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
             config.listen
         )
     })?;
-    server::run(config, listener, shutdown_signal()).await?;
+    server::run(config, listener, cli::interrupted()).await?;
     Ok(())
 }
 

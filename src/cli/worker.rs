@@ -32,16 +32,9 @@ pub struct WorkerArgs {
 
 /// Resolves on the first Ctrl-C or SIGTERM; a second one exits at once.
 async fn shutdown() {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-    let mut next = async move || {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
-        }
-    };
-    next().await;
-    tokio::spawn(async move {
-        next().await;
+    super::interrupted().await;
+    tokio::spawn(async {
+        super::interrupted().await;
         std::process::exit(130);
     });
 }

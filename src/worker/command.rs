@@ -54,105 +54,25 @@ pub async fn run(
 ) {
     let job = a.job.unwrap_or_default();
     let (job_id, token) = (job.id.clone(), a.token);
-    let tag: String = job_id
-        .chars()
-        .rev()
-        .take(8)
-        .collect::<String>()
-        .chars()
-        .rev()
-        .collect();
-    let mut child = match spawn(&command, &job, a.attempt) {
-        Ok(child) => child,
-        Err(e) => {
-            let error = format!("could not start {:?}: {e}", command[0]);
-            let outcome = Outcome::Failed {
-                error,
-                retryable: false,
+    let outcome = match spawn(&command, &job, a.attempt) {
+        Ok(child) => {
+            let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+            let report = Reporter {
+                events: events.clone(),
+                job_id: job_id.clone(),
+                token,
             };
-            let _ = events
-                .send(Event::Finished {
-                    job_id,
-                    token,
-                    outcome,
-                })
-                .await;
-            return;
-        }
-    };
-    let mut stdin = child.stdin.take().expect("piped");
-    let payload = job.payload;
-    tokio::spawn(async move {
-        // A command that ignores its stdin closes the pipe early; that is fine.
-        let _ = stdin.write_all(&payload).await;
-    });
-    let stderr = tokio::spawn(tail_stderr(
-        child.stderr.take().expect("piped"),
-        tag.clone(),
-    ));
-    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-
-    let (mut result, mut fatal) = (String::new(), None);
-    let mut pending: Option<Progress> = None;
-    let mut last_sent = Instant::now() - PROGRESS_EVERY;
-    let mut cancel = cancel;
-    loop {
-        let flush_at = last_sent + PROGRESS_EVERY;
-        tokio::select! {
-            line = stdout.next_line() => match line {
-                Ok(Some(text)) => match line::parse(&text) {
-                    Line::Progress(p) => pending = Some(p),
-                    Line::Result(json) => result = json,
-                    Line::Fatal(message) => fatal = Some(message),
-                    Line::Other => eprintln!("[{tag}] {text}"),
-                },
-                _ => break,
-            },
-            _ = tokio::time::sleep_until(flush_at), if pending.is_some() => {}
-            _ = &mut cancel => {
-                stop(&mut child).await;
-                return;
+            tokio::select! {
+                outcome = supervise(child, job.payload, &command[0], report) => outcome,
+                _ = cancel => {
+                    terminate(group);
+                    return;
+                }
             }
         }
-        if pending.is_some() && Instant::now() >= last_sent + PROGRESS_EVERY {
-            let progress = pending.take().expect("checked");
-            last_sent = Instant::now();
-            let _ = events
-                .send(Event::Progress {
-                    job_id: job_id.clone(),
-                    token,
-                    progress,
-                })
-                .await;
-        }
-    }
-    let status = tokio::select! {
-        status = child.wait() => status,
-        _ = &mut cancel => {
-            stop(&mut child).await;
-            return;
-        }
-    };
-    let tail = stderr.await.unwrap_or_default();
-    let outcome = match (status, fatal) {
-        (Ok(s), None) if s.success() => Outcome::Succeeded { result },
-        (_, Some(error)) => Outcome::Failed {
-            error,
+        Err(e) => Outcome::Failed {
+            error: format!("could not start {:?}: {e}", command[0]),
             retryable: false,
-        },
-        (Ok(s), None) => {
-            let mut error = format!("{} exited with {s}", command[0]);
-            if !tail.is_empty() {
-                error = format!("{error}: {tail}");
-            }
-            Outcome::Failed {
-                error,
-                retryable: true,
-            }
-        }
-        (Err(e), None) => Outcome::Failed {
-            error: format!("waiting for the command: {e}"),
-            retryable: true,
         },
     };
     let _ = events
@@ -162,6 +82,89 @@ pub async fn run(
             outcome,
         })
         .await;
+}
+
+/// Sends a job's progress, coalesced to at most one report per `PROGRESS_EVERY`.
+struct Reporter {
+    events: mpsc::Sender<Event>,
+    job_id: String,
+    token: u64,
+}
+
+impl Reporter {
+    fn tag(&self) -> &str {
+        self.job_id
+            .get(self.job_id.len().saturating_sub(8)..)
+            .unwrap_or(&self.job_id)
+    }
+
+    async fn progress(&self, progress: Progress) {
+        let (job_id, token) = (self.job_id.clone(), self.token);
+        let _ = self
+            .events
+            .send(Event::Progress {
+                job_id,
+                token,
+                progress,
+            })
+            .await;
+    }
+}
+
+/// Feeds the payload, reads the child's output and waits for it to exit.
+async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Reporter) -> Outcome {
+    let mut stdin = child.stdin.take().expect("piped");
+    tokio::spawn(async move {
+        // A command that ignores its stdin closes the pipe early; that is fine.
+        let _ = stdin.write_all(&payload).await;
+    });
+    let stderr = tokio::spawn(tail_stderr(
+        child.stderr.take().expect("piped"),
+        report.tag().to_string(),
+    ));
+    let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
+    let (mut result, mut fatal) = (String::new(), None);
+    let mut pending: Option<Progress> = None;
+    let mut last_sent = Instant::now() - PROGRESS_EVERY;
+    loop {
+        tokio::select! {
+            line = stdout.next_line() => match line {
+                Ok(Some(text)) => match line::parse(&text) {
+                    Line::Progress(p) => pending = Some(p),
+                    Line::Result(json) => result = json,
+                    Line::Fatal(message) => fatal = Some(message),
+                    Line::Other => eprintln!("[{}] {text}", report.tag()),
+                },
+                _ => break,
+            },
+            _ = tokio::time::sleep_until(last_sent + PROGRESS_EVERY), if pending.is_some() => {}
+        }
+        if pending.is_some() && Instant::now() >= last_sent + PROGRESS_EVERY {
+            last_sent = Instant::now();
+            report.progress(pending.take().expect("checked")).await;
+        }
+    }
+    let status = child.wait().await;
+    let tail = stderr.await.unwrap_or_default();
+    match (status, fatal) {
+        (Ok(s), None) if s.success() => Outcome::Succeeded { result },
+        (_, Some(error)) => Outcome::Failed {
+            error,
+            retryable: false,
+        },
+        (Ok(s), None) if tail.is_empty() => Outcome::Failed {
+            error: format!("{program} exited with {s}"),
+            retryable: true,
+        },
+        (Ok(s), None) => Outcome::Failed {
+            error: format!("{program} exited with {s}: {tail}"),
+            retryable: true,
+        },
+        (Err(e), None) => Outcome::Failed {
+            error: format!("waiting for the command: {e}"),
+            retryable: true,
+        },
+    }
 }
 
 fn spawn(command: &[String], job: &proto::Job, attempt: u32) -> std::io::Result<Child> {
@@ -178,9 +181,9 @@ fn spawn(command: &[String], job: &proto::Job, attempt: u32) -> std::io::Result<
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        // Its own process group, so a cancel reaches whatever the command started too.
+        // Its own process group, so a cancel reaches whatever the command started too; the
+        // group is signalled on cancel, so dropping the handle must not SIGKILL it first.
         .process_group(0)
-        .kill_on_drop(true)
         .spawn()
 }
 
@@ -198,16 +201,12 @@ async fn tail_stderr(stderr: tokio::process::ChildStderr, tag: String) -> String
     Vec::from(tail).join(" / ")
 }
 
-/// SIGTERM to the process group, then SIGKILL if it is still there after a grace.
-async fn stop(child: &mut Child) {
-    let Some(pid) = child.id() else { return };
-    let group = Pid::from_raw(pid as i32);
+/// SIGTERM to the process group now, SIGKILL after a grace for whatever is still there.
+fn terminate(group: Option<Pid>) {
+    let Some(group) = group else { return };
     let _ = killpg(group, Signal::SIGTERM);
-    if tokio::time::timeout(KILL_GRACE, child.wait())
-        .await
-        .is_err()
-    {
+    tokio::spawn(async move {
+        tokio::time::sleep(KILL_GRACE).await;
         let _ = killpg(group, Signal::SIGKILL);
-        let _ = child.wait().await;
-    }
+    });
 }
