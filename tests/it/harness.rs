@@ -285,6 +285,20 @@ impl Worker {
         Worker::connect_with(server, hello(queues, concurrency, "")).await
     }
 
+    /// Sends heartbeats in the background, as a live worker does, for tests that wait longer
+    /// than the server's silence limit.
+    pub fn keep_alive(&self) {
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            let beat = || proto::WorkerMessage {
+                msg: Some(WorkerMsg::Heartbeat(proto::Heartbeat {})),
+            };
+            while tx.send(beat()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+    }
+
     pub async fn send(&self, msg: WorkerMsg) {
         self.tx
             .send(proto::WorkerMessage { msg: Some(msg) })

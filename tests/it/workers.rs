@@ -153,6 +153,7 @@ async fn a_worker_back_within_the_grace_period_keeps_its_jobs() {
         token: a.token,
     }];
     let mut back = Worker::connect_with(&server, h).await;
+    back.keep_alive();
     assert_eq!(back.welcome.reattached, vec![job.id.clone()]);
     assert!(back.welcome.lost.is_empty());
     // Well past the grace period, it is still the same attempt, and it completes.
@@ -238,4 +239,21 @@ async fn a_job_past_its_timeout_fails_its_attempt() {
         Msg::Cancel(c) => assert_eq!(c.job_id, job.id),
         other => panic!("expected Cancel, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_worker_that_falls_silent_is_noticed_and_its_job_moves_on() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let job = submit_job(&mut jobs, submit("render", "x")).await;
+    // Connected, holding a job, stream open, but it never sends another message (a hung host).
+    let mut silent = Worker::connect_with(&server, hello(&["render"], 1, "hung")).await;
+    let first = silent.assignment().await;
+    let mut other = Worker::connect_with(&server, hello(&["render"], 1, "healthy")).await;
+    other.keep_alive();
+    let again = other.assignment().await;
+    assert_eq!(again.job.unwrap().id, job.id);
+    assert_eq!((again.attempt, again.token > first.token), (2, true));
+    assert_eq!(other.complete(&job.id, again.token, "ok").await.code, 0);
+    drop(silent);
 }
