@@ -1,14 +1,14 @@
-//! The dispatcher's state and what each command, tick and signal does to it.
+//! The dispatcher's state and what each command and signal does to its sessions.
+
+mod leasing;
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
 
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 
 use super::{Command, Error, HeldMap, Hello, Options, ToWorker, Welcome};
 use crate::events::Signal;
-use crate::scheduler::{self, Leased, now_ms};
+use crate::scheduler;
 
 struct Session {
     worker: String,
@@ -258,96 +258,6 @@ impl State {
         }
     }
 
-    /// Starts a lease call for `queue` if a connected session has free slots for it.
-    pub(super) fn dispatch(&mut self, queue: &str) {
-        if self.draining {
-            return;
-        }
-        let q = self.queues.entry(queue.to_string()).or_default();
-        if q.busy || !q.maybe_ready {
-            return;
-        }
-        let best = self
-            .sessions
-            .iter_mut()
-            .filter(|(_, s)| s.connected && s.free > 0 && s.queues.iter().any(|x| x == queue))
-            .max_by_key(|(_, s)| s.free);
-        let Some((session, s)) = best else { return };
-        let n = s.free.min(self.options.max_batch);
-        s.free -= n;
-        q.busy = true;
-        let (scheduler, queue, session, worker) = (
-            self.scheduler.clone(),
-            queue.to_string(),
-            session.clone(),
-            s.worker.clone(),
-        );
-        self.later(async move {
-            let result = scheduler.lease(&queue, n, &session, &worker).await;
-            Command::Leased {
-                queue,
-                session,
-                reserved: n,
-                result,
-            }
-        });
-    }
-
-    fn leased(
-        &mut self,
-        queue: String,
-        session: String,
-        reserved: u32,
-        result: Result<Leased, scheduler::Error>,
-    ) {
-        let q = self.queues.entry(queue.clone()).or_default();
-        q.busy = false;
-        let leased = match result {
-            Ok(leased) => leased,
-            Err(e) => {
-                // Redis is unavailable: give the slots back and let the next sweep retry.
-                tracing::warn!(error = %e, queue, "lease failed");
-                if let Some(s) = self.sessions.get_mut(&session) {
-                    s.free += reserved;
-                }
-                return;
-            }
-        };
-        q.maybe_ready = leased.more;
-        q.next_due_ms = leased.next_due_ms;
-        let unused = reserved - leased.jobs.len() as u32;
-        match self.sessions.get_mut(&session) {
-            Some(s) => {
-                s.free += unused;
-                let deadline_ms = now_ms() + self.scheduler.options().lease_ttl.as_millis() as i64;
-                for job in leased.jobs {
-                    s.held.insert(job.id.clone(), queue.clone());
-                    if s.out
-                        .try_send(ToWorker::Assign {
-                            job: Box::new(job),
-                            deadline_ms,
-                        })
-                        .is_err()
-                    {
-                        // Stream gone: the disconnect path (grace, then release) covers the job.
-                        tracing::debug!(session, "assignment to a closed stream");
-                    }
-                }
-            }
-            None => {
-                // The session ended while the call ran: hand its new jobs straight back.
-                let ids: Vec<String> = leased.jobs.into_iter().map(|j| j.id).collect();
-                let (scheduler, q2, s2) = (self.scheduler.clone(), queue.clone(), session.clone());
-                tokio::spawn(async move {
-                    scheduler
-                        .release(&q2, &s2, "worker disconnected", &ids)
-                        .await
-                });
-            }
-        }
-        self.dispatch(&queue);
-    }
-
     fn signal(&mut self, signal: Signal) {
         match signal {
             Signal::Wake { queue, due_ms } => {
@@ -393,79 +303,6 @@ impl State {
             }
         }
         touched.iter().for_each(|q| self.dispatch(q));
-    }
-
-    /// The periodic sweep: reclaim expired leases and promote due jobs in every known queue.
-    pub(super) fn sweep(&mut self) {
-        let names: Vec<String> = self.queues.keys().cloned().collect();
-        for name in names {
-            self.queues.entry(name.clone()).or_default().maybe_ready = true;
-            self.dispatch(&name);
-            self.sweep_one(&name);
-        }
-    }
-
-    /// A lease call with no slots: reclaims and promotes, for queues nobody here can lease for.
-    fn sweep_one(&mut self, queue: &str) {
-        let q = self.queues.entry(queue.to_string()).or_default();
-        if q.busy {
-            return;
-        }
-        q.busy = true;
-        let (scheduler, queue) = (self.scheduler.clone(), queue.to_string());
-        self.later(async move {
-            let result = scheduler.lease(&queue, 0, "", "").await;
-            Command::Swept { queue, result }
-        });
-    }
-
-    /// Renews every lease this replica holds: one call per queue.
-    pub(super) fn renew(&mut self) {
-        let mut per_queue: HashMap<String, Vec<(String, String)>> = HashMap::new();
-        for (session, s) in &self.sessions {
-            for (id, queue) in &s.held {
-                per_queue
-                    .entry(queue.clone())
-                    .or_default()
-                    .push((id.clone(), session.clone()));
-            }
-        }
-        for (queue, held) in per_queue {
-            let scheduler = self.scheduler.clone();
-            self.later(async move {
-                match scheduler.renew(&queue, &held).await {
-                    Ok(ids) => Command::Lost { ids },
-                    Err(e) => {
-                        tracing::warn!(error = %e, queue, "lease renewal failed");
-                        Command::Lost { ids: Vec::new() }
-                    }
-                }
-            });
-        }
-    }
-
-    pub(super) fn next_due(&self) -> Option<Instant> {
-        let earliest = self.queues.values().filter_map(|q| q.next_due_ms).min()?;
-        let wait = (earliest - now_ms()).max(0) as u64;
-        Some(Instant::now() + Duration::from_millis(wait))
-    }
-
-    /// Delayed work came due: promote it (and lease it, where a worker here has room).
-    pub(super) fn due(&mut self) {
-        let now = now_ms();
-        let due: Vec<String> = self
-            .queues
-            .iter()
-            .filter(|(_, q)| q.next_due_ms.is_some_and(|d| d <= now))
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in due {
-            let q = self.queues.entry(name.clone()).or_default();
-            q.next_due_ms = None;
-            q.maybe_ready = true;
-            self.dispatch(&name);
-            self.sweep_one(&name);
-        }
     }
 }
 
