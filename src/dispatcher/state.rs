@@ -117,6 +117,14 @@ impl State {
                 if let Ok(leased) = result {
                     q.next_due_ms = leased.next_due_ms;
                     q.maybe_ready |= leased.more;
+                    let idle = leased.next_due_ms.is_none() && !leased.more;
+                    let served = self.sessions.values().any(|s| s.queues.contains(&queue));
+                    if idle && !served {
+                        // Forget it, so the sweep's cost follows the queues in use, not every
+                        // queue ever seen; a submit or a worker brings it back.
+                        self.queues.remove(&queue);
+                        return;
+                    }
                 }
                 self.dispatch(&queue);
             }

@@ -105,7 +105,9 @@ async fn submit_watch_follows_a_job_to_its_result_and_exit_codes_tell_the_outcom
     let (_redis, server) = harness::start().await;
     let script = r#"read payload
         if [ "$payload" = '"bad"' ]; then echo "FATAL no such video"; exit 1; fi
-        echo "PROGRESS 50 encode half way"; echo "RESULT {\"echo\":$payload}""#;
+        sleep 0.5; echo "PROGRESS 50 encode half way"; sleep 0.2; echo "RESULT {\"echo\":$payload}""#;
+    // The sleeps stand for work; they let `submit --watch` attach before the job is done (a
+    // watcher that comes late gets the final snapshot without the progress lines).
     let _worker = worker(&server, "w", script);
     let run = |payload: &str| {
         Command::new(BIN)
