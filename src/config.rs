@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::scheduler::QueueDefaults;
 use crate::{api, dispatcher, scheduler};
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (a bare number is seconds).
@@ -46,6 +47,35 @@ fn parse_weights(text: &str) -> Result<[u32; 4], String> {
         .map_err(|_| format!("{text:?}: expected four weights (FREE,PRO,PREMIUM,ENTERPRISE)"))
 }
 
+/// Parses `render:attempts=5,timeout=2h,backoff=10s,backoff_max=10m`.
+fn parse_queue_defaults(text: &str) -> Result<(String, QueueDefaults), String> {
+    let (queue, settings) = text.split_once(':').ok_or_else(|| {
+        format!("{text:?}: expected QUEUE:key=value,... like render:attempts=5,timeout=2h")
+    })?;
+    let mut d = QueueDefaults::default();
+    for setting in settings.split(',').filter(|s| !s.is_empty()) {
+        let (key, value) = setting
+            .split_once('=')
+            .ok_or_else(|| format!("{setting:?}: expected key=value"))?;
+        match key.trim() {
+            "attempts" => {
+                let n = value.parse().ok().filter(|n| (1..=100).contains(n));
+                d.max_attempts =
+                    Some(n.ok_or_else(|| format!("attempts={value}: expected 1..=100"))?);
+            }
+            "backoff" => d.backoff_initial = Some(parse_duration(value)?),
+            "backoff_max" => d.backoff_max = Some(parse_duration(value)?),
+            "timeout" => d.timeout = Some(parse_duration(value)?),
+            other => {
+                return Err(format!(
+                    "{other:?}: use attempts, backoff, backoff_max or timeout"
+                ));
+            }
+        }
+    }
+    Ok((queue.trim().to_string(), d))
+}
+
 #[derive(Clone, Debug, clap::Args)]
 pub struct Config {
     /// Address the gRPC server listens on.
@@ -76,6 +106,11 @@ pub struct Config {
     /// How long one attempt may run unless the submit says otherwise.
     #[arg(long, env = "CONVEYOR_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub timeout: Duration,
+    /// One queue's own job defaults, e.g. `render:attempts=5,timeout=2h` (repeatable; in the
+    /// environment, separate queues with `;`).
+    #[arg(long = "queue-default", env = "CONVEYOR_QUEUE_DEFAULTS", value_delimiter = ';',
+          value_parser = parse_queue_defaults)]
+    pub queue_defaults: Vec<(String, QueueDefaults)>,
     /// Lease length; renewed every third of it while the worker is connected.
     #[arg(long, env = "CONVEYOR_LEASE_TTL", default_value = "30s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
@@ -122,6 +157,7 @@ impl Config {
             backoff_max: self.backoff_max,
             timeout: self.timeout,
             retention: self.retention,
+            queues: self.queue_defaults.iter().cloned().collect(),
             ..Default::default()
         }
     }
@@ -154,5 +190,15 @@ mod tests {
         assert!(parse_duration("5 parsecs").is_err() && parse_duration("-1s").is_err());
         assert_eq!(parse_weights("1,2,4,8"), Ok([1, 2, 4, 8]));
         assert!(parse_weights("1,2,4").is_err() && parse_weights("0,1,1,1").is_err());
+        let (queue, d) = parse_queue_defaults("render:attempts=5,timeout=2h").unwrap();
+        assert_eq!(
+            (queue.as_str(), d.max_attempts, d.timeout),
+            ("render", Some(5), Some(Duration::from_secs(7200)))
+        );
+        assert!(
+            parse_queue_defaults("render").is_err()
+                && parse_queue_defaults("r:attempts=0").is_err()
+        );
+        assert!(parse_queue_defaults("r:colour=blue").is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod keys;
 mod leases;
 mod scripts;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -40,6 +41,30 @@ pub struct Options {
     pub retention: Duration,
     /// Events kept per job for watchers that resume with `after_seq`. Default 256.
     pub event_log_len: u32,
+    /// Per-queue overrides of the job defaults above. Default none.
+    pub queues: HashMap<String, QueueDefaults>,
+}
+
+/// A queue's own job defaults; unset fields fall back to the server-wide ones.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueueDefaults {
+    pub max_attempts: Option<u32>,
+    pub backoff_initial: Option<Duration>,
+    pub backoff_max: Option<Duration>,
+    pub timeout: Option<Duration>,
+}
+
+impl Options {
+    /// The job defaults that apply in `queue`.
+    pub fn defaults(&self, queue: &str) -> QueueDefaults {
+        let q = self.queues.get(queue).cloned().unwrap_or_default();
+        QueueDefaults {
+            max_attempts: q.max_attempts.or(Some(self.max_attempts)),
+            backoff_initial: q.backoff_initial.or(Some(self.backoff_initial)),
+            backoff_max: q.backoff_max.or(Some(self.backoff_max)),
+            timeout: q.timeout.or(Some(self.timeout)),
+        }
+    }
 }
 
 impl Default for Options {
@@ -53,6 +78,7 @@ impl Default for Options {
             timeout: Duration::from_secs(3600),
             retention: Duration::from_secs(24 * 3600),
             event_log_len: 256,
+            queues: HashMap::new(),
         }
     }
 }
@@ -150,7 +176,8 @@ impl Handle {
     /// Creates a job, or returns the tenant's existing one with the same idempotency key
     /// (`false` in the tuple).
     pub async fn submit(&self, tenant: &str, job: NewJob) -> Result<(Job, bool), Error> {
-        let o = &self.options;
+        let d = self.options.defaults(&job.queue);
+        let millis = |d: Option<Duration>| d.unwrap_or_default().as_millis() as u64;
         let id = uuid::Uuid::now_v7().to_string();
         let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into());
         let args = vec![
@@ -162,16 +189,10 @@ impl Handle {
             Value::Bytes(job.payload.into()),
             s(job.content_type),
             s(labels),
-            Value::Integer(job.max_attempts.unwrap_or(o.max_attempts) as i64),
-            Value::Integer(
-                job.backoff_initial_ms
-                    .unwrap_or(o.backoff_initial.as_millis() as u64) as i64,
-            ),
-            Value::Integer(
-                job.backoff_max_ms
-                    .unwrap_or(o.backoff_max.as_millis() as u64) as i64,
-            ),
-            Value::Integer(job.timeout_ms.unwrap_or(o.timeout.as_millis() as u64) as i64),
+            Value::Integer(job.max_attempts.or(d.max_attempts).unwrap_or(1) as i64),
+            Value::Integer(job.backoff_initial_ms.unwrap_or(millis(d.backoff_initial)) as i64),
+            Value::Integer(job.backoff_max_ms.unwrap_or(millis(d.backoff_max)) as i64),
+            Value::Integer(job.timeout_ms.unwrap_or(millis(d.timeout)) as i64),
             s(job.idempotency_key),
             Value::Integer(now_ms()),
             Value::Integer(job.run_at_ms.unwrap_or(0)),

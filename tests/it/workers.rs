@@ -257,3 +257,30 @@ async fn a_worker_that_falls_silent_is_noticed_and_its_job_moves_on() {
     assert_eq!(other.complete(&job.id, again.token, "ok").await.code, 0);
     drop(silent);
 }
+
+#[tokio::test]
+async fn a_queue_can_have_its_own_job_defaults() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let mut config = harness::config(&redis);
+    let fragile = conveyor::scheduler::QueueDefaults {
+        max_attempts: Some(1),
+        ..Default::default()
+    };
+    config.queue_defaults = vec![("fragile".into(), fragile)];
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let strict = submit_job(&mut jobs, submit("fragile", "x")).await;
+    let lenient = submit_job(&mut jobs, submit("sturdy", "x")).await;
+    assert_eq!((strict.max_attempts, lenient.max_attempts), (1, 3));
+    let mut worker = Worker::connect(&server, &["fragile"], 1).await;
+    let a = worker.assignment().await;
+    assert_eq!(
+        worker.fail(&strict.id, a.token, "flaky", true).await.code,
+        0
+    );
+    assert_eq!(
+        get(&mut jobs, &strict.id).await.state,
+        JobState::Failed as i32
+    );
+}
