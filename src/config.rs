@@ -85,6 +85,9 @@ pub struct Config {
     /// `dev` starts a private redis-server when it is not set.
     #[arg(long, env = "REDIS_URL")]
     pub redis_url: Option<String>,
+    /// How long a Redis call may take before the request fails with UNAVAILABLE.
+    #[arg(long, env = "CONVEYOR_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub redis_timeout: Duration,
     /// The SQL system of record (job history; not used yet).
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,

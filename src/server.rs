@@ -36,6 +36,7 @@ pub enum Error {
 
 async fn connect(
     url: &str,
+    timeout: Duration,
 ) -> Result<(fred::prelude::Client, fred::clients::SubscriberClient), Error> {
     let redis_err = |source| Error::Redis {
         url: url.to_string(),
@@ -46,7 +47,12 @@ async fn connect(
     builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
     // The subscriber hands every event of the replica to one task; a bigger buffer means a burst
     // does not overflow it (which would make every watcher re-read from Redis).
-    builder.with_performance_config(|p| p.broadcast_channel_capacity = 16 * 1024);
+    builder.with_performance_config(|p| {
+        p.broadcast_channel_capacity = 16 * 1024;
+        // While Redis is unreachable, calls fail (UNAVAILABLE) instead of queueing forever.
+        p.default_command_timeout = timeout;
+    });
+    builder.with_connection_config(|c| c.connection_timeout = timeout);
     let client = builder.build().map_err(redis_err)?;
     let subscriber = builder.build_subscriber_client().map_err(redis_err)?;
     client.init().await.map_err(redis_err)?;
@@ -59,7 +65,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (redis, subscriber) = connect(config.redis_url()).await?;
+    let (redis, subscriber) = connect(config.redis_url(), config.redis_timeout).await?;
     let scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
     let hub = events::Handle::default();
     let (signals_tx, signals_rx) = mpsc::channel(1024);

@@ -48,33 +48,59 @@ fn free_port() -> u16 {
 /// A private redis-server; killed on drop.
 pub struct Redis {
     pub port: u16,
-    _child: tokio::process::Child,
+    /// Where an append-only file keeps data across `restart`; `None` keeps nothing.
+    dir: Option<std::path::PathBuf>,
+    child: tokio::process::Child,
+}
+
+fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new("redis-server");
+    command.args([
+        "--bind",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+        "--save",
+        "",
+    ]);
+    match dir {
+        Some(dir) => command.args(["--appendonly", "yes", "--dir"]).arg(dir),
+        None => command.args(["--appendonly", "no"]),
+    };
+    command
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("redis-server must be installed (apt-get install redis-server)")
 }
 
 impl Redis {
     pub async fn start() -> Redis {
+        Redis::launch(None).await
+    }
+
+    /// A Redis whose data survives `restart` (append-only file under `dir`).
+    pub async fn start_persistent(dir: &std::path::Path) -> Redis {
+        Redis::launch(Some(dir.to_path_buf())).await
+    }
+
+    async fn launch(dir: Option<std::path::PathBuf>) -> Redis {
         let port = free_port();
-        let child = tokio::process::Command::new("redis-server")
-            .args([
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        let redis = Redis {
-            port,
-            _child: child,
-        };
+        let child = spawn_redis(port, dir.as_deref());
+        let redis = Redis { port, dir, child };
         eventually("redis-server to answer", || redis.ping()).await;
         redis
+    }
+
+    /// Kills the server (SIGKILL, no goodbye).
+    pub async fn kill(&mut self) {
+        self.child.kill().await.unwrap();
+    }
+
+    /// Starts it again on the same port.
+    pub async fn restart(&mut self) {
+        self.child = spawn_redis(self.port, self.dir.as_deref());
+        eventually("redis-server to answer again", || self.ping()).await;
     }
 
     pub fn url(&self) -> String {
@@ -111,6 +137,7 @@ pub fn config(redis: &Redis) -> Config {
     c.sweep = Duration::from_millis(500);
     c.backoff = Duration::from_millis(50);
     c.backoff_max = Duration::from_millis(400);
+    c.redis_timeout = Duration::from_secs(1);
     c
 }
 

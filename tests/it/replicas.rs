@@ -71,3 +71,38 @@ async fn a_drained_worker_takes_its_running_job_to_another_replica() {
     let done = harness::get(&mut jobs, &job.id).await;
     assert_eq!((done.state, done.attempt), (JobState::Succeeded as i32, 1));
 }
+
+#[tokio::test]
+async fn the_service_rides_out_a_redis_restart() {
+    harness::logs();
+    let dir = tempfile::tempdir().unwrap();
+    let mut redis = Redis::start_persistent(dir.path()).await;
+    let server = Server::start(harness::config(&redis)).await;
+    let mut jobs = server.jobs().await;
+    let before = submit_job(&mut jobs, submit("render", "before")).await;
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    worker.keep_alive();
+    let lease = worker.assignment().await;
+    assert_eq!(lease.job.as_ref().unwrap().id, before.id);
+
+    redis.kill().await;
+    let down = jobs
+        .submit_job(submit("render", "while down"))
+        .await
+        .unwrap_err();
+    assert_eq!(down.code(), tonic::Code::Unavailable, "{down:?}");
+    redis.restart().await;
+
+    // The running job's report goes through now that Redis is back, and new work flows again.
+    let done = worker.complete(&before.id, lease.token, "ok").await;
+    assert_eq!(done.code, 0, "{}", done.message);
+    let after = harness::eventually("submits to work again", || {
+        let mut jobs = jobs.clone();
+        async move { jobs.submit_job(submit("render", "after")).await.ok() }
+    })
+    .await
+    .into_inner()
+    .job
+    .unwrap();
+    assert_eq!(worker.assignment().await.job.unwrap().id, after.id);
+}
