@@ -150,7 +150,12 @@ pub struct Server {
 
 impl Server {
     pub async fn start(config: Config) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Server::start_at(config, "127.0.0.1:0").await
+    }
+
+    /// Starts on a given address, e.g. where a stopped server listened before.
+    pub async fn start_at(config: Config, addr: &str) -> Server {
+        let listener = TcpListener::bind(addr).await.unwrap();
         let addr = format!("http://{}", listener.local_addr().unwrap());
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {

@@ -150,3 +150,50 @@ async fn submit_watch_follows_a_job_to_its_result_and_exit_codes_tell_the_outcom
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("queue"));
 }
+
+#[tokio::test]
+async fn a_worker_keeps_its_running_job_across_a_server_restart() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let server = Server::start(harness::config(&redis)).await;
+    let addr = server.addr.trim_start_matches("http://").to_string();
+    let mut jobs = server.jobs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    // Runs until the test creates the file `go`, reporting progress meanwhile.
+    let script = format!(
+        "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
+        go = go.display()
+    );
+    let _worker = worker(&server, "steady", &script);
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    wait_state(&mut jobs, &job.id, JobState::Running).await;
+
+    let key = format!("cv:{{render}}:job:{}", job.id);
+    let session = || async {
+        redis
+            .command(&["HGET", &key, "session"])
+            .await
+            .unwrap_or_default()
+    };
+    let before = session().await;
+
+    server.stop().await; // the worker gets Drain and starts reconnecting
+    let server = Server::start_at(harness::config(&redis), &addr).await;
+    let mut jobs = server.jobs().await;
+    eventually(
+        "the worker to re-attach its job to a session of the new server",
+        || async {
+            let now = session().await;
+            (now != before && now.len() > 8).then_some(())
+        },
+    )
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
+    assert_eq!(
+        (done.attempt, done.result.as_str()),
+        (1, r#"{"attempt":1}"#),
+        "the same attempt carried on"
+    );
+}
