@@ -60,6 +60,8 @@ struct Worker {
     running: HashMap<String, Running>,
     /// Completions and failures not yet answered by the server, resent after a reconnect.
     outbox: HashMap<String, Out>,
+    /// Outbox entries the server could not store yet (UNAVAILABLE); resent on the next tick.
+    retry: Vec<String>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
     /// A shutdown was requested: finish running jobs, take no new ones.
@@ -99,6 +101,7 @@ pub async fn run(
         worker_id,
         running: HashMap::new(),
         outbox: HashMap::new(),
+        retry: Vec::new(),
         events_tx,
         events,
         stopping: false,
@@ -282,6 +285,11 @@ impl Worker {
                         return Ok(End::Broken("no heartbeat from the server".into()));
                     }
                     let _ = tx.send(proto::WorkerMessage { msg: Some(Out::Heartbeat(proto::Heartbeat {})) }).await;
+                    for id in std::mem::take(&mut self.retry) {
+                        if let Some(message) = self.outbox.get(&id) {
+                            let _ = tx.send(proto::WorkerMessage { msg: Some(message.clone()) }).await;
+                        }
+                    }
                 }
                 _ = stop.changed(), if !self.stopping => {
                     tracing::info!(running = self.running.len(), "stopping after the running jobs finish");
@@ -346,6 +354,11 @@ impl Worker {
             .outbox
             .get(&r.job_id)
             .is_some_and(|m| token_of(m) == r.token);
+        if is_final && r.code == tonic::Code::Unavailable as i32 {
+            // The server could not reach its store; the report is still good, so try again.
+            self.retry.push(r.job_id);
+            return;
+        }
         if is_final {
             self.outbox.remove(&r.job_id);
         }
