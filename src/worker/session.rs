@@ -1,0 +1,241 @@
+//! One connection of the worker runtime: Hello and Welcome, then assignments, cancels and
+//! reports until the stream ends.
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::command::{self, Event};
+use super::{End, Error, Running, STOP_GRACE, Worker, report};
+use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+
+impl Worker {
+    /// One stream: Hello, Welcome, then assignments and reports until it ends.
+    pub(super) async fn connection(
+        &mut self,
+        endpoint: Endpoint,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<End, Error> {
+        let channel: Channel = match endpoint.connect().await {
+            Ok(c) => c,
+            Err(e) => return Ok(End::Broken(e.to_string())),
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let _ = tx
+            .send(proto::WorkerMessage {
+                msg: Some(self.hello()),
+            })
+            .await;
+        let mut client = proto::worker_service_client::WorkerServiceClient::new(channel);
+        let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(s) if is_refusal(&s) => return Err(Error::Refused(s)),
+            Err(s) => return Ok(End::Broken(s.to_string())),
+        };
+        let welcome = match inbound.next().await {
+            Some(Ok(proto::ServerMessage {
+                msg: Some(In::Welcome(w)),
+            })) => w,
+            Some(Err(s)) if is_refusal(&s) => return Err(Error::Refused(s)),
+            other => return Ok(End::Broken(format!("expected Welcome, got {other:?}"))),
+        };
+        for id in &welcome.lost {
+            tracing::warn!(job = id, "lease lost while disconnected; stopping the job");
+            self.kill(id);
+        }
+        let heartbeat = welcome
+            .heartbeat_interval
+            .map(|d| Duration::new(d.seconds as u64, d.nanos as u32));
+        let heartbeat = heartbeat
+            .filter(|d| !d.is_zero())
+            .unwrap_or(Duration::from_secs(5));
+        tracing::info!(worker = self.worker_id, queues = ?self.options.queues, "connected");
+        for message in self.outbox.values() {
+            let _ = tx
+                .send(proto::WorkerMessage {
+                    msg: Some(message.clone()),
+                })
+                .await;
+        }
+        let mut ticker = tokio::time::interval(heartbeat);
+        let mut last_heard = Instant::now();
+        let mut stop_deadline: Option<Instant> = None;
+        loop {
+            if self.stopping && self.running.is_empty() && self.outbox.is_empty() {
+                return Ok(End::Stopped);
+            }
+            let deadline =
+                stop_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            tokio::select! {
+                message = inbound.next() => {
+                    let message = match message {
+                        Some(Ok(m)) => m,
+                        Some(Err(s)) => return Ok(End::Broken(s.to_string())),
+                        None => return Ok(End::Broken("the server closed the stream".into())),
+                    };
+                    last_heard = Instant::now();
+                    match message.msg {
+                        Some(In::Assignment(a)) => self.start(a, &tx).await,
+                        Some(In::Cancel(c)) => {
+                            tracing::info!(job = c.job_id, reason = c.reason, "stopping job");
+                            self.kill(&c.job_id);
+                        }
+                        Some(In::Drain(_)) => return Ok(End::Drained),
+                        Some(In::ReportResult(r)) => self.answered(r),
+                        _ => {}
+                    }
+                }
+                Some(event) = self.events.recv() => {
+                    let message = match event {
+                        Event::Progress { job_id, token, progress } => Out::Progress(proto::ProgressReport {
+                            job_id, token,
+                            progress: Some(proto::Progress { percent: progress.percent, stage: progress.stage, message: progress.message }),
+                        }),
+                        Event::Finished { job_id, token, outcome } => {
+                            self.running.remove(&job_id);
+                            let message = report(job_id.clone(), token, outcome);
+                            self.outbox.insert(job_id, message.clone());
+                            message
+                        }
+                    };
+                    if tx.send(proto::WorkerMessage { msg: Some(message) }).await.is_err() {
+                        return Ok(End::Broken("the stream closed".into()));
+                    }
+                }
+                _ = ticker.tick() => {
+                    if last_heard.elapsed() > heartbeat * 3 {
+                        return Ok(End::Broken("no heartbeat from the server".into()));
+                    }
+                    let _ = tx.send(proto::WorkerMessage { msg: Some(Out::Heartbeat(proto::Heartbeat {})) }).await;
+                    for id in std::mem::take(&mut self.retry) {
+                        if let Some(message) = self.outbox.get(&id) {
+                            let _ = tx.send(proto::WorkerMessage { msg: Some(message.clone()) }).await;
+                        }
+                    }
+                }
+                _ = stop.changed(), if !self.stopping => {
+                    tracing::info!(running = self.running.len(), "stopping after the running jobs finish");
+                    self.stopping = true;
+                    stop_deadline = Some(Instant::now() + STOP_GRACE);
+                }
+                _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
+                    tracing::warn!("jobs still running after {STOP_GRACE:?}; stopping them");
+                    let ids: Vec<String> = self.running.keys().cloned().collect();
+                    ids.iter().for_each(|id| self.kill(id));
+                    return Ok(End::Stopped);
+                }
+            }
+        }
+    }
+
+    async fn start(&mut self, a: proto::Assignment, tx: &mpsc::Sender<proto::WorkerMessage>) {
+        let job_id = a.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
+        let refuse = if self.stopping {
+            Some("the worker is shutting down")
+        } else if self.running.len() >= self.options.concurrency as usize {
+            Some("the worker has no free slot")
+        } else {
+            None
+        };
+        if let Some(why) = refuse {
+            tracing::warn!(job = job_id, "refusing an assignment: {why}");
+            let fail = Out::Fail(proto::Fail {
+                job_id,
+                token: a.token,
+                error: why.into(),
+                retryable: true,
+            });
+            let _ = tx.send(proto::WorkerMessage { msg: Some(fail) }).await;
+            return;
+        }
+        tracing::info!(job = job_id, attempt = a.attempt, "starting job");
+        let (cancel, cancelled) = oneshot::channel();
+        self.running.insert(
+            job_id,
+            Running {
+                token: a.token,
+                cancel,
+            },
+        );
+        tokio::spawn(command::run(
+            self.options.command.clone(),
+            a,
+            self.events_tx.clone(),
+            cancelled,
+        ));
+    }
+
+    fn kill(&mut self, job_id: &str) {
+        if let Some(r) = self.running.remove(job_id) {
+            let _ = r.cancel.send(());
+        }
+    }
+
+    fn answered(&mut self, r: proto::ReportResult) {
+        let is_final = self
+            .outbox
+            .get(&r.job_id)
+            .is_some_and(|m| token_of(m) == r.token);
+        if is_final && r.code == tonic::Code::Unavailable as i32 {
+            // The server could not reach its store; the report is still good, so try again.
+            self.retry.push(r.job_id);
+            return;
+        }
+        if is_final {
+            self.outbox.remove(&r.job_id);
+        }
+        match (r.code, is_final) {
+            (0, _) => {}
+            (_, true) => tracing::warn!(
+                job = r.job_id,
+                code = r.code,
+                "report refused: {}",
+                r.message
+            ),
+            (_, false) if r.code == tonic::Code::FailedPrecondition as i32 => {
+                // A refused progress report: the lease is gone (cancelled, reclaimed); stop.
+                tracing::warn!(
+                    job = r.job_id,
+                    "progress refused ({}); stopping the job",
+                    r.message
+                );
+                if self
+                    .running
+                    .get(&r.job_id)
+                    .is_some_and(|run| run.token == r.token)
+                {
+                    self.kill(&r.job_id);
+                }
+            }
+            (_, false) => tracing::warn!(
+                job = r.job_id,
+                code = r.code,
+                "report refused: {}",
+                r.message
+            ),
+        }
+    }
+}
+
+fn token_of(message: &Out) -> u64 {
+    match message {
+        Out::Complete(c) => c.token,
+        Out::Fail(f) => f.token,
+        _ => 0,
+    }
+}
+
+/// Statuses that will not change by retrying (a bad Hello), as opposed to a network problem.
+fn is_refusal(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::InvalidArgument
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+    )
+}
