@@ -207,3 +207,37 @@ async fn a_watcher_that_does_not_read_neither_stalls_others_nor_misses_the_end()
         "ends with the terminal event: {last:?}"
     );
 }
+
+#[tokio::test]
+async fn finished_jobs_expire_after_the_retention_period_and_leave_no_index_behind() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let mut config = harness::config(&redis);
+    config.retention = std::time::Duration::from_millis(300);
+    let server = harness::Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let job = submit_job(&mut jobs, submit("render", "x")).await;
+    jobs.cancel_job(proto::CancelJobRequest {
+        job_id: job.id.clone(),
+    })
+    .await
+    .unwrap();
+    harness::eventually("the job to expire", || {
+        let mut jobs = jobs.clone();
+        let id = job.id.clone();
+        async move {
+            let err = jobs
+                .get_job(proto::GetJobRequest { job_id: id })
+                .await
+                .err()?;
+            (err.code() == tonic::Code::NotFound).then_some(())
+        }
+    })
+    .await;
+    // The periodic sweep drops the expired id from the queue's index.
+    harness::eventually("the index to be swept", || async {
+        let reply = redis.command(&["ZCARD", "cv:{render}:all"]).await?;
+        (reply == ":0\r\n").then_some(())
+    })
+    .await;
+}
