@@ -41,3 +41,21 @@ async fn redis_commands_per_job() {
     }
     println!("  {:<14} {:>6.2}", "total", total as f64 / JOBS as f64);
 }
+
+#[tokio::test]
+#[ignore = "prints figures; run on demand"]
+async fn redis_commands_while_idle() {
+    const SECONDS: u64 = 10;
+    let redis = harness::Redis::start().await;
+    // Production timers (5 s sweep, 5 s heartbeats), not the tests' fast ones.
+    let server = harness::Server::start(conveyor::config::Config::with_redis(redis.url())).await;
+    let mut worker = Worker::connect(&server, &["render"], 4).await;
+    worker.keep_alive();
+    redis.command(&["CONFIG", "RESETSTAT"]).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_secs(SECONDS)).await;
+    let stats = commandstats(&redis.command(&["INFO", "commandstats"]).await.unwrap());
+    println!("Redis commands in {SECONDS} s idle, one worker with 4 free slots on one queue:");
+    for (name, calls) in &stats {
+        println!("  {name:<14} {calls:>6}");
+    }
+}

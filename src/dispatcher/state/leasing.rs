@@ -103,13 +103,13 @@ impl State {
     pub(in crate::dispatcher) fn sweep(&mut self) {
         let names: Vec<String> = self.queues.keys().cloned().collect();
         for name in names {
-            self.queues.entry(name.clone()).or_default().maybe_ready = true;
-            self.dispatch(&name);
+            // If the sweep finds ready work (a wake-up lost, say), leasing follows when it
+            // returns (see `Command::Swept`).
             self.sweep_one(&name);
         }
     }
 
-    /// A lease call with no slots: reclaims and promotes, for queues nobody here can lease for.
+    /// A lease call with no slots: reclaims, promotes and collects expired ids.
     pub(in crate::dispatcher) fn sweep_one(&mut self, queue: &str) {
         let q = self.queues.entry(queue.to_string()).or_default();
         if q.busy {
