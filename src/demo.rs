@@ -15,7 +15,7 @@ use crate::{dev, proto, server, worker};
 const RENDER: &str = include_str!("../examples/render.sh");
 
 pub async fn run(data_dir: &Path) -> cli::Outcome {
-    let redis = dev::start_redis(&data_dir.join("demo-redis"))
+    let redis = dev::start_redis(&data_dir.join("demo-redis"), false)
         .await
         .map_err(|e| cli::Error::Usage(e.to_string()))?;
     let listener = TcpListener::bind("127.0.0.1:0")

@@ -25,6 +25,7 @@ pub enum Error {
 /// A running redis-server child; killed when dropped.
 pub struct Redis {
     pub url: String,
+    pub port: u16,
     _child: Child,
 }
 
@@ -47,9 +48,9 @@ async fn answers_ping(port: u16) -> bool {
         && &reply == b"+PONG\r\n"
 }
 
-/// Starts redis-server on a free loopback port with its data under `dir` (append-only file, so
-/// jobs survive a restart of `conveyor dev`).
-pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
+/// Starts redis-server on a free loopback port with its log, and with `persist` its data (an
+/// append-only file, so jobs survive a restart of `conveyor dev`), under `dir`.
+pub async fn start_redis(dir: &Path, persist: bool) -> Result<Redis, Error> {
     if !on_path("redis-server") {
         return Err(Error::Missing);
     }
@@ -67,7 +68,7 @@ pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
             "--save",
             "",
             "--appendonly",
-            "yes",
+            if persist { "yes" } else { "no" },
         ])
         .arg("--dir")
         .arg(dir)
@@ -86,6 +87,7 @@ pub async fn start_redis(dir: &Path) -> Result<Redis, Error> {
     }
     Ok(Redis {
         url: format!("redis://127.0.0.1:{port}"),
+        port,
         _child: child,
     })
 }

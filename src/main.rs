@@ -40,6 +40,11 @@ enum Command {
         #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
         data_dir: PathBuf,
     },
+    /// Measure throughput, latency and Redis cost with a private redis-server and workers.
+    Bench(conveyor::bench::BenchArgs),
+    /// A no-op worker process used by `bench`.
+    #[command(hide = true)]
+    BenchWorker(conveyor::bench::worker::WorkerArgs),
     /// Run CMD once per job of the given queues.
     Worker(WorkerArgs),
     /// Submit a job and print its id.
@@ -94,7 +99,7 @@ async fn main() -> ExitCode {
                 let _redis = match config.redis_url {
                     Some(_) => None,
                     None => {
-                        let redis = dev::start_redis(&data_dir.join("redis")).await?;
+                        let redis = dev::start_redis(&data_dir.join("redis"), true).await?;
                         tracing::info!(url = redis.url, dir = %data_dir.display(), "started a private redis-server");
                         config.redis_url = Some(redis.url.clone());
                         Some(redis)
@@ -122,6 +127,8 @@ async fn client(command: Command) -> ExitCode {
     });
     cli::report(match command {
         Command::Demo { data_dir } => demo::run(&data_dir).await,
+        Command::Bench(args) => conveyor::bench::run(args).await,
+        Command::BenchWorker(args) => conveyor::bench::worker::run(args).await,
         Command::Worker(args) => cli::worker::run(args).await,
         Command::Submit(args) => cli::submit::run(args).await,
         Command::Get(args) => cli::show::get(args).await,

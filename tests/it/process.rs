@@ -197,3 +197,38 @@ async fn a_worker_keeps_its_running_job_across_a_server_restart() {
         "the same attempt carried on"
     );
 }
+
+/// CI's guard that the benchmark keeps working; its figures are printed, not judged.
+#[tokio::test]
+async fn the_benchmark_smoke_run_reports_every_scenario() {
+    let output = Command::new(BIN)
+        .args(["bench", "--smoke"])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let scenarios: Vec<String> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("a JSON line per scenario"))
+        .map(|v| v["scenario"].as_str().unwrap().to_string())
+        .collect();
+    for expected in [
+        "submit_one_at_a_time",
+        "submit_50_in_flight",
+        "end_to_end",
+        "end_to_end_mixed_tiers_priorities",
+        "drain",
+        "submit_to_worker_latency_ms",
+        "idle_redis_commands_per_minute",
+    ] {
+        assert!(
+            scenarios.iter().any(|s| s == expected),
+            "{expected} missing: {stdout}"
+        );
+    }
+}

@@ -16,5 +16,5 @@ redis.call('ZREM', prefix .. 'leased', id)
 redis.call('HDEL', KEYS[1], 'session', 'deadline')
 redis.call('HSET', KEYS[1], 'state', 'CANCELLED', 'finished', now)
 emit(prefix, id, { kind = 'state', state = 'CANCELLED', attempt = tonumber(j[4]), t = now }, keep)
-retire(prefix, id, retention)
+retire(prefix, id, now, retention)
 return { 'OK', redis.call('HGETALL', KEYS[1]) }

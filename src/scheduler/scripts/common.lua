@@ -28,9 +28,11 @@ local function enqueue(prefix, id, tier, priority, rank)
   redis.call('ZADD', prefix .. 'ready:' .. tier, ready_score(priority, rank), id)
 end
 
--- A terminal job keeps its hash, log, id mapping and idempotency key for `retention_ms`.
-local function retire(prefix, id, retention_ms)
+-- A terminal job keeps its hash, log, id mapping and idempotency key for `retention_ms`; the
+-- `expiring` set tells the sweep when to drop its id from the all-jobs index.
+local function retire(prefix, id, now, retention_ms)
   local jkey = prefix .. 'job:' .. id
+  redis.call('ZADD', prefix .. 'expiring', now + retention_ms, id)
   redis.call('PEXPIRE', jkey, retention_ms)
   redis.call('PEXPIRE', prefix .. 'ev:' .. id, retention_ms)
   redis.call('PEXPIRE', 'cv:id:' .. id, retention_ms)
@@ -54,7 +56,7 @@ local function retry_or_fail(prefix, id, now, jitter, err, retention_ms, keep, i
   if attempt >= max then
     redis.call('HSET', jkey, 'state', 'FAILED', 'error', err, 'finished', now)
     emit(prefix, id, { kind = 'state', state = 'FAILED', attempt = attempt, error = err, t = now }, keep)
-    retire(prefix, id, retention_ms)
+    retire(prefix, id, now, retention_ms)
     return 'FAILED'
   end
   if immediate then

@@ -18,5 +18,5 @@ redis.call('HDEL', KEYS[1], 'session', 'deadline')
 redis.call('HSET', KEYS[1], 'state', 'SUCCEEDED', 'result', result, 'finished', now, 'pct', 100)
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
 emit(prefix, id, { kind = 'state', state = 'SUCCEEDED', attempt = attempt, result = result, t = now }, keep)
-retire(prefix, id, retention)
+retire(prefix, id, now, retention)
 return { 'OK' }

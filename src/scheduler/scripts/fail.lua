@@ -20,5 +20,5 @@ redis.call('HDEL', KEYS[1], 'session', 'deadline')
 redis.call('HSET', KEYS[1], 'state', 'FAILED', 'error', err, 'finished', now)
 local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
 emit(prefix, id, { kind = 'state', state = 'FAILED', attempt = attempt, error = err, t = now }, keep)
-retire(prefix, id, retention)
+retire(prefix, id, now, retention)
 return { 'OK', 'FAILED' }

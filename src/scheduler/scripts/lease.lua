@@ -1,7 +1,7 @@
 -- lease: reclaims expired leases, promotes due delayed jobs, then leases up to n ready jobs,
 -- picking tiers by weighted fair share (stride scheduling) and, within a tier, by priority then
--- submission order. n = 0 only reclaims and promotes, and collects the ids of expired jobs from
--- the all-jobs index, a bounded slice per call (the periodic sweep).
+-- submission order. n = 0 only reclaims, promotes and drops expired ids from the all-jobs
+-- index (the periodic sweep).
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now n ttl session worker retention keep jitter w_free w_pro w_premium w_enterprise
 -- Returns {next_due_ms or -1, more_ready 0|1, {HGETALL job}...}
@@ -32,20 +32,13 @@ for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0
   emit(prefix, id, { kind = 'state', state = 'QUEUED', attempt = tonumber(j[4]), t = now }, keep)
 end
 
--- 2b. The sweep walks the all-jobs index a slice at a time and drops ids whose job expired, so
--- the index does not outgrow the jobs it lists.
+-- 2b. The sweep drops the ids of expired jobs from the all-jobs index (ListJobs).
 if n == 0 then
-  local all, stride = prefix .. 'all', prefix .. 'stride'
-  local from = tonumber(redis.call('HGET', stride, 'gc')) or 0
-  local entries = redis.call('ZRANGEBYSCORE', all, '(' .. from, '+inf', 'WITHSCORES', 'LIMIT', 0, 500)
-  for i = 1, #entries, 2 do
-    if redis.call('EXISTS', prefix .. 'job:' .. entries[i]) == 0 then
-      redis.call('ZREM', all, entries[i])
-    end
+  local gone = redis.call('ZRANGEBYSCORE', prefix .. 'expiring', '-inf', now, 'LIMIT', 0, 500)
+  if #gone > 0 then
+    redis.call('ZREM', prefix .. 'all', unpack(gone))
+    redis.call('ZREM', prefix .. 'expiring', unpack(gone))
   end
-  local next_from = 0
-  if #entries == 1000 then next_from = entries[#entries] end
-  redis.call('HSET', stride, 'gc', next_from)
 end
 
 -- 3. Stride scheduling: each tier has a pass that grows by 1/weight per lease; the non-empty
