@@ -211,6 +211,19 @@ impl Handle {
         Ok((job, created))
     }
 
+    /// Creates jobs of one queue in one call; see `submit` for idempotency keys.
+    pub async fn submit_many(
+        &self,
+        tenant: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<(Job, bool)>, Error> {
+        let mut out = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            out.push(self.submit(tenant, job).await?);
+        }
+        Ok(out)
+    }
+
     /// Which queue a job id belongs to.
     pub async fn locate(&self, id: &str) -> Result<String, Error> {
         let queue: Option<String> = self.redis.get(keys::job_queue(id)).await?;

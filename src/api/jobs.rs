@@ -15,6 +15,8 @@ use crate::proto::{self, job_service_server::JobService};
 use crate::scheduler;
 
 const DEFAULT_PAGE: u32 = 50;
+/// Most jobs one SubmitJobs call may carry.
+const MAX_BATCH: usize = 1000;
 const MAX_PAGE: u32 = 500;
 
 pub struct Jobs {
@@ -60,6 +62,43 @@ impl JobService for Jobs {
             job: Some(convert::job(job)),
             created,
         }))
+    }
+
+    async fn submit_jobs(
+        &self,
+        request: Request<proto::SubmitJobsRequest>,
+    ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
+        let tenant = tenant(&request);
+        let requests = request.into_inner().jobs;
+        if requests.is_empty() || requests.len() > MAX_BATCH {
+            let n = requests.len();
+            return Err(invalid(format!("jobs: {n} jobs; send 1..={MAX_BATCH} per call")).into());
+        }
+        let queue = requests[0].queue.clone();
+        let mut batch = Vec::with_capacity(requests.len());
+        for (i, r) in requests.into_iter().enumerate() {
+            if r.queue != queue {
+                let message =
+                    format!("jobs[{i}].queue: every job of one call goes to one queue ({queue:?})");
+                return Err(invalid(message).into());
+            }
+            let job =
+                validate::submit(r, &self.limits).map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
+            batch.push(job);
+        }
+        let results = self
+            .scheduler
+            .submit_many(&tenant, batch)
+            .await
+            .map_err(Error::from)?;
+        let results = results
+            .into_iter()
+            .map(|(job, created)| proto::SubmitJobResponse {
+                job: Some(convert::job(job)),
+                created,
+            })
+            .collect();
+        Ok(Response::new(proto::SubmitJobsResponse { results }))
     }
 
     async fn get_job(
