@@ -123,8 +123,9 @@ pub struct Config {
     /// Heartbeat interval on worker streams; three missed ones close the stream.
     #[arg(long, env = "CONVEYOR_HEARTBEAT", default_value = "5s", value_parser = parse_duration)]
     pub heartbeat: Duration,
-    /// How often each replica reclaims expired leases and promotes due jobs.
-    #[arg(long, env = "CONVEYOR_SWEEP", default_value = "5s", value_parser = parse_duration)]
+    /// The longest a queue with workers here goes without a sweep (reclaim expired leases,
+    /// promote due jobs); known deadlines and due times are swept exactly when they pass.
+    #[arg(long, env = "CONVEYOR_SWEEP", default_value = "60s", value_parser = parse_duration)]
     pub sweep: Duration,
     /// How long finished jobs stay readable in Redis.
     #[arg(long, env = "CONVEYOR_RETENTION", default_value = "24h", value_parser = parse_duration)]

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::events::Signal;
 use crate::scheduler::{self, Job, Leased};
-pub use link::{Link, Report};
+pub use link::{Applied, Batch, Link};
 use state::State;
 
 #[derive(Clone, Debug)]
@@ -25,7 +25,9 @@ pub struct Options {
     pub grace: Duration,
     /// How often workers and server exchange heartbeats. Default 5 s.
     pub heartbeat: Duration,
-    /// How often this replica reclaims expired leases and promotes due jobs. Default 5 s.
+    /// The longest a queue served here goes without a sweep (reclaim expired leases, promote
+    /// due jobs). Sweeps otherwise run exactly when a known lease deadline or due time passes;
+    /// this one catches leases of other replicas it has not seen yet. Default 60 s.
     pub sweep: Duration,
     /// The most jobs one lease call hands out. Default 64.
     pub max_batch: u32,
@@ -36,7 +38,7 @@ impl Default for Options {
         Self {
             grace: Duration::from_secs(15),
             heartbeat: Duration::from_secs(5),
-            sweep: Duration::from_secs(5),
+            sweep: Duration::from_secs(60),
             max_batch: 64,
         }
     }
@@ -94,10 +96,10 @@ enum Command {
     GraceOver {
         session: String,
     },
-    /// A Complete or Fail was handled: the slot is free again.
+    /// Completes or Fails were handled: the slots are free again.
     Finished {
         session: String,
-        job_id: String,
+        job_ids: Vec<String>,
     },
     Leased {
         queue: String,
@@ -192,8 +194,6 @@ async fn run(
     mut commands: mpsc::Receiver<Command>,
     mut signals: mpsc::Receiver<Signal>,
 ) {
-    let period = state.options.sweep;
-    let mut sweep = tokio::time::interval_at(Instant::now() + period, period);
     let renew_every = state.scheduler.options().lease_ttl / 3;
     let mut renew = tokio::time::interval_at(Instant::now() + renew_every, renew_every);
     loop {
@@ -205,7 +205,6 @@ async fn run(
                 Some(signal) => state.handle(Command::Signal(signal)),
                 None => return,
             },
-            _ = sweep.tick() => state.sweep(),
             _ = renew.tick() => state.renew(),
             _ = sleep_until(due) => state.due(),
             else => return,

@@ -25,12 +25,12 @@ pub enum Signal {
     Resubscribed,
 }
 
-/// Events buffered per watcher; a watcher further behind is cut loose and catches up from the
-/// job's log in Redis, so one slow client never holds memory or the others back.
+/// Events buffered per watcher; a watcher further behind is cut loose and catches up with a
+/// fresh snapshot from Redis, so one slow client never holds memory or the others back.
 const WATCHER_BUFFER: usize = 64;
 
 /// Watchers by job id: (watcher id, its buffer).
-type Watchers = HashMap<String, Vec<(u64, mpsc::Sender<Event>)>>;
+type Watchers = HashMap<String, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
 
 #[derive(Clone, Default)]
 pub struct Handle {
@@ -40,7 +40,7 @@ pub struct Handle {
 
 /// Live events of one job, in publication order; ends when the hub cuts it loose.
 pub struct Subscription {
-    pub rx: mpsc::Receiver<Event>,
+    pub rx: mpsc::Receiver<Arc<Event>>,
     hub: Handle,
     job_id: String,
     id: u64,
@@ -79,13 +79,17 @@ impl Handle {
         }
     }
 
-    fn publish(&self, event: &Event) {
+    /// Hands each event to the watchers of its job; one shared copy per event.
+    fn publish(&self, events: Vec<Event>) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = watchers.get_mut(&event.job_id) {
-            // A full or closed channel drops the watcher; it resyncs from Redis.
-            list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
-            if list.is_empty() {
-                watchers.remove(&event.job_id);
+        for event in events {
+            if let Some(list) = watchers.get_mut(&event.job_id) {
+                let event = Arc::new(event);
+                // A full or closed channel drops the watcher; it resyncs from Redis.
+                list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+                if list.is_empty() {
+                    watchers.remove(&event.job_id);
+                }
             }
         }
     }
@@ -136,15 +140,17 @@ pub async fn run(
                     };
                     let _ = signals.send(Signal::Wake { queue, due_ms: due }).await;
                 } else {
-                    match Event::parse(payload) {
-                        Ok(event) => {
-                            if event.kind == EventKind::State(JobState::Cancelled) {
-                                let job_id = event.job_id.clone();
-                                let _ = signals.send(Signal::Cancelled { job_id }).await;
+                    match Event::parse_many(payload) {
+                        Ok(events) => {
+                            for event in &events {
+                                if event.kind == EventKind::State(JobState::Cancelled) {
+                                    let job_id = event.job_id.clone();
+                                    let _ = signals.send(Signal::Cancelled { job_id }).await;
+                                }
                             }
-                            hub.publish(&event);
+                            hub.publish(events);
                         }
-                        Err(e) => tracing::warn!(error = %e, "dropping an undecodable event"),
+                        Err(e) => tracing::warn!(error = %e, "dropping undecodable events"),
                     }
                 }
             }
@@ -181,7 +187,7 @@ mod tests {
         let mut slow = hub.subscribe("j");
         let mut fast = hub.subscribe("j");
         for seq in 1..=(WATCHER_BUFFER as u64 + 10) {
-            hub.publish(&event(seq));
+            hub.publish(vec![event(seq)]);
             assert_eq!(fast.rx.recv().await.map(|e| e.seq), Some(seq));
         }
         assert_eq!(hub.watcher_count(), 1, "only the reader is left");

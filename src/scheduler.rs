@@ -14,12 +14,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::{Client, HashesInterface, KeysInterface, ListInterface, Value};
+use fred::prelude::{Client, HashesInterface, KeysInterface, Value};
 use rand::Rng;
 
 pub use error::Error;
 pub use event::{Event, EventKind};
 pub use job::{Job, JobState, NewJob, Progress, Tier};
+pub use leases::{Report, Verdict};
 use scripts::{Scripts, call};
 
 /// Defaults that apply to a job unless its submit says otherwise, and scheduling knobs.
@@ -39,8 +40,6 @@ pub struct Options {
     pub timeout: Duration,
     /// How long a finished job stays readable in Redis. Default 24 h.
     pub retention: Duration,
-    /// Events kept per job for watchers that resume with `after_seq`. Default 256.
-    pub event_log_len: u32,
     /// Per-queue overrides of the job defaults above. Default none.
     pub queues: HashMap<String, QueueDefaults>,
 }
@@ -77,7 +76,6 @@ impl Default for Options {
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(3600),
             retention: Duration::from_secs(24 * 3600),
-            event_log_len: 256,
             queues: HashMap::new(),
         }
     }
@@ -91,6 +89,8 @@ pub struct Leased {
     pub more: bool,
     /// When the earliest delayed job is due (unix ms).
     pub next_due_ms: Option<i64>,
+    /// A sweep only: when the queue next needs one (the earliest lease deadline or expiry).
+    pub next_check_ms: Option<i64>,
 }
 
 /// A page of `list`.
@@ -169,59 +169,67 @@ impl Handle {
         ms(self.options.retention)
     }
 
-    fn keep(&self) -> Value {
-        Value::Integer(self.options.event_log_len as i64)
-    }
-
     /// Creates a job, or returns the tenant's existing one with the same idempotency key
     /// (`false` in the tuple).
     pub async fn submit(&self, tenant: &str, job: NewJob) -> Result<(Job, bool), Error> {
-        let d = self.options.defaults(&job.queue);
-        let millis = |d: Option<Duration>| d.unwrap_or_default().as_millis() as u64;
-        let id = uuid::Uuid::now_v7().to_string();
-        let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into());
-        let args = vec![
-            s(keys::prefix(&job.queue)),
-            s(id.as_str()),
-            s(tenant),
-            Value::Integer(job.tier as i64),
-            Value::Integer(job.priority as i64),
-            Value::Bytes(job.payload.into()),
-            s(job.content_type),
-            s(labels),
-            Value::Integer(job.max_attempts.or(d.max_attempts).unwrap_or(1) as i64),
-            Value::Integer(job.backoff_initial_ms.unwrap_or(millis(d.backoff_initial)) as i64),
-            Value::Integer(job.backoff_max_ms.unwrap_or(millis(d.backoff_max)) as i64),
-            Value::Integer(job.timeout_ms.unwrap_or(millis(d.timeout)) as i64),
-            s(job.idempotency_key),
-            Value::Integer(now_ms()),
-            Value::Integer(job.run_at_ms.unwrap_or(0)),
-            self.keep(),
-        ];
-        let reply = call(
-            &self.redis,
-            &self.scripts.submit,
-            keys::job(&job.queue, &id),
-            args,
-        )
-        .await?;
-        let mut items = accept(reply)?.into_iter();
-        let created = matches!(items.next(), Some(Value::Boolean(true)));
-        let job = Job::from_fields(items.next().unwrap_or(Value::Null))?;
-        Ok((job, created))
+        let mut created = self.submit_many(tenant, vec![job]).await?;
+        created
+            .pop()
+            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))
     }
 
-    /// Creates jobs of one queue in one call; see `submit` for idempotency keys.
+    /// Creates jobs of one queue in one script call, all or none; see `submit`.
     pub async fn submit_many(
         &self,
         tenant: &str,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<(Job, bool)>, Error> {
-        let mut out = Vec::with_capacity(jobs.len());
+        let Some(queue) = jobs.first().map(|j| j.queue.clone()) else {
+            return Ok(Vec::new());
+        };
+        let d = self.options.defaults(&queue);
+        let millis = |d: Option<Duration>| d.unwrap_or_default().as_millis() as i64;
+        let mut args = Vec::with_capacity(3 + 12 * jobs.len());
+        args.extend([s(keys::prefix(&queue)), s(tenant), Value::Integer(now_ms())]);
         for job in jobs {
-            out.push(self.submit(tenant, job).await?);
+            debug_assert_eq!(job.queue, queue, "one queue per batch");
+            let labels = serde_json::to_string(&job.labels).unwrap_or_else(|_| "{}".into());
+            let max_attempts = job.max_attempts.or(d.max_attempts).unwrap_or(1);
+            let int = |ms: Option<u64>, default: Option<Duration>| {
+                Value::Integer(ms.map_or(millis(default), |v| v as i64))
+            };
+            args.extend([
+                s(uuid::Uuid::now_v7().to_string()),
+                Value::Integer(job.tier as i64),
+                Value::Integer(job.priority as i64),
+                Value::Bytes(job.payload.into()),
+                s(job.content_type),
+                s(labels),
+                Value::Integer(max_attempts as i64),
+                int(job.backoff_initial_ms, d.backoff_initial),
+                int(job.backoff_max_ms, d.backoff_max),
+                int(job.timeout_ms, d.timeout),
+                s(job.idempotency_key),
+                Value::Integer(job.run_at_ms.unwrap_or(0)),
+            ]);
         }
-        Ok(out)
+        let reply = call(&self.redis, &self.scripts.submit, keys::all(&queue), args).await?;
+        let Some(Value::Array(created)) = accept(reply)?.into_iter().next() else {
+            return Err(Error::Corrupt("submit reply has no jobs".into()));
+        };
+        created
+            .into_iter()
+            .map(|entry| {
+                let Value::Array(mut fields) = entry else {
+                    return Err(Error::Corrupt("submit reply entry is not an array".into()));
+                };
+                if fields.is_empty() {
+                    return Err(Error::Corrupt("empty submit reply entry".into()));
+                }
+                let created = fields.remove(0).as_i64() == Some(1);
+                Ok((Job::from_fields(Value::Array(fields))?, created))
+            })
+            .collect()
     }
 
     /// Which queue a job id belongs to.
@@ -249,17 +257,30 @@ impl Handle {
         Ok(job)
     }
 
-    /// The job's retained events after `after_seq`, oldest first.
-    pub async fn events(&self, queue: &str, id: &str, after_seq: u64) -> Result<Vec<Event>, Error> {
-        let raw: Vec<Value> = self.redis.lrange(keys::events(queue, id), 0, -1).await?;
-        let mut events = Vec::with_capacity(raw.len());
-        for v in raw {
-            let e = Event::parse(v.as_bytes().unwrap_or_default())?;
-            if e.seq > after_seq {
-                events.push(e);
-            }
-        }
-        Ok(events)
+    /// Opens a watch: from now on the job's events are published. Returns the job as it is now;
+    /// another tenant's job is NOT_FOUND.
+    pub async fn watch(&self, tenant: &str, id: &str) -> Result<Job, Error> {
+        let queue = self.locate(id).await?;
+        let reply = call(
+            &self.redis,
+            &self.scripts.watch,
+            keys::job(&queue, id),
+            vec![s(tenant)],
+        )
+        .await?;
+        Job::from_fields(accept(reply)?.into_iter().next().unwrap_or(Value::Null))
+    }
+
+    /// Closes a watch of an unfinished job; the last one stops the job's events.
+    pub async fn unwatch(&self, queue: &str, id: &str) -> Result<(), Error> {
+        let _: i64 = call(
+            &self.redis,
+            &self.scripts.unwatch,
+            keys::job(queue, id),
+            Vec::new(),
+        )
+        .await?;
+        Ok(())
     }
 
     /// One page of the tenant's jobs in `queue`, newest first.
@@ -301,7 +322,6 @@ impl Handle {
             s(tenant),
             Value::Integer(now_ms()),
             self.retention(),
-            self.keep(),
         ];
         let reply = call(
             &self.redis,

@@ -88,25 +88,25 @@ pub fn snapshot(j: Job) -> proto::JobEvent {
     }
 }
 
-pub fn event(e: Event) -> proto::JobEvent {
+pub fn event(e: &Event) -> proto::JobEvent {
     let mut out = proto::JobEvent {
-        job_id: e.job_id,
+        job_id: e.job_id.clone(),
         seq: e.seq,
         attempt: e.attempt,
-        result: e.result,
-        error: e.error,
+        result: e.result.clone(),
+        error: e.error.clone(),
         time: Some(timestamp(e.time_ms)),
         ..Default::default()
     };
-    match e.kind {
+    match &e.kind {
         EventKind::State(s) => {
             out.kind = proto::job_event::Kind::State as i32;
-            out.state = state(s) as i32;
+            out.state = state(*s) as i32;
         }
         EventKind::Progress(p) => {
             out.kind = proto::job_event::Kind::Progress as i32;
             out.state = proto::JobState::Running as i32;
-            out.progress = Some(progress(p));
+            out.progress = Some(progress(p.clone()));
         }
     }
     out

@@ -3,9 +3,8 @@
 use std::pin::Pin;
 
 use futures_util::Stream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_stream::StreamExt;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::status::{Error, invalid};
@@ -181,39 +180,18 @@ impl JobService for Jobs {
             tenant,
             r.job_id,
             r.after_seq,
+            self.stopping.clone(),
         )
         .await
         .map_err(Error::from)?;
         let events = items.map(|item| match item {
             Ok(Item::Snapshot(job)) => Ok(convert::snapshot(*job)),
-            Ok(Item::Event(event)) => Ok(convert::event(event)),
+            Ok(Item::Event(event)) => Ok(convert::event(&event)),
+            Ok(Item::Stopping) => Err(Status::unavailable(
+                "server shutting down; watch again with after_seq",
+            )),
             Err(e) => Err(Status::from(Error::from(e))),
         });
-        Ok(Response::new(until_stopping(events, self.stopping.clone())))
+        Ok(Response::new(Box::pin(events)))
     }
-}
-
-/// Ends a watch with UNAVAILABLE when the server stops, so the client resumes elsewhere with
-/// `after_seq` instead of waiting on a dead stream.
-fn until_stopping(
-    mut events: impl Stream<Item = Result<proto::JobEvent, Status>> + Send + Unpin + 'static,
-    mut stopping: watch::Receiver<bool>,
-) -> EventStream {
-    let (tx, rx) = mpsc::channel(16);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                next = events.next() => match next {
-                    Some(item) => if tx.send(item).await.is_err() { return },
-                    None => return,
-                },
-                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
-                    let _ = tx.send(Err(Status::unavailable("server shutting down; watch again with after_seq"))).await;
-                    return;
-                }
-                _ = tx.closed() => return,
-            }
-        }
-    });
-    Box::pin(ReceiverStream::new(rx))
 }

@@ -3,20 +3,24 @@
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::status::Error;
 use super::{convert, validate};
-use crate::dispatcher::{self, Link, Report};
+use crate::dispatcher::{self, Applied, Link};
 use crate::proto::{self, worker_message::Msg, worker_service_server::WorkerService};
-use crate::scheduler::Progress;
+use crate::scheduler::{Progress, Report};
 
 /// Most slots one worker stream may announce.
 const MAX_CONCURRENCY: u32 = 1000;
 /// A worker stream is dead after this many heartbeat intervals of silence.
 const MISSED_HEARTBEATS: u32 = 3;
+/// Reports waiting for the batch in flight; past this the stream is not read (HTTP/2 flow
+/// control then slows the worker down) until the batch is applied.
+const MAX_PENDING: usize = 4096;
 
 pub struct Workers {
     dispatcher: dispatcher::Handle,
@@ -114,7 +118,9 @@ fn check_hello(h: proto::Hello) -> Result<dispatcher::Hello, Status> {
     })
 }
 
-/// Moves messages both ways until either side goes away or the worker falls silent.
+/// Moves messages both ways until either side goes away or the worker falls silent. Reports
+/// are applied in batches, one batch at a time: those that arrive while one is applied form the
+/// next (a group commit), so a busy worker costs a few Redis calls per batch, not per job.
 async fn serve(
     mut link: Link,
     mut inbound: Streaming<proto::WorkerMessage>,
@@ -123,36 +129,39 @@ async fn serve(
 ) {
     let mut ticker = tokio::time::interval(heartbeat);
     let mut last_heard = Instant::now();
+    let mut pending: Vec<Report> = Vec::new();
+    let mut applying: Option<JoinHandle<Applied>> = None;
     loop {
+        if applying.is_none() && !pending.is_empty() {
+            let batch = link.batch(std::mem::take(&mut pending));
+            applying = Some(tokio::spawn(batch.apply()));
+        }
         tokio::select! {
-            received = inbound.message() => {
+            received = inbound.message(), if pending.len() < MAX_PENDING => {
                 let Ok(Some(m)) = received else { break };
                 last_heard = Instant::now();
-                match m.msg {
+                let report = match m.msg {
                     Some(Msg::Hello(_)) => {
                         let _ = tx.send(Err(Status::failed_precondition("second Hello on one stream"))).await;
                         break;
                     }
-                    Some(Msg::Heartbeat(_)) | None => {}
-                    Some(Msg::Progress(p)) => {
-                        let (id, token) = (p.job_id.clone(), p.token);
-                        if let Err((code, text)) = report(&mut link, progress(p)).await {
-                            let _ = tx.send(Ok(result(id, token, code, text))).await;
-                        }
-                    }
-                    Some(Msg::Complete(c)) => {
-                        let (id, token) = (c.job_id.clone(), c.token);
-                        let r = Report::Complete { job_id: c.job_id, token: c.token, result: c.result };
-                        let (code, text) = report(&mut link, Ok(r)).await.err().unwrap_or((Code::Ok, String::new()));
-                        let _ = tx.send(Ok(result(id, token, code, text))).await;
-                    }
-                    Some(Msg::Fail(f)) => {
-                        let (id, token) = (f.job_id.clone(), f.token);
-                        let r = Report::Fail { job_id: f.job_id, token: f.token, error: f.error, retryable: f.retryable };
-                        let (code, text) = report(&mut link, Ok(r)).await.err().unwrap_or((Code::Ok, String::new()));
-                        let _ = tx.send(Ok(result(id, token, code, text))).await;
+                    Some(Msg::Heartbeat(_)) | None => continue,
+                    Some(Msg::Progress(p)) => progress(p),
+                    Some(Msg::Complete(c)) => Ok(Report::Complete { job_id: c.job_id, token: c.token, result: c.result }),
+                    Some(Msg::Fail(f)) => Ok(Report::Fail { job_id: f.job_id, token: f.token, error: f.error, retryable: f.retryable }),
+                };
+                match report.and_then(check) {
+                    Ok(report) => pending.push(report),
+                    Err((id, token, code, text)) => {
+                        if tx.send(Ok(result(id, token, code, text))).await.is_err() { break }
                     }
                 }
+            }
+            applied = async { applying.as_mut().expect("guarded").await }, if applying.is_some() => {
+                applying = None;
+                let Ok(applied) = applied else { break };
+                link.settle(&applied).await;
+                if answer(&tx, applied).await.is_err() { break }
             }
             out = link.recv() => {
                 let Some(out) = out else { break };
@@ -169,12 +178,41 @@ async fn serve(
             _ = tx.closed() => break,
         }
     }
+    // Reports already taken in are applied even when the stream is gone: the work is done.
+    if let Some(applying) = applying
+        && let Ok(applied) = applying.await
+    {
+        link.settle(&applied).await;
+    }
 }
 
-fn progress(p: proto::ProgressReport) -> Result<Report, (Code, String)> {
+/// A report refused before it reached the scheduler: (job id, token, code, message).
+type Refusal = (String, u64, Code, String);
+
+/// Tells the worker what became of its Completes and Fails (always) and of refused progress.
+async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
+    for (report, verdict, _) in applied.0 {
+        let (code, text) = match verdict {
+            Ok(()) if matches!(report, Report::Progress { .. }) => continue,
+            Ok(()) => (Code::Ok, String::new()),
+            Err(e) => {
+                let status = Status::from(e);
+                (status.code(), status.message().to_string())
+            }
+        };
+        let (id, token) = (report.job_id().to_string(), report.token());
+        tx.send(Ok(result(id, token, code, text)))
+            .await
+            .map_err(|_| ())?;
+    }
+    Ok(())
+}
+
+#[allow(clippy::result_large_err)]
+fn progress(p: proto::ProgressReport) -> Result<Report, Refusal> {
     let progress = p.progress.unwrap_or_default();
     validate::progress_percent(progress.percent)
-        .map_err(|e| (Code::InvalidArgument, e.to_string()))?;
+        .map_err(|e| (p.job_id.clone(), p.token, Code::InvalidArgument, e.to_string()))?;
     Ok(Report::Progress {
         job_id: p.job_id,
         token: p.token,
@@ -186,28 +224,19 @@ fn progress(p: proto::ProgressReport) -> Result<Report, (Code, String)> {
     })
 }
 
-/// Checks a report's ids and applies it; the error is what the worker is told.
-async fn report(
-    link: &mut Link,
-    report: Result<Report, (Code, String)>,
-) -> Result<(), (Code, String)> {
-    let report = report?;
-    let (id, token) = match &report {
-        Report::Progress { job_id, token, .. }
-        | Report::Complete { job_id, token, .. }
-        | Report::Fail { job_id, token, .. } => (job_id, *token),
-    };
-    validate::job_id(id).map_err(|e| (Code::InvalidArgument, e.to_string()))?;
-    if token == 0 {
-        return Err((
+/// Checks a report's ids before it goes anywhere.
+fn check(report: Report) -> Result<Report, Refusal> {
+    let refuse = |code, text: String| (report.job_id().to_string(), report.token(), code, text);
+    if let Err(e) = validate::job_id(report.job_id()) {
+        return Err(refuse(Code::InvalidArgument, e.to_string()));
+    }
+    if report.token() == 0 {
+        return Err(refuse(
             Code::InvalidArgument,
             "token: 0 is not a fencing token".into(),
         ));
     }
-    link.report(report).await.map_err(|e| {
-        let status = Status::from(e);
-        (status.code(), status.message().to_string())
-    })
+    Ok(report)
 }
 
 fn result(job_id: String, token: u64, code: Code, text: String) -> proto::ServerMessage {

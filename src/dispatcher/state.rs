@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, Error, HeldMap, Hello, Options, ToWorker, Welcome};
 use crate::events::Signal;
-use crate::scheduler;
+use crate::scheduler::{self, now_ms};
 
 struct Session {
     worker: String,
@@ -29,6 +29,9 @@ struct Queue {
     busy: bool,
     /// When the earliest delayed job is due.
     next_due_ms: Option<i64>,
+    /// When the queue next needs a sweep: a lease deadline or an expiry the last sweep saw, or
+    /// the safety interval for a queue served here.
+    next_check_ms: Option<i64>,
 }
 
 pub(super) struct State {
@@ -96,11 +99,11 @@ impl State {
             }
             Command::Disconnected { session } => self.disconnected(session),
             Command::GraceOver { session } => self.grace_over(session),
-            Command::Finished { session, job_id } => {
-                if let Some(s) = self.sessions.get_mut(&session)
-                    && s.held.remove(&job_id).is_some()
-                {
-                    s.free += 1;
+            Command::Finished { session, job_ids } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    let before = s.held.len();
+                    job_ids.iter().for_each(|id| drop(s.held.remove(id)));
+                    s.free += (before - s.held.len()) as u32;
                     let queues = s.queues.clone();
                     queues.iter().for_each(|q| self.dispatch(q));
                 }
@@ -111,23 +114,7 @@ impl State {
                 reserved,
                 result,
             } => self.leased(queue, session, reserved, result),
-            Command::Swept { queue, result } => {
-                let q = self.queues.entry(queue.clone()).or_default();
-                q.busy = false;
-                if let Ok(leased) = result {
-                    q.next_due_ms = leased.next_due_ms;
-                    q.maybe_ready |= leased.more;
-                    let idle = leased.next_due_ms.is_none() && !leased.more;
-                    let served = self.sessions.values().any(|s| s.queues.contains(&queue));
-                    if idle && !served {
-                        // Forget it, so the sweep's cost follows the queues in use, not every
-                        // queue ever seen; a submit or a worker brings it back.
-                        self.queues.remove(&queue);
-                        return;
-                    }
-                }
-                self.dispatch(&queue);
-            }
+            Command::Swept { queue, result } => self.swept(queue, result),
             Command::Lost { ids } => {
                 let lost: HashSet<String> = ids.into_iter().collect();
                 self.stop_jobs(
@@ -269,7 +256,11 @@ impl State {
     fn signal(&mut self, signal: Signal) {
         match signal {
             Signal::Wake { queue, due_ms } => {
+                let safety = now_ms() + self.options.sweep.as_millis() as i64;
                 let q = self.queues.entry(queue.clone()).or_default();
+                // A queue new to this replica gets one sweep, which learns its timers (lease
+                // deadlines, expiries) or lets it be forgotten.
+                q.next_check_ms.get_or_insert(safety);
                 match due_ms {
                     Some(due) => q.next_due_ms = Some(q.next_due_ms.map_or(due, |d| d.min(due))),
                     None => q.maybe_ready = true,

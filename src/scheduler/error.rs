@@ -1,6 +1,6 @@
 //! The scheduler's errors; `api::status` maps them to gRPC codes.
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum Error {
     #[error("job not found")]
     NotFound,

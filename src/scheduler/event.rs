@@ -1,4 +1,4 @@
-//! Job events as the scripts publish them (JSON on `cv:events` and in each job's capped log).
+//! Job events as the scripts publish them: a JSON array per script call on `cv:events`.
 
 use serde::Deserialize;
 
@@ -27,31 +27,50 @@ impl Event {
         matches!(self.kind, EventKind::State(s) if s.is_terminal())
     }
 
-    pub fn parse(json: &[u8]) -> Result<Event, Error> {
-        #[derive(Deserialize)]
-        struct Raw {
-            id: String,
-            seq: u64,
-            kind: String,
-            #[serde(default)]
-            state: String,
-            #[serde(default)]
-            attempt: u32,
-            #[serde(default)]
-            pct: f32,
-            #[serde(default)]
-            stage: String,
-            #[serde(default)]
-            msg: String,
-            #[serde(default)]
-            result: String,
-            #[serde(default)]
-            error: String,
-            #[serde(default)]
-            t: f64,
+    /// Decodes one published message: an array of events (an empty Lua table encodes as `{}`).
+    pub fn parse_many(json: &[u8]) -> Result<Vec<Event>, Error> {
+        if json == b"{}" {
+            return Ok(Vec::new());
         }
+        let raw: Vec<Raw> = serde_json::from_slice(json)
+            .map_err(|e| Error::Corrupt(format!("undecodable job events: {e}")))?;
+        raw.into_iter().map(Raw::into_event).collect()
+    }
+
+    pub fn parse(json: &[u8]) -> Result<Event, Error> {
         let raw: Raw = serde_json::from_slice(json)
             .map_err(|e| Error::Corrupt(format!("undecodable job event: {e}")))?;
+        raw.into_event()
+    }
+}
+
+/// An event as the scripts encode it.
+#[derive(Deserialize)]
+struct Raw {
+    id: String,
+    seq: u64,
+    kind: String,
+    #[serde(default)]
+    state: String,
+    #[serde(default)]
+    attempt: u32,
+    #[serde(default)]
+    pct: f32,
+    #[serde(default)]
+    stage: String,
+    #[serde(default)]
+    msg: String,
+    #[serde(default)]
+    result: String,
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    t: f64,
+}
+
+impl Raw {
+    fn into_event(self) -> Result<Event, Error> {
+        let raw = self;
         let kind = match raw.kind.as_str() {
             "progress" => EventKind::Progress(Progress {
                 percent: raw.pct,
@@ -96,5 +115,11 @@ mod tests {
             matches!(p.kind, EventKind::Progress(ref pr) if pr.percent == 50.0 && pr.stage == "encode")
         );
         assert!(Event::parse(b"{}").is_err());
+        let many = Event::parse_many(
+            br#"[{"id":"a","seq":1,"kind":"state","state":"RUNNING"},{"id":"b","seq":2,"kind":"progress"}]"#,
+        )
+        .unwrap();
+        assert_eq!(many.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+        assert!(Event::parse_many(b"{}").unwrap().is_empty());
     }
 }

@@ -1,12 +1,70 @@
 //! The transitions of a leased job: lease, renew, the worker's reports, release, re-attach.
+//! Each takes many jobs of one queue in one script call.
+
+use std::collections::HashMap;
 
 use fred::prelude::Value;
 
 use super::scripts::call;
-use super::{Error, Handle, Job, JobState, Leased, Progress, accept, jitter, keys, ms, now_ms, s};
+use super::{Error, Handle, Job, Leased, Progress, jitter, keys, ms, now_ms, s};
+
+/// A worker's report about a job it runs.
+#[derive(Clone, Debug)]
+pub enum Report {
+    Progress {
+        job_id: String,
+        token: u64,
+        progress: Progress,
+    },
+    Complete {
+        job_id: String,
+        token: u64,
+        result: String,
+    },
+    Fail {
+        job_id: String,
+        token: u64,
+        error: String,
+        retryable: bool,
+    },
+}
+
+impl Report {
+    pub fn job_id(&self) -> &str {
+        match self {
+            Report::Progress { job_id, .. }
+            | Report::Complete { job_id, .. }
+            | Report::Fail { job_id, .. } => job_id,
+        }
+    }
+
+    pub fn token(&self) -> u64 {
+        match self {
+            Report::Progress { token, .. }
+            | Report::Complete { token, .. }
+            | Report::Fail { token, .. } => *token,
+        }
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            Report::Progress { .. } => 0,
+            Report::Complete { .. } => 1,
+            Report::Fail { .. } => 2,
+        }
+    }
+}
+
+/// What became of one report: applied, or refused (FAILED_PRECONDITION) with the reason.
+pub type Verdict = Result<(), Error>;
+
+fn opt_ms(v: Option<Value>) -> Option<i64> {
+    v.and_then(|v| v.as_i64()).filter(|t| *t >= 0)
+}
 
 impl Handle {
-    /// Leases up to `n` jobs of `queue` for a worker session (0 only reclaims and promotes).
+    /// Leases up to `n` jobs of `queue` for a worker session (0 is the sweep: it only
+    /// reclaims, promotes and collects expired ids).
     pub async fn lease(
         &self,
         queue: &str,
@@ -23,7 +81,6 @@ impl Handle {
             s(session),
             s(worker),
             self.retention(),
-            self.keep(),
             jitter(),
             Value::Integer(w[0] as i64),
             Value::Integer(w[1] as i64),
@@ -33,13 +90,15 @@ impl Handle {
         let reply: Vec<Value> =
             call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;
         let mut items = reply.into_iter();
-        let next_due_ms = items.next().and_then(|v| v.as_i64()).filter(|d| *d >= 0);
+        let next_due_ms = opt_ms(items.next());
         let more = items.next().and_then(|v| v.as_i64()) == Some(1);
+        let next_check_ms = opt_ms(items.next());
         let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
         Ok(Leased {
             jobs,
             more,
             next_due_ms,
+            next_check_ms,
         })
     }
 
@@ -54,9 +113,7 @@ impl Handle {
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
             ms(self.options.lease_ttl),
-            s(""),
             self.retention(),
-            self.keep(),
             jitter(),
         ];
         for (id, session) in held {
@@ -66,95 +123,97 @@ impl Handle {
         Ok(call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?)
     }
 
-    /// Records progress of the attempt `worker` runs under `token`.
-    pub async fn progress(
+    /// Applies a worker's reports about jobs of `queue`, in order, one script call per run of
+    /// reports of one kind. Of several progress reports of a job in a run only the latest is
+    /// written (they supersede each other). Returns one verdict per report; the error is for
+    /// Redis being unavailable, in which case none may have been applied.
+    pub async fn apply(
         &self,
         queue: &str,
-        id: &str,
         worker: &str,
-        token: u64,
-        p: &Progress,
-    ) -> Result<(), Error> {
-        let args = vec![
-            s(keys::prefix(queue)),
-            s(id),
-            Value::Integer(token as i64),
-            Value::Double(p.percent as f64),
-            s(p.stage.as_str()),
-            s(p.message.as_str()),
-            Value::Integer(now_ms()),
-            self.keep(),
-            s(worker),
-        ];
-        accept(
-            call(
-                &self.redis,
-                &self.scripts.progress,
-                keys::job(queue, id),
-                args,
-            )
-            .await?,
-        )?;
-        Ok(())
+        reports: &[Report],
+    ) -> Result<Vec<Verdict>, Error> {
+        let mut verdicts = Vec::with_capacity(reports.len());
+        for run in reports.chunk_by(|a, b| a.kind() == b.kind()) {
+            verdicts.extend(self.apply_run(queue, worker, run).await?);
+        }
+        Ok(verdicts)
     }
 
-    /// Ends the attempt `worker` runs under `token` with success.
-    pub async fn complete(
+    /// Applies reports of one kind in one call.
+    async fn apply_run(
         &self,
         queue: &str,
-        id: &str,
         worker: &str,
-        token: u64,
-        result: &str,
-    ) -> Result<(), Error> {
-        let args = vec![
-            s(keys::prefix(queue)),
-            s(id),
-            Value::Integer(token as i64),
-            s(result),
-            Value::Integer(now_ms()),
-            self.retention(),
-            self.keep(),
-            s(worker),
-        ];
-        accept(
-            call(
-                &self.redis,
-                &self.scripts.complete,
-                keys::job(queue, id),
-                args,
-            )
-            .await?,
-        )?;
-        Ok(())
-    }
-
-    /// Ends the attempt as failed; returns the job's new state (SCHEDULED for a retry, or FAILED).
-    pub async fn fail(
-        &self,
-        queue: &str,
-        id: &str,
-        worker: &str,
-        token: u64,
-        error: &str,
-        retryable: bool,
-    ) -> Result<JobState, Error> {
-        let args = vec![
-            s(keys::prefix(queue)),
-            s(id),
-            Value::Integer(token as i64),
-            s(error),
-            s(if retryable { "1" } else { "0" }),
-            Value::Integer(now_ms()),
-            jitter(),
-            self.retention(),
-            self.keep(),
-            s(worker),
-        ];
-        let reply =
-            accept(call(&self.redis, &self.scripts.fail, keys::job(queue, id), args).await?)?;
-        let state = reply.first().and_then(Value::as_string).unwrap_or_default();
-        JobState::parse(&state).ok_or_else(|| Error::Corrupt(format!("fail returned {state:?}")))
+        run: &[Report],
+    ) -> Result<Vec<Verdict>, Error> {
+        let mut args = vec![s(keys::prefix(queue)), Value::Integer(now_ms())];
+        let script = match run[0] {
+            Report::Progress { .. } => &self.scripts.progress,
+            Report::Complete { .. } => &self.scripts.complete,
+            Report::Fail { .. } => &self.scripts.fail,
+        };
+        if !matches!(run[0], Report::Progress { .. }) {
+            args.push(self.retention());
+        }
+        args.push(s(worker));
+        // Index of the report each script item answers; superseded progress shares the answer
+        // of the latest one of its job.
+        let latest: HashMap<&str, usize> = run
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (r.job_id(), i))
+            .collect();
+        let mut answered_by = Vec::with_capacity(run.len());
+        let mut items = 0;
+        for (i, report) in run.iter().enumerate() {
+            let last = latest[report.job_id()];
+            if matches!(report, Report::Progress { .. }) && last != i {
+                answered_by.push(Err(last));
+                continue;
+            }
+            answered_by.push(Ok(items));
+            items += 1;
+            args.push(s(report.job_id()));
+            args.push(Value::Integer(report.token() as i64));
+            match report {
+                Report::Progress { progress: p, .. } => args.extend([
+                    Value::Double(p.percent as f64),
+                    s(p.stage.as_str()),
+                    s(p.message.as_str()),
+                ]),
+                Report::Complete { result, .. } => args.push(s(result.as_str())),
+                Report::Fail {
+                    error, retryable, ..
+                } => args.extend([
+                    s(error.as_str()),
+                    s(if *retryable { "1" } else { "0" }),
+                    jitter(),
+                ]),
+            }
+        }
+        let replies: Vec<Vec<String>> =
+            call(&self.redis, script, keys::leased(queue), args).await?;
+        if replies.len() != items {
+            return Err(Error::Corrupt(format!(
+                "{} answers to {items} reports",
+                replies.len()
+            )));
+        }
+        let verdict = |reply: &Vec<String>| match reply.first().map(String::as_str) {
+            Some("OK") => Ok(()),
+            Some("FAILED_PRECONDITION") => Err(Error::FailedPrecondition(
+                reply.get(1).cloned().unwrap_or_default(),
+            )),
+            other => Err(Error::Corrupt(format!("report answered {other:?}"))),
+        };
+        let resolve = |mut i: usize| loop {
+            match answered_by[i] {
+                Ok(item) => return verdict(&replies[item]),
+                Err(later) => i = later,
+            }
+        };
+        Ok((0..run.len()).map(resolve).collect())
     }
 
     /// Requeues at once the jobs a vanished worker session held in `queue`.
@@ -171,7 +230,6 @@ impl Handle {
             s(session),
             s(reason),
             self.retention(),
-            self.keep(),
         ];
         args.extend(ids.iter().map(|id| s(id.as_str())));
         let _: i64 = call(

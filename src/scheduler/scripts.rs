@@ -3,8 +3,8 @@
 use fred::prelude::{Client, FromValue, Value};
 use fred::types::scripts::Script;
 
-/// `common.lua` holds helpers every transition needs (emit an event, requeue with backoff);
-/// Redis scripts cannot import, so it is prepended to each one.
+/// `common.lua` holds helpers every transition needs (emit an event, requeue with backoff, write
+/// what a batch shares); Redis scripts cannot import, so it is prepended to each one.
 const COMMON: &str = include_str!("scripts/common.lua");
 
 pub struct Scripts {
@@ -18,6 +18,8 @@ pub struct Scripts {
     pub release: Script,
     pub reattach: Script,
     pub list: Script,
+    pub watch: Script,
+    pub unwatch: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -37,6 +39,8 @@ impl Scripts {
             release: script(include_str!("scripts/release.lua")),
             reattach: script(include_str!("scripts/reattach.lua")),
             list: script(include_str!("scripts/list.lua")),
+            watch: script(include_str!("scripts/watch.lua")),
+            unwatch: script(include_str!("scripts/unwatch.lua")),
         }
     }
 }

@@ -1,4 +1,4 @@
-//! Turning free slots into lease calls, and the timers: renewals, the sweep, due delayed jobs.
+//! Turning free slots into lease calls, and the timers: renewals, sweeps, due delayed jobs.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -7,6 +7,9 @@ use tokio::time::Instant;
 
 use super::{Command, State, ToWorker};
 use crate::scheduler::{self, Leased, now_ms};
+
+/// How soon a lease or sweep that failed (Redis unavailable) is tried again.
+const RETRY: Duration = Duration::from_secs(1);
 
 impl State {
     /// Starts a lease call for `queue` if a connected session has free slots for it.
@@ -56,8 +59,9 @@ impl State {
         let leased = match result {
             Ok(leased) => leased,
             Err(e) => {
-                // Redis is unavailable: give the slots back and let the next sweep retry.
+                // Redis is unavailable: give the slots back and try again shortly.
                 tracing::warn!(error = %e, queue, "lease failed");
+                q.next_check_ms = Some(now_ms() + RETRY.as_millis() as i64);
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.free += reserved;
                 }
@@ -66,6 +70,9 @@ impl State {
         };
         q.maybe_ready = leased.more;
         q.next_due_ms = leased.next_due_ms;
+        // Leases of other replicas this one has not seen are caught by the safety sweep.
+        let safety = now_ms() + self.options.sweep.as_millis() as i64;
+        q.next_check_ms.get_or_insert(safety);
         let unused = reserved - leased.jobs.len() as u32;
         match self.sessions.get_mut(&session) {
             Some(s) => {
@@ -99,28 +106,48 @@ impl State {
         self.dispatch(&queue);
     }
 
-    /// The periodic sweep: reclaim expired leases and promote due jobs in every known queue.
-    pub(in crate::dispatcher) fn sweep(&mut self) {
-        let names: Vec<String> = self.queues.keys().cloned().collect();
-        for name in names {
-            // If the sweep finds ready work (a wake-up lost, say), leasing follows when it
-            // returns (see `Command::Swept`).
-            self.sweep_one(&name);
-        }
-    }
-
     /// A lease call with no slots: reclaims, promotes and collects expired ids.
-    pub(in crate::dispatcher) fn sweep_one(&mut self, queue: &str) {
+    pub(in crate::dispatcher) fn sweep(&mut self, queue: &str) {
         let q = self.queues.entry(queue.to_string()).or_default();
         if q.busy {
+            // The lease call in flight reclaims and promotes too.
             return;
         }
         q.busy = true;
+        q.next_check_ms = None;
         let (scheduler, queue) = (self.scheduler.clone(), queue.to_string());
         self.later(async move {
             let result = scheduler.lease(&queue, 0, "", "").await;
             Command::Swept { queue, result }
         });
+    }
+
+    /// A sweep returned: it says when the queue next needs a look.
+    pub(in crate::dispatcher) fn swept(&mut self, queue: String, result: Result<Leased, scheduler::Error>) {
+        let served = self.sessions.values().any(|s| s.queues.contains(&queue));
+        let safety = now_ms() + self.options.sweep.as_millis() as i64;
+        let q = self.queues.entry(queue.clone()).or_default();
+        q.busy = false;
+        match result {
+            Ok(leased) => {
+                q.next_due_ms = leased.next_due_ms;
+                q.maybe_ready |= leased.more;
+                q.next_check_ms = match leased.next_check_ms {
+                    Some(at) if served => Some(at.min(safety)),
+                    Some(at) => Some(at),
+                    None => served.then_some(safety),
+                };
+                if q.next_check_ms.is_none() && q.next_due_ms.is_none() && !q.maybe_ready {
+                    // Nothing to watch for and no worker here: forget it, so the cost follows
+                    // the queues in use; a wake-up or a worker brings it back.
+                    self.queues.remove(&queue);
+                    return;
+                }
+            }
+            // Redis is unavailable: try again shortly.
+            Err(_) => q.next_check_ms = Some(now_ms() + RETRY.as_millis() as i64),
+        }
+        self.dispatch(&queue);
     }
 
     /// Renews every lease this replica holds: one call per queue.
@@ -148,27 +175,40 @@ impl State {
         }
     }
 
+    /// The next time a queue needs a sweep or has delayed work coming due.
     pub(in crate::dispatcher) fn next_due(&self) -> Option<Instant> {
-        let earliest = self.queues.values().filter_map(|q| q.next_due_ms).min()?;
+        let earliest = self
+            .queues
+            .values()
+            .flat_map(|q| [q.next_due_ms, q.next_check_ms])
+            .flatten()
+            .min()?;
         let wait = (earliest - now_ms()).max(0) as u64;
         Some(Instant::now() + Duration::from_millis(wait))
     }
 
-    /// Delayed work came due: promote it (and lease it, where a worker here has room).
+    /// Delayed work came due, or a queue needs a sweep: lease where a worker here has room
+    /// (a lease call reclaims and promotes too), sweep where none has.
     pub(in crate::dispatcher) fn due(&mut self) {
         let now = now_ms();
-        let due: Vec<String> = self
+        let passed = |t: Option<i64>| t.is_some_and(|t| t <= now);
+        let names: Vec<String> = self
             .queues
             .iter()
-            .filter(|(_, q)| q.next_due_ms.is_some_and(|d| d <= now))
+            .filter(|(_, q)| passed(q.next_due_ms) || passed(q.next_check_ms))
             .map(|(n, _)| n.clone())
             .collect();
-        for name in due {
+        for name in names {
             let q = self.queues.entry(name.clone()).or_default();
-            q.next_due_ms = None;
-            q.maybe_ready = true;
+            if passed(q.next_due_ms) {
+                q.next_due_ms = None;
+                q.maybe_ready = true;
+            }
+            if passed(q.next_check_ms) {
+                q.next_check_ms = None;
+            }
             self.dispatch(&name);
-            self.sweep_one(&name);
+            self.sweep(&name);
         }
     }
 }

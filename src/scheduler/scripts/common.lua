@@ -1,22 +1,44 @@
 -- Shared helpers, prepended to every transition script at load time (see scripts.rs).
 -- Key layout (see keys.rs): every key of a queue starts with the prefix `cv:{<queue>}:`.
 -- Job hash fields: id queue tenant tier priority state payload ctype labels attempt max_attempts
---   backoff_initial backoff_max timeout idem created run_at started finished deadline pct stage
---   msg result error worker session token seq rank
+--   backoff_initial backoff_max timeout idem created run_at started finished deadline timeout_at
+--   pct stage msg result error worker session token seq rank w
+-- `seq` grows by one per event of the job; `w` counts the open watches of the job, and its
+-- events are published only while it is above zero (nobody pays for events nobody reads).
+--
+-- A script collects what many jobs share (leased-set removals, expiry entries, events, wake-ups)
+-- in the tables below and writes each in one command at the end (`finish`), so a batch of jobs
+-- costs a few commands per job plus a few per call.
 
 local TERMINAL = { SUCCEEDED = true, FAILED = true, CANCELLED = true }
 
--- Appends an event to the job's capped log and publishes it to every replica.
-local function emit(prefix, id, ev, keep)
-  local jkey = prefix .. 'job:' .. id
-  ev.id = id
-  ev.seq = redis.call('HINCRBY', jkey, 'seq', 1)
-  local data = cjson.encode(ev)
-  local evkey = prefix .. 'ev:' .. id
-  redis.call('RPUSH', evkey, data)
-  redis.call('LTRIM', evkey, -keep, -1)
-  redis.call('PUBLISH', 'cv:events', data)
-  return ev.seq
+local EVENTS = {}     -- events for watchers: one PUBLISH of a JSON array
+local UNLEASED = {}   -- ids leaving the leased set: one ZREM
+local RETIRED = {}    -- ids of finished jobs: one ZADD to the expiring index
+local WAKE = { ready = false, due = nil } -- one PUBLISH on cv:wake per kind
+
+-- The job fields transitions read, in one HMGET.
+local FIELDS = { 'state', 'token', 'worker', 'session', 'attempt', 'max_attempts',
+  'backoff_initial', 'backoff_max', 'tier', 'priority', 'rank', 'seq', 'w', 'idem', 'tenant',
+  'timeout', 'timeout_at', 'result', 'error', 'queue' }
+
+-- The job's fields by name, or nil when the job does not exist (expired, never was).
+local function load(jkey)
+  local v = redis.call('HMGET', jkey, unpack(FIELDS))
+  if not v[1] then return nil end
+  local j = {}
+  for i, f in ipairs(FIELDS) do j[f] = v[i] end
+  return j
+end
+
+-- Records an event for the job's watchers, if it has any. `seq` is the job's new sequence
+-- number, which the caller writes with its own HSET.
+local function emit(id, seq, j, ev)
+  if tonumber(j.w or 0) > 0 then
+    ev.id = id
+    ev.seq = seq
+    EVENTS[#EVENTS + 1] = ev
+  end
 end
 
 -- Score in a tier's ready set: priority first, then submission order.
@@ -26,72 +48,98 @@ end
 
 local function enqueue(prefix, id, tier, priority, rank)
   redis.call('ZADD', prefix .. 'ready:' .. tier, ready_score(priority, rank), id)
+  WAKE.ready = true
 end
 
--- A terminal job keeps its hash, log, id mapping and idempotency key for `retention_ms`; the
--- `expiring` set tells the sweep when to drop its id from the all-jobs index.
-local function retire(prefix, id, now, retention_ms)
+local function wake_at(due)
+  if WAKE.due == nil or due < WAKE.due then WAKE.due = due end
+end
+
+-- Ends a job in a terminal state: one HSET, the expiry of its keys after `retention_ms`, and
+-- its event. `fields` are extra hash fields to set, `ev` the event's extra fields.
+local function settle(prefix, id, j, state, now, retention_ms, fields, ev)
   local jkey = prefix .. 'job:' .. id
-  redis.call('ZADD', prefix .. 'expiring', now + retention_ms, id)
+  local seq = tonumber(j.seq) + 1
+  redis.call('HSET', jkey, 'state', state, 'finished', now, 'seq', seq, unpack(fields))
+  if j.state == 'RUNNING' then UNLEASED[#UNLEASED + 1] = id end
   redis.call('PEXPIRE', jkey, retention_ms)
-  redis.call('PEXPIRE', prefix .. 'ev:' .. id, retention_ms)
   redis.call('PEXPIRE', 'cv:id:' .. id, retention_ms)
-  local idem = redis.call('HGET', jkey, 'idem')
-  if idem and idem ~= '' then
-    local tenant = redis.call('HGET', jkey, 'tenant')
-    redis.call('PEXPIRE', prefix .. 'idem:' .. tenant .. ':' .. idem, retention_ms)
+  if j.idem and j.idem ~= '' then
+    redis.call('PEXPIRE', prefix .. 'idem:' .. j.tenant .. ':' .. j.idem, retention_ms)
   end
+  RETIRED[#RETIRED + 1] = id
+  ev.kind = 'state'
+  ev.state = state
+  ev.attempt = tonumber(j.attempt)
+  ev.t = now
+  emit(id, seq, j, ev)
 end
 
 -- Ends the running attempt with `err`: back to the queue after a backoff, or FAILED when no
 -- attempts are left. `jitter` in [0,1) comes from the caller (Lua's PRNG is deterministic).
 -- `immediate` requeues without backoff (the worker vanished; nothing suggests the job is bad).
-local function retry_or_fail(prefix, id, now, jitter, err, retention_ms, keep, immediate)
-  local jkey = prefix .. 'job:' .. id
-  local j = redis.call('HMGET', jkey, 'attempt', 'max_attempts', 'backoff_initial', 'backoff_max',
-    'tier', 'priority', 'rank')
-  local attempt, max = tonumber(j[1]), tonumber(j[2])
-  redis.call('ZREM', prefix .. 'leased', id)
-  redis.call('HDEL', jkey, 'session', 'deadline')
+local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, immediate)
+  local attempt, max = tonumber(j.attempt), tonumber(j.max_attempts)
   if attempt >= max then
-    redis.call('HSET', jkey, 'state', 'FAILED', 'error', err, 'finished', now)
-    emit(prefix, id, { kind = 'state', state = 'FAILED', attempt = attempt, error = err, t = now }, keep)
-    retire(prefix, id, now, retention_ms)
+    settle(prefix, id, j, 'FAILED', now, retention_ms, { 'error', err }, { error = err })
     return 'FAILED'
   end
+  UNLEASED[#UNLEASED + 1] = id
+  local jkey = prefix .. 'job:' .. id
+  local seq = tonumber(j.seq) + 1
   if immediate then
-    redis.call('HSET', jkey, 'state', 'QUEUED', 'error', err)
-    enqueue(prefix, id, j[5], j[6], j[7])
-    emit(prefix, id, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = now }, keep)
-    redis.call('PUBLISH', 'cv:wake', redis.call('HGET', jkey, 'queue'))
+    redis.call('HSET', jkey, 'state', 'QUEUED', 'error', err, 'seq', seq)
+    enqueue(prefix, id, j.tier, j.priority, j.rank)
+    emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = now })
     return 'QUEUED'
   end
   -- Exponential backoff with "equal jitter": half fixed, half random.
-  local delay = math.min(tonumber(j[4]), tonumber(j[3]) * (2 ^ (attempt - 1)))
+  local delay = math.min(tonumber(j.backoff_max), tonumber(j.backoff_initial) * (2 ^ (attempt - 1)))
   delay = math.floor(delay / 2 + delay / 2 * jitter)
   local due = now + delay
-  redis.call('HSET', jkey, 'state', 'SCHEDULED', 'error', err, 'run_at', due)
+  redis.call('HSET', jkey, 'state', 'SCHEDULED', 'error', err, 'run_at', due, 'seq', seq)
   redis.call('ZADD', prefix .. 'delayed', due, id)
-  emit(prefix, id, { kind = 'state', state = 'SCHEDULED', attempt = attempt, error = err, run_at = due, t = now }, keep)
-  redis.call('PUBLISH', 'cv:wake', redis.call('HGET', jkey, 'queue') .. '|' .. due)
+  emit(id, seq, j, { kind = 'state', state = 'SCHEDULED', attempt = attempt, error = err,
+    run_at = due, t = now })
+  wake_at(due)
   return 'SCHEDULED'
 end
 
--- Checks that `worker` holds the running lease of the job under `token`; returns nil or a
--- rejection reply.
-local function check_lease(jkey, token, worker)
-  local j = redis.call('HMGET', jkey, 'state', 'token', 'worker')
-  if not j[1] then
-    return { 'FAILED_PRECONDITION', 'job does not exist (finished jobs expire after the retention period)' }
+-- Checks that `worker` holds the running lease of job `j` under `token`; returns nil or the
+-- rejection message.
+local function check_lease(j, token, worker)
+  if not j then
+    return 'job does not exist (finished jobs expire after the retention period)'
   end
-  if tonumber(token) ~= tonumber(j[2]) then
-    return { 'FAILED_PRECONDITION', 'stale fencing token ' .. token .. '; the current lease has token ' .. j[2] }
+  if tonumber(token) ~= tonumber(j.token) then
+    return 'stale fencing token ' .. token .. '; the current lease has token ' .. j.token
   end
-  if j[3] ~= worker then
-    return { 'FAILED_PRECONDITION', 'job was never assigned to this worker' }
+  if j.worker ~= worker then
+    return 'job was never assigned to this worker'
   end
-  if j[1] ~= 'RUNNING' then
-    return { 'FAILED_PRECONDITION', 'job is ' .. j[1] .. ', not RUNNING' }
+  if j.state ~= 'RUNNING' then
+    return 'job is ' .. j.state .. ', not RUNNING'
   end
   return nil
+end
+
+-- Writes what the call collected: leased-set removals, expiry entries, events, wake-ups.
+local function finish(prefix, now, retention_ms)
+  if #UNLEASED > 0 then
+    redis.call('ZREM', prefix .. 'leased', unpack(UNLEASED))
+  end
+  if #RETIRED > 0 then
+    local args = {}
+    for _, id in ipairs(RETIRED) do
+      args[#args + 1] = now + retention_ms
+      args[#args + 1] = id
+    end
+    redis.call('ZADD', prefix .. 'expiring', unpack(args))
+  end
+  if #EVENTS > 0 then
+    redis.call('PUBLISH', 'cv:events', cjson.encode(EVENTS))
+  end
+  local queue = string.sub(prefix, 5, -3) -- the prefix is 'cv:{' .. queue .. '}:'
+  if WAKE.ready then redis.call('PUBLISH', 'cv:wake', queue) end
+  if WAKE.due then redis.call('PUBLISH', 'cv:wake', queue .. '|' .. WAKE.due) end
 end

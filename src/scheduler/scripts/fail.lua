@@ -1,24 +1,27 @@
--- fail: the running attempt failed. Retryable failures go back after a backoff while attempts
--- remain; others end FAILED. The same failure sent twice is OK.
--- KEYS[1] job hash
--- ARGV prefix id token error retryable(0|1) now jitter retention keep worker
--- Returns {'OK', new_state} | {'FAILED_PRECONDITION', message}
-local prefix, id, token, err = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now, jitter, retention, keep = tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local worker = ARGV[10]
-local j = redis.call('HMGET', KEYS[1], 'state', 'token', 'error', 'worker')
-if j[1] and j[1] ~= 'RUNNING' and tonumber(j[2]) == tonumber(token) and j[3] == err and j[4] == worker then
-  return { 'OK', j[1] }
+-- fail: running attempts failed, a batch of them from one worker. Retryable failures go back
+-- after a backoff while attempts remain; others end FAILED. The same failure sent twice is OK.
+-- KEYS[1] the queue's leased set
+-- ARGV prefix now retention worker, then (id token error retryable(0|1) jitter) per report
+-- Returns one {code, new state or message} per report: {'OK', state} | {'FAILED_PRECONDITION', message}
+local prefix, now, retention, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local out = {}
+for i = 5, #ARGV, 5 do
+  local id, token, err, retryable, jitter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
+  local j = load(prefix .. 'job:' .. id)
+  if j and j.state ~= 'RUNNING' and tonumber(j.token) == tonumber(token) and j.error == err
+    and j.worker == worker then
+    out[#out + 1] = { 'OK', j.state }
+  else
+    local rejected = check_lease(j, token, worker)
+    if rejected then
+      out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
+    elseif retryable == '1' then
+      out[#out + 1] = { 'OK', retry_or_fail(prefix, id, j, now, jitter, err, retention, false) }
+    else
+      settle(prefix, id, j, 'FAILED', now, retention, { 'error', err }, { error = err })
+      out[#out + 1] = { 'OK', 'FAILED' }
+    end
+  end
 end
-local rejected = check_lease(KEYS[1], token, worker)
-if rejected then return rejected end
-if ARGV[5] == '1' then
-  return { 'OK', retry_or_fail(prefix, id, now, jitter, err, retention, keep, false) }
-end
-redis.call('ZREM', prefix .. 'leased', id)
-redis.call('HDEL', KEYS[1], 'session', 'deadline')
-redis.call('HSET', KEYS[1], 'state', 'FAILED', 'error', err, 'finished', now)
-local attempt = tonumber(redis.call('HGET', KEYS[1], 'attempt'))
-emit(prefix, id, { kind = 'state', state = 'FAILED', attempt = attempt, error = err, t = now }, keep)
-retire(prefix, id, now, retention)
-return { 'OK', 'FAILED' }
+finish(prefix, now, retention)
+return out

@@ -1,59 +1,88 @@
 -- lease: reclaims expired leases, promotes due delayed jobs, then leases up to n ready jobs,
 -- picking tiers by weighted fair share (stride scheduling) and, within a tier, by priority then
--- submission order. n = 0 only reclaims, promotes and drops expired ids from the all-jobs
--- index (the periodic sweep).
+-- submission order. n = 0 is the sweep: it only reclaims and promotes, drops expired ids from
+-- the all-jobs index, and says when the queue next needs a look.
 -- KEYS[1] the queue's leased set
--- ARGV prefix now n ttl session worker retention keep jitter w_free w_pro w_premium w_enterprise
--- Returns {next_due_ms or -1, more_ready 0|1, {HGETALL job}...}
+-- ARGV prefix now n ttl session worker retention jitter w_free w_pro w_premium w_enterprise
+-- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, {job field, value...}...}
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local session, worker = ARGV[5], ARGV[6]
-local retention, keep, jitter = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
-local weights = { tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]), tonumber(ARGV[13]) }
+local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
+local weights = { tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]) }
+local leased, delayed, expiring = KEYS[1], prefix .. 'delayed', prefix .. 'expiring'
+
+-- The score of a sorted set's first entry, or nil when it is empty.
+local function first_score(key)
+  return tonumber(redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')[2])
+end
 
 -- 1. Leases whose deadline passed: the worker died without a goodbye, or the job ran past its
 -- timeout (renewals stop at the timeout).
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 100)) do
-  local t = redis.call('HMGET', prefix .. 'job:' .. id, 'timeout_at', 'timeout')
-  local err = 'lease expired: the worker stopped renewing it'
-  if t[1] and tonumber(t[1]) <= now then
-    err = 'timed out after ' .. math.floor(tonumber(t[2]) / 1000) .. 's'
+local next_lease = first_score(leased)
+if next_lease and next_lease <= now then
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', leased, '-inf', now, 'LIMIT', 0, 100)) do
+    local j = load(prefix .. 'job:' .. id)
+    if not j or j.state ~= 'RUNNING' then
+      UNLEASED[#UNLEASED + 1] = id
+    else
+      local err = 'lease expired: the worker stopped renewing it'
+      if j.timeout_at and tonumber(j.timeout_at) <= now then
+        err = 'timed out after ' .. math.floor(tonumber(j.timeout) / 1000) .. 's'
+      end
+      retry_or_fail(prefix, id, j, now, jitter, err, retention, false)
+    end
   end
-  retry_or_fail(prefix, id, now, jitter, err, retention, keep, false)
+  next_lease = nil -- unknown until the removals are written
 end
 
 -- 2. Delayed jobs that are due.
-local delayed = prefix .. 'delayed'
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)) do
-  local jkey = prefix .. 'job:' .. id
-  local j = redis.call('HMGET', jkey, 'tier', 'priority', 'rank', 'attempt')
-  redis.call('ZREM', delayed, id)
-  redis.call('HSET', jkey, 'state', 'QUEUED')
-  enqueue(prefix, id, j[1], j[2], j[3])
-  emit(prefix, id, { kind = 'state', state = 'QUEUED', attempt = tonumber(j[4]), t = now }, keep)
-end
-
--- 2b. The sweep drops the ids of expired jobs from the all-jobs index (ListJobs).
-if n == 0 then
-  local gone = redis.call('ZRANGEBYSCORE', prefix .. 'expiring', '-inf', now, 'LIMIT', 0, 500)
-  if #gone > 0 then
-    redis.call('ZREM', prefix .. 'all', unpack(gone))
-    redis.call('ZREM', prefix .. 'expiring', unpack(gone))
+local next_due = first_score(delayed)
+if next_due and next_due <= now then
+  local due = redis.call('ZRANGEBYSCORE', delayed, '-inf', now, 'LIMIT', 0, 1000)
+  for _, id in ipairs(due) do
+    local j = load(prefix .. 'job:' .. id)
+    if j and j.state == 'SCHEDULED' then
+      local seq = tonumber(j.seq) + 1
+      redis.call('HSET', prefix .. 'job:' .. id, 'state', 'QUEUED', 'seq', seq)
+      enqueue(prefix, id, j.tier, j.priority, j.rank)
+      emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = tonumber(j.attempt), t = now })
+    end
   end
+  redis.call('ZREM', delayed, unpack(due))
+  next_due = first_score(delayed)
 end
 
--- 3. Stride scheduling: each tier has a pass that grows by 1/weight per lease; the non-empty
+if n == 0 then
+  -- 3. The sweep: drop the ids of expired jobs from the all-jobs index (ListJobs).
+  local next_expiry = first_score(expiring)
+  if next_expiry and next_expiry <= now then
+    local gone = redis.call('ZRANGEBYSCORE', expiring, '-inf', now, 'LIMIT', 0, 500)
+    redis.call('ZREM', prefix .. 'all', unpack(gone))
+    redis.call('ZREM', expiring, unpack(gone))
+    next_expiry = first_score(expiring)
+  end
+  local more = redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2', prefix .. 'ready:3',
+    prefix .. 'ready:4')
+  finish(prefix, now, retention)
+  -- Leases that might expire and jobs that might come due are the next reasons to look.
+  local next_check = next_lease or first_score(leased)
+  if next_check == nil or (next_expiry and next_expiry < next_check) then next_check = next_expiry end
+  return { next_due or -1, more > 0 and 1 or 0, next_check or -1 }
+end
+
+-- 4. Stride scheduling: each tier has a pass that grows by 1/weight per lease; the non-empty
 -- tier with the smallest pass goes next. A tier that was idle starts at the current virtual
--- time, so it cannot bank credit while empty and then flood the workers.
+-- time, so it cannot bank credit while empty and then flood the workers. The plan is made
+-- first, then each tier's share is popped in one ZPOPMIN.
 local stride_key = prefix .. 'stride'
 local s = redis.call('HMGET', stride_key, 'p1', 'p2', 'p3', 'p4', 'vt')
 local pass, vt = {}, tonumber(s[5]) or 0
-local sizes = {}
+local sizes, take = {}, { 0, 0, 0, 0 }
 for t = 1, 4 do
   pass[t] = tonumber(s[t]) or 0
   sizes[t] = redis.call('ZCARD', prefix .. 'ready:' .. t)
 end
-
-local out = {}
+local planned = 0
 for _ = 1, n do
   local best, best_pass = nil, nil
   for t = 4, 1, -1 do
@@ -63,27 +92,49 @@ for _ = 1, n do
     end
   end
   if best == nil then break end
-  local id = redis.call('ZPOPMIN', prefix .. 'ready:' .. best)[1]
   sizes[best] = sizes[best] - 1
+  take[best] = take[best] + 1
   vt = best_pass
   pass[best] = best_pass + 1 / weights[best]
-
-  local jkey = prefix .. 'job:' .. id
-  local attempt = redis.call('HINCRBY', jkey, 'attempt', 1)
-  local token = redis.call('HINCRBY', jkey, 'token', 1)
-  local timeout_at = now + tonumber(redis.call('HGET', jkey, 'timeout'))
-  local deadline = math.min(now + ttl, timeout_at)
-  redis.call('HSET', jkey, 'state', 'RUNNING', 'started', now, 'worker', worker, 'session', session,
-    'deadline', deadline, 'timeout_at', timeout_at, 'pct', 0, 'stage', '', 'msg', '')
-  redis.call('ZADD', KEYS[1], deadline, id)
-  emit(prefix, id, { kind = 'state', state = 'RUNNING', attempt = attempt, worker = worker, t = now }, keep)
-  table.insert(out, redis.call('HGETALL', jkey))
+  planned = planned + 1
 end
-if #out > 0 then
+
+local out, deadlines = {}, {}
+for t = 4, 1, -1 do
+  if take[t] > 0 then
+    local popped = redis.call('ZPOPMIN', prefix .. 'ready:' .. t, take[t])
+    for k = 1, #popped, 2 do
+      local id = popped[k]
+      local jkey = prefix .. 'job:' .. id
+      local f = redis.call('HGETALL', jkey)
+      if #f > 0 then
+        local h = {}
+        for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+        local attempt, token, seq = tonumber(h.attempt) + 1, tonumber(h.token) + 1, tonumber(h.seq) + 1
+        local timeout_at = now + tonumber(h.timeout)
+        local deadline = math.min(now + ttl, timeout_at)
+        local changed = { 'state', 'RUNNING', 'attempt', attempt, 'token', token, 'started', now,
+          'worker', worker, 'session', session, 'deadline', deadline, 'timeout_at', timeout_at,
+          'pct', 0, 'stage', '', 'msg', '', 'seq', seq }
+        redis.call('HSET', jkey, unpack(changed))
+        -- The reply is the hash as it is now: later fields override earlier ones when decoded.
+        for _, v in ipairs(changed) do f[#f + 1] = v end
+        out[#out + 1] = f
+        deadlines[#deadlines + 1] = deadline
+        deadlines[#deadlines + 1] = id
+        emit(id, seq, h, { kind = 'state', state = 'RUNNING', attempt = attempt, worker = worker, t = now })
+      end
+    end
+  end
+end
+if #deadlines > 0 then redis.call('ZADD', leased, unpack(deadlines)) end
+if planned > 0 then
   redis.call('HSET', stride_key, 'p1', pass[1], 'p2', pass[2], 'p3', pass[3], 'p4', pass[4], 'vt', vt)
 end
 
-local next_due = redis.call('ZRANGE', delayed, 0, 0, 'WITHSCORES')[2] or -1
 local more = 0
 for t = 1, 4 do if sizes[t] > 0 then more = 1 end end
-return { tonumber(next_due), more, unpack(out) }
+-- Promoted jobs this call did not take are news for the other replicas' workers.
+WAKE.ready = WAKE.ready and more == 1
+finish(prefix, now, retention)
+return { next_due or -1, more, -1, unpack(out) }

@@ -1,11 +1,24 @@
--- progress: records the running attempt's progress and tells the watchers.
--- KEYS[1] job hash
--- ARGV prefix id token percent stage message now keep worker
--- Returns {'OK'} | {'FAILED_PRECONDITION', message}
-local prefix, id, token = ARGV[1], ARGV[2], ARGV[3]
-local rejected = check_lease(KEYS[1], token, ARGV[9])
-if rejected then return rejected end
-redis.call('HSET', KEYS[1], 'pct', ARGV[4], 'stage', ARGV[5], 'msg', ARGV[6])
-emit(prefix, id, { kind = 'progress', pct = tonumber(ARGV[4]), stage = ARGV[5], msg = ARGV[6],
-  t = tonumber(ARGV[7]) }, tonumber(ARGV[8]))
-return { 'OK' }
+-- progress: records the running attempts' progress (the latest per job of a batch from one
+-- worker) and tells the watchers.
+-- KEYS[1] the queue's leased set
+-- ARGV prefix now worker, then (id token percent stage message) per report
+-- Returns one {code, message} per report: {'OK', ''} | {'FAILED_PRECONDITION', message}
+local prefix, now, worker = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local out = {}
+for i = 4, #ARGV, 5 do
+  local id, token = ARGV[i], ARGV[i + 1]
+  local jkey = prefix .. 'job:' .. id
+  local j = load(jkey)
+  local rejected = check_lease(j, token, worker)
+  if rejected then
+    out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
+  else
+    local seq = tonumber(j.seq) + 1
+    redis.call('HSET', jkey, 'pct', ARGV[i + 2], 'stage', ARGV[i + 3], 'msg', ARGV[i + 4], 'seq', seq)
+    emit(id, seq, j, { kind = 'progress', pct = tonumber(ARGV[i + 2]), stage = ARGV[i + 3],
+      msg = ARGV[i + 4], t = now })
+    out[#out + 1] = { 'OK', '' }
+  end
+end
+finish(prefix, now, 0)
+return out

@@ -1,17 +1,18 @@
 -- release: a worker's stream broke and it did not come back within the grace period; its jobs
 -- go back to the queue at once (the attempt counts) instead of waiting for the lease deadline.
 -- KEYS[1] the queue's leased set
--- ARGV prefix now session reason retention keep id...
+-- ARGV prefix now session reason retention id...
 -- Returns how many jobs were released.
 local prefix, now, session, reason = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
-local retention, keep = tonumber(ARGV[5]), tonumber(ARGV[6])
+local retention = tonumber(ARGV[5])
 local released = 0
-for i = 7, #ARGV do
+for i = 6, #ARGV do
   local id = ARGV[i]
-  local j = redis.call('HMGET', prefix .. 'job:' .. id, 'state', 'session')
-  if j[1] == 'RUNNING' and j[2] == session then
-    retry_or_fail(prefix, id, now, 0, reason, retention, keep, true)
+  local j = load(prefix .. 'job:' .. id)
+  if j and j.state == 'RUNNING' and j.session == session then
+    retry_or_fail(prefix, id, j, now, 0, reason, retention, true)
     released = released + 1
   end
 end
+finish(prefix, now, retention)
 return released

@@ -1,25 +1,28 @@
 -- renew: extends every lease a server replica's sessions hold in a queue, in one call. A lease is
 -- never extended past its job's timeout: such a job fails its attempt here ("timed out").
 -- KEYS[1] the queue's leased set
--- ARGV prefix now ttl unused retention keep jitter (id session)...
+-- ARGV prefix now ttl retention jitter, then (id session) per lease
 -- Returns the ids that are no longer this session's (cancelled, reclaimed, timed out).
 local prefix, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local retention, keep, jitter = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7])
-local lost = {}
-for i = 8, #ARGV, 2 do
+local retention, jitter = tonumber(ARGV[4]), tonumber(ARGV[5])
+local lost, deadlines = {}, {}
+for i = 6, #ARGV, 2 do
   local id, session = ARGV[i], ARGV[i + 1]
   local jkey = prefix .. 'job:' .. id
-  local j = redis.call('HMGET', jkey, 'state', 'session', 'timeout_at', 'timeout')
-  if j[1] ~= 'RUNNING' or j[2] ~= session then
+  local j = load(jkey)
+  if not j or j.state ~= 'RUNNING' or j.session ~= session then
     table.insert(lost, id)
-  elseif tonumber(j[3]) <= now then
-    retry_or_fail(prefix, id, now, jitter, 'timed out after ' .. math.floor(tonumber(j[4]) / 1000) .. 's',
-      retention, keep, false)
+  elseif tonumber(j.timeout_at) <= now then
+    retry_or_fail(prefix, id, j, now, jitter, 'timed out after ' .. math.floor(tonumber(j.timeout) / 1000) .. 's',
+      retention, false)
     table.insert(lost, id)
   else
-    local deadline = math.min(now + ttl, tonumber(j[3]))
+    local deadline = math.min(now + ttl, tonumber(j.timeout_at))
     redis.call('HSET', jkey, 'deadline', deadline)
-    redis.call('ZADD', KEYS[1], deadline, id)
+    deadlines[#deadlines + 1] = deadline
+    deadlines[#deadlines + 1] = id
   end
 end
+if #deadlines > 0 then redis.call('ZADD', KEYS[1], unpack(deadlines)) end
+finish(prefix, now, retention)
 return lost

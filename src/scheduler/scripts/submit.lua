@@ -1,46 +1,87 @@
--- submit: creates a job, QUEUED now or SCHEDULED for later; dedups by idempotency key.
--- KEYS[1] job hash (its `{queue}` tag routes the call; the other keys share the tag)
--- ARGV prefix id tenant tier priority payload ctype labels max_attempts backoff_initial
---      backoff_max timeout idem now run_at keep
--- Returns {'CREATED', HGETALL...} | {'EXISTS', HGETALL...} | {'ALREADY_EXISTS', message}
-local prefix, id, tenant = ARGV[1], ARGV[2], ARGV[3]
-local idem, now, run_at, keep = ARGV[13], tonumber(ARGV[14]), tonumber(ARGV[15]), tonumber(ARGV[16])
-local jkey = KEYS[1]
+-- submit: creates a batch of jobs in one queue, all or none. A job whose idempotency key the
+-- tenant already used returns the first job instead (the same key with another payload refuses
+-- the whole batch, before anything is written).
+-- KEYS[1] the queue's all-jobs index
+-- ARGV prefix tenant now, then 12 per job: id tier priority payload ctype labels max_attempts
+--   backoff_initial backoff_max timeout idem run_at
+-- Returns {'OK', {created 0|1, field, value, ...}...} | {'ALREADY_EXISTS', message}
+local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local PER_JOB = 12
+local queue = string.sub(prefix, 5, -3)
 
-if idem ~= '' then
-  local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
-  local first = redis.call('GET', ikey)
-  if first then
-    local fkey = prefix .. 'job:' .. first
-    local payload = redis.call('HGET', fkey, 'payload')
-    if payload then
-      if payload ~= ARGV[6] then
-        return { 'ALREADY_EXISTS', 'idempotency key "' .. idem .. '" was already used by job ' .. first ..
-          ' with a different payload' }
+-- 1. Idempotency keys, checked before any write.
+local first = {} -- job index -> id of the job it repeats
+local seen = {}  -- idempotency key -> {id, payload} of a job earlier in this batch
+local fresh = 0
+for i = 4, #ARGV, PER_JOB do
+  local id, payload, idem = ARGV[i], ARGV[i + 3], ARGV[i + 10]
+  local earlier = nil
+  if idem ~= '' then
+    local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
+    earlier = seen[idem]
+    if not earlier then
+      local fid = redis.call('GET', ikey)
+      if fid then
+        local fpayload = redis.call('HGET', prefix .. 'job:' .. fid, 'payload')
+        if fpayload then earlier = { fid, fpayload } end
       end
-      return { 'EXISTS', redis.call('HGETALL', fkey) }
+    end
+    if earlier then
+      if earlier[2] ~= payload then
+        return { 'ALREADY_EXISTS', 'idempotency key "' .. idem .. '" was already used by job ' ..
+          earlier[1] .. ' with a different payload' }
+      end
+      first[i] = earlier[1]
+    else
+      seen[idem] = { id, payload }
     end
   end
-  redis.call('SET', ikey, id)
+  if not first[i] then fresh = fresh + 1 end
 end
 
-local rank = redis.call('INCR', prefix .. 'seq')
-local queue = string.sub(prefix, 5, -3) -- the prefix is 'cv:{' .. queue .. '}:'
-local state = 'QUEUED'
-if run_at > now then state = 'SCHEDULED' else run_at = now end
-redis.call('HSET', jkey, 'id', id, 'queue', queue, 'tenant', tenant, 'tier', ARGV[4],
-  'priority', ARGV[5], 'state', state, 'payload', ARGV[6], 'ctype', ARGV[7], 'labels', ARGV[8],
-  'attempt', 0, 'max_attempts', ARGV[9], 'backoff_initial', ARGV[10], 'backoff_max', ARGV[11],
-  'timeout', ARGV[12], 'idem', idem, 'created', now, 'run_at', run_at, 'token', 0, 'seq', 0,
-  'rank', rank)
-redis.call('SET', 'cv:id:' .. id, queue)
-redis.call('ZADD', prefix .. 'all', rank, id)
-if state == 'QUEUED' then
-  enqueue(prefix, id, ARGV[4], ARGV[5], rank)
-  redis.call('PUBLISH', 'cv:wake', queue)
-else
-  redis.call('ZADD', prefix .. 'delayed', run_at, id)
-  redis.call('PUBLISH', 'cv:wake', queue .. '|' .. run_at)
+-- 2. The new jobs: one HSET and one id mapping each; index entries in one ZADD per set.
+local rank = 0
+if fresh > 0 then rank = redis.call('INCRBY', prefix .. 'seq', fresh) - fresh end
+local all, ready, delayed = {}, {}, {}
+local out = {}
+for i = 4, #ARGV, PER_JOB do
+  if first[i] then
+    local existing = redis.call('HGETALL', prefix .. 'job:' .. first[i])
+    table.insert(existing, 1, 0)
+    out[#out + 1] = existing
+  else
+    rank = rank + 1
+    local id, tier, priority, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 10]
+    local run_at, state = tonumber(ARGV[i + 11]), 'QUEUED'
+    if run_at > now then state = 'SCHEDULED' else run_at = now end
+    local fields = { 'id', id, 'queue', queue, 'tenant', tenant, 'tier', tier, 'priority', priority,
+      'state', state, 'payload', ARGV[i + 3], 'ctype', ARGV[i + 4], 'labels', ARGV[i + 5],
+      'attempt', 0, 'max_attempts', ARGV[i + 6], 'backoff_initial', ARGV[i + 7],
+      'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', now,
+      'run_at', run_at, 'token', 0, 'seq', 0, 'rank', rank }
+    redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
+    redis.call('SET', 'cv:id:' .. id, queue)
+    if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
+    all[#all + 1] = rank
+    all[#all + 1] = id
+    if state == 'QUEUED' then
+      ready[tier] = ready[tier] or {}
+      table.insert(ready[tier], ready_score(priority, rank))
+      table.insert(ready[tier], id)
+    else
+      delayed[#delayed + 1] = run_at
+      delayed[#delayed + 1] = id
+      wake_at(run_at)
+    end
+    table.insert(fields, 1, 1)
+    out[#out + 1] = fields
+  end
 end
-emit(prefix, id, { kind = 'state', state = state, attempt = 0, t = now }, keep)
-return { 'CREATED', redis.call('HGETALL', jkey) }
+if #all > 0 then redis.call('ZADD', KEYS[1], unpack(all)) end
+for tier, entries in pairs(ready) do
+  redis.call('ZADD', prefix .. 'ready:' .. tier, unpack(entries))
+  WAKE.ready = true
+end
+if #delayed > 0 then redis.call('ZADD', prefix .. 'delayed', unpack(delayed)) end
+finish(prefix, now, 0)
+return { 'OK', out }
