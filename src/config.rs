@@ -162,7 +162,6 @@ impl Config {
             timeout: self.timeout,
             retention: self.retention,
             queues: self.queue_defaults.iter().cloned().collect(),
-            ..Default::default()
         }
     }
 

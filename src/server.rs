@@ -6,9 +6,9 @@ use std::time::Duration;
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
-use tokio_stream::wrappers::TcpListenerStream;
 use tonic::codec::CompressionEncoding;
 use tonic::service::interceptor::InterceptedService;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
 use crate::proto::job_service_server::JobServiceServer;
@@ -52,7 +52,12 @@ async fn connect(
         // While Redis is unreachable, calls fail (UNAVAILABLE) instead of queueing forever.
         p.default_command_timeout = timeout;
     });
-    builder.with_connection_config(|c| c.connection_timeout = timeout);
+    builder.with_connection_config(|c| {
+        c.connection_timeout = timeout;
+        // Calls from many tasks share one connection; Nagle's algorithm would hold each write
+        // back until the previous one is acknowledged.
+        c.tcp.nodelay = Some(true);
+    });
     let client = builder.build().map_err(redis_err)?;
     let subscriber = builder.build_subscriber_client().map_err(redis_err)?;
     client.init().await.map_err(redis_err)?;
@@ -105,8 +110,11 @@ pub async fn run(
         .build_v1()?;
 
     tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
+    // Builder settings for sockets do not apply to a listener we bring; set them on it. Without
+    // TCP_NODELAY, small messages (an assignment, a report's answer) wait for the peer's
+    // delayed ACK, tens of milliseconds.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = tonic::transport::Server::builder()
-        .tcp_nodelay(true)
         // Dead peers are noticed within seconds even when no message is due.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -114,7 +122,7 @@ pub async fn run(
         .add_service(InterceptedService::new(workers, api::identify))
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), stopped);
+        .serve_with_incoming_shutdown(incoming, stopped);
     let result = tokio::select! {
         result = server => result.map_err(Error::from),
         _ = async {

@@ -211,8 +211,14 @@ async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
 #[allow(clippy::result_large_err)]
 fn progress(p: proto::ProgressReport) -> Result<Report, Refusal> {
     let progress = p.progress.unwrap_or_default();
-    validate::progress_percent(progress.percent)
-        .map_err(|e| (p.job_id.clone(), p.token, Code::InvalidArgument, e.to_string()))?;
+    validate::progress_percent(progress.percent).map_err(|e| {
+        (
+            p.job_id.clone(),
+            p.token,
+            Code::InvalidArgument,
+            e.to_string(),
+        )
+    })?;
     Ok(Report::Progress {
         job_id: p.job_id,
         token: p.token,

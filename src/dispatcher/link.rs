@@ -141,7 +141,9 @@ impl Batch {
                         verdicts[i] = Some(verdict);
                     }
                 }
-                Err(e) => indexes.into_iter().for_each(|i| verdicts[i] = Some(Err(e.clone()))),
+                Err(e) => indexes
+                    .into_iter()
+                    .for_each(|i| verdicts[i] = Some(Err(e.clone()))),
             }
         }
         let applied = reports

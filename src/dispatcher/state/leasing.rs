@@ -123,7 +123,11 @@ impl State {
     }
 
     /// A sweep returned: it says when the queue next needs a look.
-    pub(in crate::dispatcher) fn swept(&mut self, queue: String, result: Result<Leased, scheduler::Error>) {
+    pub(in crate::dispatcher) fn swept(
+        &mut self,
+        queue: String,
+        result: Result<Leased, scheduler::Error>,
+    ) {
         let served = self.sessions.values().any(|s| s.queues.contains(&queue));
         let safety = now_ms() + self.options.sweep.as_millis() as i64;
         let q = self.queues.entry(queue.clone()).or_default();
