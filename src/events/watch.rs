@@ -45,6 +45,8 @@ pub async fn watch(
     };
     tokio::spawn(async move {
         let queue = job.queue.clone();
+        // The client leaving is noticed at once, not at the job's next event.
+        let client = watcher.tx.clone();
         let finished = tokio::select! {
             ended = watcher.run(subscription, job, after) => match ended {
                 Ok(()) => true,
@@ -58,6 +60,7 @@ pub async fn watch(
                 let _ = watcher.tx.send(Ok(Item::Stopping)).await;
                 false
             }
+            _ = client.closed() => false,
         };
         if !finished {
             let (scheduler, id) = (&watcher.scheduler, &watcher.job_id);

@@ -1,6 +1,7 @@
 //! Integration tests: real redis-server, real Conveyor servers, generated gRPC clients.
 
 mod bad_inputs;
+mod batches;
 mod cost;
 mod fairness;
 mod harness;
