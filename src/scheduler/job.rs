@@ -121,73 +121,132 @@ pub struct Job {
 }
 
 impl Job {
-    /// Decodes a `HGETALL` reply (a flat field/value array).
+    /// Decodes a `HGETALL` reply (a flat field/value array, or a map). A field that appears
+    /// twice takes its later value (the lease script appends what it changed).
     pub fn from_fields(value: Value) -> Result<Job, Error> {
-        let mut fields: BTreeMap<String, Value> = BTreeMap::new();
-        match value {
+        let pairs: Vec<(Value, Value)> = match value {
             // Replies from scripts are flat arrays; HGETALL from fred arrives as a map.
             Value::Array(items) => {
+                let mut pairs = Vec::with_capacity(items.len() / 2);
                 let mut it = items.into_iter();
                 while let (Some(k), Some(v)) = (it.next(), it.next()) {
-                    fields.insert(k.as_string().unwrap_or_default(), v);
+                    pairs.push((k, v));
                 }
+                pairs
             }
-            Value::Map(map) => {
-                for (k, v) in map.inner() {
-                    fields.insert(k.as_str().unwrap_or_default().to_string(), v);
-                }
-            }
+            Value::Map(map) => map
+                .inner()
+                .into_iter()
+                .map(|(k, v)| (Value::String(k.as_str().unwrap_or_default().into()), v))
+                .collect(),
             _ => return Err(Error::Corrupt("job reply is not an array".into())),
-        }
-        let text = |name: &str| -> String {
-            fields
-                .get(name)
-                .and_then(Value::as_string)
-                .unwrap_or_default()
         };
-        let int = |name: &str| -> i64 { text(name).parse::<f64>().map(|f| f as i64).unwrap_or(0) };
-        let opt = |name: &str| -> Option<i64> { Some(int(name)).filter(|v| *v > 0) };
-        let id = text("id");
+        let mut raw = Raw::default();
+        for (k, v) in pairs {
+            if let Some(name) = k.as_bytes() {
+                raw.set(name, v);
+            }
+        }
+        raw.into_job()
+    }
+}
+
+/// A job's hash fields as they arrive, before the checks of `into_job`; `text[i]` holds field
+/// `TEXT_FIELDS[i]`.
+#[derive(Default)]
+struct Raw {
+    text: [String; TEXT_FIELDS.len()],
+    payload: Vec<u8>,
+}
+
+/// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
+const TEXT_FIELDS: [&str; 24] = [
+    "id",
+    "queue",
+    "tenant",
+    "tier",
+    "priority",
+    "state",
+    "ctype",
+    "labels",
+    "attempt",
+    "max_attempts",
+    "timeout",
+    "idem",
+    "created",
+    "run_at",
+    "started",
+    "finished",
+    "pct",
+    "stage",
+    "msg",
+    "result",
+    "error",
+    "worker",
+    "token",
+    "seq",
+];
+
+fn field_index(name: &[u8]) -> Option<usize> {
+    TEXT_FIELDS.iter().position(|f| f.as_bytes() == name)
+}
+
+impl Raw {
+    fn set(&mut self, name: &[u8], v: Value) {
+        if name == b"payload" {
+            self.payload = match v {
+                Value::Bytes(b) => b.to_vec(),
+                Value::String(s) => s.as_bytes().to_vec(),
+                _ => Vec::new(),
+            };
+        } else if let Some(i) = field_index(name) {
+            self.text[i] = v.as_string().unwrap_or_default();
+        }
+    }
+
+    fn into_job(mut self) -> Result<Job, Error> {
+        let mut take = |name: &str| {
+            let i = field_index(name.as_bytes()).expect("a field of TEXT_FIELDS");
+            std::mem::take(&mut self.text[i])
+        };
+        let id = take("id");
         if id.is_empty() {
             return Err(Error::Corrupt("job hash has no id".into()));
         }
-        let tier = Tier::from_i32(int("tier") as i32)
+        let int = |text: String| text.parse::<f64>().map(|f| f as i64).unwrap_or(0);
+        let tier = Tier::from_i32(int(take("tier")) as i32)
             .ok_or_else(|| Error::Corrupt(format!("job {id} has an unknown tier")))?;
-        let state = JobState::parse(&text("state"))
+        let state = JobState::parse(&take("state"))
             .ok_or_else(|| Error::Corrupt(format!("job {id} has an unknown state")))?;
-        let labels = serde_json::from_str(&text("labels")).unwrap_or_default();
-        let payload = fields
-            .get("payload")
-            .and_then(|v| v.as_bytes())
-            .map(<[u8]>::to_vec)
-            .unwrap_or_default();
+        let labels = serde_json::from_str(&take("labels")).unwrap_or_default();
+        let opt = |text: String| Some(int(text)).filter(|v| *v > 0);
         Ok(Job {
-            queue: text("queue"),
-            tenant: text("tenant"),
+            queue: take("queue"),
+            tenant: take("tenant"),
             tier,
-            priority: int("priority") as u8,
+            priority: int(take("priority")) as u8,
             state,
-            payload,
-            content_type: text("ctype"),
+            payload: self.payload,
+            content_type: take("ctype"),
             labels,
-            attempt: int("attempt") as u32,
-            max_attempts: int("max_attempts") as u32,
-            timeout_ms: int("timeout") as u64,
-            idempotency_key: text("idem"),
-            created_ms: int("created"),
-            run_at_ms: int("run_at"),
-            started_ms: opt("started"),
-            finished_ms: opt("finished"),
+            attempt: int(take("attempt")) as u32,
+            max_attempts: int(take("max_attempts")) as u32,
+            timeout_ms: int(take("timeout")) as u64,
+            idempotency_key: take("idem"),
+            created_ms: int(take("created")),
+            run_at_ms: int(take("run_at")),
+            started_ms: opt(take("started")),
+            finished_ms: opt(take("finished")),
             progress: Progress {
-                percent: text("pct").parse().unwrap_or(0.0),
-                stage: text("stage"),
-                message: text("msg"),
+                percent: take("pct").parse().unwrap_or(0.0),
+                stage: take("stage"),
+                message: take("msg"),
             },
-            result: text("result"),
-            error: text("error"),
-            worker: text("worker"),
-            token: int("token") as u64,
-            seq: int("seq") as u64,
+            result: take("result"),
+            error: take("error"),
+            worker: take("worker"),
+            token: int(take("token")) as u64,
+            seq: int(take("seq")) as u64,
             id,
         })
     }

@@ -4,7 +4,8 @@
 //! of keys are global: `cv:id:<job>` (which queue a job id belongs to, so clients address jobs
 //! by id alone) and the pub/sub channels.
 
-/// Pub/sub channel carrying every job event (JSON), one subscription per replica.
+/// Pub/sub channel carrying the events of watched jobs (a JSON array per script call), one
+/// subscription per replica.
 pub const EVENTS_CHANNEL: &str = "cv:events";
 /// Pub/sub channel saying "queue has work" (`queue`) or "work due at" (`queue|due_ms`).
 pub const WAKE_CHANNEL: &str = "cv:wake";
@@ -16,10 +17,6 @@ pub fn prefix(queue: &str) -> String {
 
 pub fn job(queue: &str, id: &str) -> String {
     format!("cv:{{{queue}}}:job:{id}")
-}
-
-pub fn events(queue: &str, id: &str) -> String {
-    format!("cv:{{{queue}}}:ev:{id}")
 }
 
 pub fn leased(queue: &str) -> String {

@@ -4,7 +4,8 @@
 -- KEYS[1] the queue's all-jobs index
 -- ARGV prefix tenant now, then 12 per job: id tier priority payload ctype labels max_attempts
 --   backoff_initial backoff_max timeout idem run_at
--- Returns {'OK', {created 0|1, field, value, ...}...} | {'ALREADY_EXISTS', message}
+-- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message}, an answer per job: 1 when it was
+--   created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local PER_JOB = 12
 local queue = string.sub(prefix, 5, -3)
@@ -46,9 +47,7 @@ local all, ready, delayed = {}, {}, {}
 local out = {}
 for i = 4, #ARGV, PER_JOB do
   if first[i] then
-    local existing = redis.call('HGETALL', prefix .. 'job:' .. first[i])
-    table.insert(existing, 1, 0)
-    out[#out + 1] = existing
+    out[#out + 1] = redis.call('HGETALL', prefix .. 'job:' .. first[i])
   else
     rank = rank + 1
     local id, tier, priority, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 10]
@@ -73,8 +72,7 @@ for i = 4, #ARGV, PER_JOB do
       delayed[#delayed + 1] = id
       wake_at(run_at)
     end
-    table.insert(fields, 1, 1)
-    out[#out + 1] = fields
+    out[#out + 1] = 1
   end
 end
 if #all > 0 then redis.call('ZADD', KEYS[1], unpack(all)) end
