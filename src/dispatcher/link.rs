@@ -134,7 +134,7 @@ impl Batch {
             }
         }
         for (queue, indexes) in per_queue {
-            let run: Vec<Report> = indexes.iter().map(|&i| reports[i].0.clone()).collect();
+            let run: Vec<&Report> = indexes.iter().map(|&i| &reports[i].0).collect();
             match scheduler.apply(&queue, &worker, &run).await {
                 Ok(results) => {
                     for (i, verdict) in indexes.into_iter().zip(results) {

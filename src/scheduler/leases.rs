@@ -131,7 +131,7 @@ impl Handle {
         &self,
         queue: &str,
         worker: &str,
-        reports: &[Report],
+        reports: &[&Report],
     ) -> Result<Vec<Verdict>, Error> {
         let mut verdicts = Vec::with_capacity(reports.len());
         for run in reports.chunk_by(|a, b| a.kind() == b.kind()) {
@@ -145,7 +145,7 @@ impl Handle {
         &self,
         queue: &str,
         worker: &str,
-        run: &[Report],
+        run: &[&Report],
     ) -> Result<Vec<Verdict>, Error> {
         let mut args = vec![s(keys::prefix(queue)), Value::Integer(now_ms())];
         let script = match run[0] {
