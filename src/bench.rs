@@ -4,8 +4,11 @@
 //! and in SubmitJobs batches of 1,000; end to end (plain, and mixed tiers and priorities) with
 //! Redis commands, server CPU and memory per job; drain of a preloaded queue; submit-to-worker
 //! latency; progress-event latency over WatchJob; WatchJob fan-out (1,000 and 10,000 streams);
-//! Redis commands per minute while idle. `--smoke` is a seconds-long version (CI).
+//! Redis commands per minute while idle. `--smoke` is a seconds-long version (CI);
+//! `--vs-bullmq` alternates this suite with BullMQ's own harness and prints both side by side.
 
+mod bullmq;
+mod compare;
 mod idle;
 mod latency;
 mod proc;
@@ -18,6 +21,7 @@ mod watch;
 pub mod worker;
 mod workers;
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -56,8 +60,18 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 5)]
     pub progress_gap_ms: u64,
     /// A seconds-long run that proves every scenario works (CI); its figures mean little.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vs_bullmq")]
     pub smoke: bool,
+    /// Also run BullMQ's harness (../shared/peers/bullmq) on a redis-server of the same build,
+    /// alternating with this suite, and print both side by side. Needs node and npm.
+    #[arg(long)]
+    pub vs_bullmq: bool,
+    /// Where BullMQ's harness (bench.mjs, package.json, package-lock.json) is.
+    #[arg(long, default_value = "../shared/peers/bullmq")]
+    pub bullmq_dir: PathBuf,
+    /// With --vs-bullmq: how many times to run each suite (medians are compared).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub reps: u32,
 }
 
 impl BenchArgs {
@@ -118,6 +132,9 @@ impl Bench {
 
 pub async fn run(args: BenchArgs) -> cli::Outcome {
     let args = args.sized();
+    if args.vs_bullmq {
+        return compare::run(&args).await;
+    }
     let results = suite(&args).await?;
     print_table(&results);
     Ok(outcome(&results))

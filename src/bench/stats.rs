@@ -1,4 +1,4 @@
-//! Small arithmetic the scenarios share: rates, percentiles and rounding.
+//! Small arithmetic the scenarios share: rates, percentiles, medians and rounding.
 
 use serde_json::{Value, json};
 
@@ -34,16 +34,31 @@ pub fn latencies(mut ms: Vec<f64>) -> serde_json::Map<String, Value> {
     out
 }
 
+/// The median of the values that are there (an even count averages the middle two).
+pub fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+    let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    match v.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(v[m]),
+        _ => Some((v[m - 1] + v[m]) / 2.0),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn percentiles() {
+    fn percentiles_and_medians() {
         let sorted: Vec<f64> = (1..=100).map(f64::from).collect();
         assert_eq!(percentile(&sorted, 0.5), Some(51.0));
         assert_eq!(percentile(&sorted, 1.0), Some(100.0));
         assert_eq!(percentile(&[], 0.5), None);
+        assert_eq!(median([3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median([4.0, 1.0, f64::NAN, 2.0, 3.0]), Some(2.5));
+        assert_eq!(median([]), None);
         assert!(latencies(vec![]).is_empty());
         assert_eq!(latencies(vec![2.0, 1.0])["max"], json!(2.0));
     }

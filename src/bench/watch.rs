@@ -19,9 +19,9 @@ use crate::cli::Error;
 use crate::proto::{self, job_event::Kind, job_service_client::JobServiceClient};
 
 /// Jobs submitted per second in the progress scenario (as BullMQ's harness does).
-const PROGRESS_RATE: u64 = 100;
+pub const PROGRESS_RATE: u64 = 100;
 /// Progress reports per job.
-const PROGRESS_EVENTS: u32 = 10;
+pub const PROGRESS_EVENTS: u32 = 10;
 /// How long watches may run on after the last submit (or after the worker started).
 const DRAIN: Duration = Duration::from_secs(30);
 /// How long opening all the fan-out streams may take.
