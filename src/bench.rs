@@ -36,28 +36,29 @@ use crate::proto::job_service_client::JobServiceClient;
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Jobs per throughput scenario (submit, end to end, drain).
-    #[arg(long, default_value_t = 20_000)]
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub jobs: u64,
     /// Worker slots (one worker process).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
     /// Submit rate of the submit-to-worker latency scenario, jobs/s.
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub rate: u64,
     /// Length of the latency scenarios (submit-to-worker, and progress at 100 jobs/s).
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub seconds: u64,
     /// Length of the idle measurement.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_seconds: u64,
     /// WatchJob streams open at once in the fan-out scenario, one run per number.
-    #[arg(long, value_delimiter = ',', default_value = "1000,10000")]
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub fanout: Vec<u64>,
     /// WatchJob streams per HTTP/2 connection in the fan-out scenario.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
     pub streams_per_connection: u64,
     /// Gap between a job's progress reports (10 per job) in the progress scenarios.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub progress_gap_ms: u64,
     /// A seconds-long run that proves every scenario works (CI); its figures mean little.
     #[arg(long, conflicts_with = "vs_bullmq")]

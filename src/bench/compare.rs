@@ -2,7 +2,7 @@
 //! on a fresh redis-server of the same build), then prints the comparable figures side by
 //! side: medians over the repetitions and their ratio.
 
-use serde_json::{Value, json};
+use serde_json::{Map, Value, json};
 
 use super::stats::{median, round};
 use super::{BenchArgs, bullmq, outcome, print_table, suite, usage};
@@ -211,10 +211,25 @@ pub async fn run(args: &BenchArgs) -> cli::Outcome {
             }
         }
     }
-    let mut figures = serde_json::Map::new();
+    let figures = side_by_side(&conveyor, &bullmq, args.reps);
+    let line = json!({
+        "scenario": "vs_bullmq", "reps": args.reps, "bullmq_runs": bullmq.len(),
+        "bullmq_versions": bullmq.first().map(|s| s["versions"].clone()),
+        "bullmq_errors": errors, "figures": figures,
+    });
+    println!("{line}");
+    if !errors.is_empty() {
+        return Err(usage("a BullMQ run failed; see bullmq_errors"));
+    }
+    Ok(outcome(&conveyor.concat()))
+}
+
+/// Prints the table of medians and ratios, and returns the same as JSON by figure.
+fn side_by_side(conveyor: &[Vec<Value>], bullmq: &[Value], reps: u32) -> Map<String, Value> {
+    let mut figures = Map::new();
     eprintln!(
         "\n{:<56} {:>12} {:>12} {:>8}  (medians of {} reps)",
-        "figure", "Conveyor", "BullMQ", "ratio", args.reps
+        "figure", "Conveyor", "BullMQ", "ratio", reps
     );
     for f in FIGURES {
         let ours = median(conveyor.iter().filter_map(|lines| (f.ours)(lines)));
@@ -242,14 +257,70 @@ pub async fn run(args: &BenchArgs) -> cli::Outcome {
         );
     }
     eprintln!("ratio = Conveyor / BullMQ; n/a = not measured (see each side's output)");
-    let line = json!({
-        "scenario": "vs_bullmq", "reps": args.reps, "bullmq_runs": bullmq.len(),
-        "bullmq_versions": bullmq.first().map(|s| s["versions"].clone()),
-        "bullmq_errors": errors, "figures": figures,
-    });
-    println!("{line}");
-    if !errors.is_empty() {
-        return Err(usage("a BullMQ run failed; see bullmq_errors"));
+    figures
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape of BullMQ's BENCH_SUMMARY (results/bullmq-6.7.0-run9.stdout.txt), cut down.
+    fn bullmq_summary() -> Value {
+        let e2e = json!({"median": {"jobs_per_s": 8000.0, "server_cmds_per_job": 33.0,
+            "client_cmds_per_job": 2.0, "cpu": {"redis_cores": 0.7}}});
+        let latency = json!({"p50_ms": 0.5, "p95_ms": 1.0, "p99_ms": 2.0});
+        json!({
+            "a_enqueue": {"addBulk": {"median": {"jobs_per_s": 1.0}},
+                "add_sequential": {"median": {"jobs_per_s": 1.0}},
+                "add_inflight": {"median": {"jobs_per_s": 1.0}}},
+            "b_e2e": {"worker_child_process.produce_and_consume": e2e,
+                "worker_child_process.produce_and_consume.priority_1to9": e2e,
+                "worker_child_process.drain_preloaded": e2e},
+            "c_latency": {"worker_child_process": {"median": {"add_to_processor_start": latency}}},
+            "d_progress": {"median": {"progress_event_delay": latency}},
+            "e_idle": {"server_cmds_per_min": 116.0},
+        })
     }
-    Ok(outcome(&conveyor.concat()))
+
+    fn our_lines() -> Vec<Value> {
+        let figures = json!({"jobs_per_s": 1.0, "redis_commands_per_job": 1.0,
+            "redis_client_commands_per_job": 1.0, "redis_cpu_ms_per_10k_jobs": 1.0,
+            "p50": 1.0, "p95": 1.0, "p99": 1.0, "commands_per_min": 1.0});
+        [
+            "submit_one_at_a_time",
+            "submit_50_in_flight",
+            "submit_batch_1000",
+            "end_to_end",
+            "end_to_end_mixed_tiers_priorities",
+            "drain",
+            "submit_to_worker_latency_ms",
+            "progress_latency_ms",
+            "idle_redis_commands_per_minute",
+        ]
+        .into_iter()
+        .map(|s| {
+            let mut line = figures.clone();
+            line["scenario"] = json!(s);
+            line
+        })
+        .collect()
+    }
+
+    #[test]
+    fn every_figure_is_found_on_both_sides() {
+        let (summary, lines) = (bullmq_summary(), our_lines());
+        for f in FIGURES {
+            assert!((f.theirs)(&summary).is_some(), "BullMQ's {}", f.key);
+            assert!((f.ours)(&lines).is_some(), "our {}", f.key);
+        }
+        let us_per_job = redis_us_per_job(&summary).unwrap();
+        assert!((us_per_job - 87.5).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_failed_phase_is_not_a_figure() {
+        let summary = json!({"b_e2e": {"worker_child_process.produce_and_consume":
+            {"median": {"error": "timeout"}}}});
+        assert!(FIGURES.iter().all(|f| (f.theirs)(&summary).is_none()));
+    }
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::stats::{latencies, round};
@@ -140,32 +141,42 @@ pub async fn progress(b: &Bench) -> Result<Value, Error> {
     Ok(figures(line, ended, collect(delays)))
 }
 
-/// `watchers` WatchJob streams over `watchers / --streams-per-connection` connections, on
-/// `FANOUT_JOBS` queued jobs; then a worker runs them with progress reports.
-pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
-    let queue = format!("bench-fanout-{watchers}");
-    let jobs = FANOUT_JOBS.clamp(1, watchers.max(1));
-    let ids = batches(&b.jobs, &queue, jobs, 1, false).await?;
-    tokio::time::sleep(SETTLE).await;
-    let rss_before = b.server.memory()?.rss_kb;
-    let per_connection = b.args.streams_per_connection.max(1);
-    let mut channels = Vec::new();
-    for _ in 0..watchers.div_ceil(per_connection) {
-        channels.push(serve::connect(&b.server.addr).await?);
+/// How far opening the fan-out streams got.
+#[derive(Default)]
+struct Opening {
+    opened: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Opening {
+    fn opened(&self) -> u64 {
+        self.opened.load(Ordering::Relaxed)
     }
-    let (opened, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+
+    fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
+
+/// One task per watcher, spread over `channels` `per_connection` each and over the jobs in
+/// turn: open the watch (`OPENING_AT_ONCE` at a time), count it, then follow it.
+fn spawn_watchers(
+    channels: &[Channel],
+    per_connection: u64,
+    ids: &[String],
+    watchers: u64,
+    delays: &mpsc::UnboundedSender<f64>,
+) -> (JoinSet<Result<(), Status>>, Arc<Opening>) {
+    let opening = Arc::new(Opening::default());
     let gate = Arc::new(Semaphore::new(OPENING_AT_ONCE));
-    let (tx, delays) = mpsc::unbounded_channel();
     let mut watches = JoinSet::new();
-    let start = Instant::now();
     for w in 0..watchers {
         let mut client = JobServiceClient::new(channels[(w / per_connection) as usize].clone());
         let request = proto::WatchJobRequest {
-            job_id: ids[(w % jobs) as usize].clone(),
+            job_id: ids[w as usize % ids.len()].clone(),
             after_seq: None,
         };
-        let (opened, refused, gate, tx) =
-            (opened.clone(), refused.clone(), gate.clone(), tx.clone());
+        let (opening, gate, tx) = (opening.clone(), gate.clone(), delays.clone());
         watches.spawn(async move {
             let permit = gate.acquire_owned().await;
             let open = async {
@@ -175,22 +186,37 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
                 Ok::<_, Status>(stream)
             };
             let stream = open.await.inspect_err(|_| {
-                refused.fetch_add(1, Ordering::Relaxed);
+                opening.refused.fetch_add(1, Ordering::Relaxed);
             })?;
-            opened.fetch_add(1, Ordering::Relaxed);
+            opening.opened.fetch_add(1, Ordering::Relaxed);
             drop(permit);
             follow(stream, &tx).await
         });
     }
+    (watches, opening)
+}
+
+/// `watchers` WatchJob streams over `watchers / --streams-per-connection` connections, on
+/// `FANOUT_JOBS` queued jobs; then a worker runs them with progress reports.
+pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
+    let queue = format!("bench-fanout-{watchers}");
+    let jobs = FANOUT_JOBS.min(watchers);
+    let ids = batches(&b.jobs, &queue, jobs, 1, false).await?;
+    tokio::time::sleep(SETTLE).await;
+    let rss_before = b.server.memory()?.rss_kb;
+    let per_connection = b.args.streams_per_connection;
+    let mut channels = Vec::new();
+    for _ in 0..watchers.div_ceil(per_connection) {
+        channels.push(serve::connect(&b.server.addr).await?);
+    }
+    let (tx, delays) = mpsc::unbounded_channel();
+    let start = Instant::now();
+    let (mut watches, opening) = spawn_watchers(&channels, per_connection, &ids, watchers, &tx);
     drop(tx);
-    let settled = || opened.load(Ordering::Relaxed) + refused.load(Ordering::Relaxed);
-    while settled() < watchers && start.elapsed() < OPEN_DEADLINE {
+    while opening.opened() + opening.refused() < watchers && start.elapsed() < OPEN_DEADLINE {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let (open_s, open) = (
-        start.elapsed().as_secs_f64(),
-        opened.load(Ordering::Relaxed),
-    );
+    let (open_s, open) = (start.elapsed().as_secs_f64(), opening.opened());
     tokio::time::sleep(SETTLE).await;
     let rss_open = b.server.memory()?.rss_kb;
     let spec = Spec {
@@ -202,8 +228,9 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
     let ended = join_until(&mut watches, Instant::now() + DRAIN).await;
     let mb = |kb: u64| round(kb as f64 / 1024.0, 1);
     let mut line = json!({
-        "watchers": watchers, "opened": open, "open_refused": refused.load(Ordering::Relaxed),
-        "open_seconds": round(open_s, 2), "jobs": jobs, "watchers_per_job": round(watchers as f64 / jobs as f64, 1),
+        "watchers": watchers, "opened": open, "open_refused": opening.refused(),
+        "open_seconds": round(open_s, 2), "jobs": jobs,
+        "watchers_per_job": round(watchers as f64 / jobs as f64, 1),
         "connections": channels.len(), "streams_per_connection": per_connection,
         "events_per_job": PROGRESS_EVENTS, "expected": watchers * u64::from(PROGRESS_EVENTS),
         "server_rss_before_mb": mb(rss_before), "server_rss_open_mb": mb(rss_open),
