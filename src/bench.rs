@@ -1,46 +1,89 @@
-//! `conveyor bench`: starts its own redis-server, a server and no-op worker processes, runs the
-//! scenarios and prints one JSON line each, then a table. `--smoke` is a seconds-long version.
+//! `conveyor bench`: starts its own redis-server, the server as a child process (`conveyor
+//! serve`, so its CPU and memory are its own) and no-op worker processes, runs the scenarios
+//! and prints one JSON line each, then a table. Scenarios: submit one at a time, 50 in flight
+//! and in SubmitJobs batches of 1,000; end to end (plain, and mixed tiers and priorities) with
+//! Redis commands, server CPU and memory per job; drain of a preloaded queue; submit-to-worker
+//! latency; progress-event latency over WatchJob; WatchJob fan-out (1,000 and 10,000 streams);
+//! Redis commands per minute while idle. `--smoke` is a seconds-long version (CI);
+//! `--vs-bullmq` alternates this suite with BullMQ's own harness and prints both side by side.
 
+mod bullmq;
+mod compare;
+mod idle;
+mod latency;
+mod proc;
 mod redis;
+mod serve;
+mod stats;
+mod submit;
+mod throughput;
+mod watch;
 pub mod worker;
+mod workers;
 
-use std::collections::HashMap;
-use std::process::{ExitCode, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::process::{Child, Command};
-use tokio::sync::{mpsc, oneshot};
 use tonic::transport::Channel;
 
-use crate::cli::{self, ClientArgs, Error};
-use crate::config::Config;
-use crate::proto::{self, job_service_client::JobServiceClient};
-use crate::{dev, server};
+use crate::cli::{self, Error};
+use crate::dev;
+use crate::proto::job_service_client::JobServiceClient;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// Jobs per throughput scenario.
-    #[arg(long, default_value_t = 20_000)]
+    /// Jobs per throughput scenario (submit, end to end, drain).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub jobs: u64,
     /// Worker slots (one worker process).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub concurrency: u32,
-    /// Submit rate of the latency scenario, jobs/s.
-    #[arg(long, default_value_t = 500)]
+    /// Submit rate of the submit-to-worker latency scenario, jobs/s.
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     pub rate: u64,
-    /// Length of the latency scenario.
-    #[arg(long, default_value_t = 10)]
+    /// Length of the latency scenarios (submit-to-worker, and progress at 100 jobs/s).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub seconds: u64,
     /// Length of the idle measurement.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub idle_seconds: u64,
+    /// WatchJob streams open at once in the fan-out scenario, one run per number.
+    #[arg(long, value_delimiter = ',', default_value = "1000,10000",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub fanout: Vec<u64>,
+    /// WatchJob streams per HTTP/2 connection in the fan-out scenario.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub streams_per_connection: u64,
+    /// Gap between a job's progress reports (10 per job) in the progress scenarios.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub progress_gap_ms: u64,
     /// A seconds-long run that proves every scenario works (CI); its figures mean little.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "vs_bullmq")]
     pub smoke: bool,
+    /// Also run BullMQ's harness (../shared/peers/bullmq) on a redis-server of the same build,
+    /// alternating with this suite, and print both side by side. Needs node and npm.
+    #[arg(long)]
+    pub vs_bullmq: bool,
+    /// Where BullMQ's harness (bench.mjs, package.json, package-lock.json) is.
+    #[arg(long, default_value = "../shared/peers/bullmq")]
+    pub bullmq_dir: PathBuf,
+    /// With --vs-bullmq: how many times to run each suite (medians are compared).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
+    pub reps: u32,
+}
+
+impl BenchArgs {
+    /// The smoke run's sizes, when asked for.
+    fn sized(mut self) -> Self {
+        if self.smoke {
+            (self.jobs, self.rate, self.seconds, self.idle_seconds) = (500, 200, 2, 3);
+            self.fanout = vec![100, 1000];
+        }
+        self
+    }
 }
 
 fn usage(e: impl std::fmt::Display) -> Error {
@@ -54,256 +97,132 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-/// A no-op worker process and what it reports.
-struct Worker {
-    _child: Child,
-    /// (job id, unix ns received) per assignment.
-    received: mpsc::UnboundedReceiver<(String, u128)>,
-    done: mpsc::UnboundedReceiver<()>,
+/// What the scenarios share: the flags, the server under test, its Redis and a client.
+pub struct Bench {
+    args: BenchArgs,
+    server: serve::Server,
+    redis_port: u16,
+    jobs: JobServiceClient<Channel>,
+    /// One JSON object per scenario, in the order they ran.
+    results: Vec<Value>,
 }
 
-async fn start_worker(
-    addr: &str,
-    queue: &str,
-    concurrency: u32,
-    jobs: u64,
-) -> Result<Worker, Error> {
-    let exe = std::env::current_exe().map_err(usage)?;
-    let mut child = Command::new(exe)
-        .args(["bench-worker", "--addr", addr, "--queue", queue])
-        .args([
-            "--concurrency",
-            &concurrency.to_string(),
-            "--jobs",
-            &jobs.to_string(),
-        ])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(usage)?;
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let (ready_tx, ready) = oneshot::channel();
-    let (recv_tx, received) = mpsc::unbounded_channel();
-    let (done_tx, done) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut ready_tx = Some(ready_tx);
-        while let Ok(Some(line)) = lines.next_line().await {
-            let mut parts = line.split(' ');
-            match parts.next() {
-                Some("READY") => drop(ready_tx.take().map(|t| t.send(()))),
-                Some("DONE") => drop(done_tx.send(())),
-                Some("RECV") => {
-                    let id = parts.next().unwrap_or_default().to_string();
-                    let ns = parts.next().and_then(|n| n.parse().ok()).unwrap_or(0);
-                    let _ = recv_tx.send((id, ns));
-                }
-                _ => {}
-            }
+impl Bench {
+    /// Prints a scenario's figures, or the error that stopped it, as one JSON line.
+    fn emit(&mut self, scenario: &str, outcome: Result<Value, Error>) {
+        let mut line = json!({ "scenario": scenario });
+        match outcome {
+            Ok(Value::Object(figures)) => line.as_object_mut().expect("object").extend(figures),
+            Ok(other) => line["value"] = other,
+            Err(e) => line["error"] = json!(e.to_string()),
         }
-    });
-    ready
-        .await
-        .map_err(|_| usage("the bench worker did not start"))?;
-    Ok(Worker {
-        _child: child,
-        received,
-        done,
-    })
-}
+        println!("{line}");
+        self.results.push(line);
+    }
 
-fn job(queue: &str, i: u64, mixed: bool) -> proto::SubmitJobRequest {
-    let (tier, priority) = if mixed {
-        ((i % 4) as i32 + 1, Some((i * 7 % 9) as i32 + 1))
-    } else {
-        (1, None)
-    };
-    proto::SubmitJobRequest {
-        queue: queue.into(),
-        payload: b"{}".to_vec(),
-        tier,
-        priority,
-        ..Default::default()
+    async fn worker(&self, spec: workers::Spec<'_>) -> Result<workers::Worker, Error> {
+        workers::start(&self.server.addr, spec).await
+    }
+
+    /// CPU ms used so far by the server process and by redis-server.
+    async fn cpu_ms(&self) -> Result<(f64, f64), Error> {
+        let redis = redis::cpu_ms(self.redis_port).await.map_err(usage)?;
+        Ok((self.server.cpu_ms()?, redis))
     }
 }
 
-/// Submits `n` jobs with `in_flight` outstanding calls; returns the submit returns per job id.
-async fn submit_many(
-    jobs: &JobServiceClient<Channel>,
-    queue: &str,
-    n: u64,
-    in_flight: usize,
-    mixed: bool,
-) -> Result<(), Error> {
-    let calls = futures_util::stream::iter(0..n).map(|i| {
-        let mut jobs = jobs.clone();
-        let request = job(queue, i, mixed);
-        async move { jobs.submit_job(request).await }
-    });
-    let mut results = calls.buffer_unordered(in_flight);
-    while let Some(r) = results.next().await {
-        r?;
+pub async fn run(args: BenchArgs) -> cli::Outcome {
+    let args = args.sized();
+    if args.vs_bullmq {
+        return compare::run(&args).await;
     }
-    Ok(())
-}
-
-fn rate(n: u64, elapsed: Duration) -> f64 {
-    (n as f64 / elapsed.as_secs_f64()).round()
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    (sorted[i] * 1000.0).round() / 1000.0
-}
-
-pub async fn run(mut args: BenchArgs) -> cli::Outcome {
-    if args.smoke {
-        (args.jobs, args.rate, args.seconds, args.idle_seconds) = (500, 200, 2, 3);
-    }
-    let dir = std::env::temp_dir().join(format!("conveyor-bench-{}", std::process::id()));
-    let redis = dev::start_redis(&dir, false).await.map_err(usage)?;
-    let listener = TcpListener::bind("127.0.0.1:0").await.map_err(usage)?;
-    let addr = format!("http://{}", listener.local_addr().map_err(usage)?);
-    let (stop, stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        Config::with_redis(&redis.url),
-        listener,
-        async {
-            let _ = stopped.await;
-        },
-    ));
-    let jobs = ClientArgs { addr: addr.clone() }.jobs().await?;
-    let port = redis.port;
-    let mut results = Vec::new();
-    let mut emit = |v: Value| {
-        println!("{v}");
-        results.push(v);
-    };
-
-    // Submit throughput: one call at a time, then 50 in flight.
-    let n = (args.jobs / 4).max(1);
-    let start = Instant::now();
-    submit_many(&jobs, "bench-submit-1", n, 1, false).await?;
-    emit(
-        json!({"scenario": "submit_one_at_a_time", "jobs": n, "jobs_per_s": rate(n, start.elapsed())}),
-    );
-    let start = Instant::now();
-    submit_many(&jobs, "bench-submit-50", args.jobs, 50, false).await?;
-    emit(
-        json!({"scenario": "submit_50_in_flight", "jobs": args.jobs, "jobs_per_s": rate(args.jobs, start.elapsed())}),
-    );
-
-    // End to end: submit while a worker in another process completes, plain and mixed.
-    for mixed in [false, true] {
-        let queue = if mixed {
-            "bench-e2e-mixed"
-        } else {
-            "bench-e2e"
-        };
-        let mut worker = start_worker(&addr, queue, args.concurrency, args.jobs).await?;
-        redis::reset(port).await.map_err(usage)?;
-        let start = Instant::now();
-        submit_many(&jobs, queue, args.jobs, 50, mixed).await?;
-        worker
-            .done
-            .recv()
-            .await
-            .ok_or_else(|| usage("the bench worker died"))?;
-        let elapsed = start.elapsed();
-        let stats = redis::commandstats(port).await.map_err(usage)?;
-        let per_job = |calls: u64| ((calls as f64 / args.jobs as f64) * 100.0).round() / 100.0;
-        let total: u64 = stats.values().sum();
-        let round_trips: u64 = stats
-            .iter()
-            .filter(|(k, _)| k.starts_with("eval"))
-            .map(|(_, v)| v)
-            .sum();
-        emit(json!({
-            "scenario": if mixed { "end_to_end_mixed_tiers_priorities" } else { "end_to_end" },
-            "jobs": args.jobs, "concurrency": args.concurrency, "jobs_per_s": rate(args.jobs, elapsed),
-            "redis_commands_per_job": per_job(total), "redis_script_calls_per_job": per_job(round_trips),
-        }));
-    }
-
-    // Drain: a preloaded queue, then a worker.
-    submit_many(&jobs, "bench-drain", args.jobs, 50, false).await?;
-    let start = Instant::now();
-    let mut worker = start_worker(&addr, "bench-drain", args.concurrency, args.jobs).await?;
-    worker
-        .done
-        .recv()
-        .await
-        .ok_or_else(|| usage("the bench worker died"))?;
-    emit(
-        json!({"scenario": "drain", "jobs": args.jobs, "jobs_per_s": rate(args.jobs, start.elapsed())}),
-    );
-
-    // Latency from SubmitJob returning to the worker receiving the job, open loop at `rate`.
-    let total = args.rate * args.seconds;
-    let mut worker = start_worker(&addr, "bench-latency", args.concurrency, total).await?;
-    let (sent_tx, mut sent) = mpsc::unbounded_channel::<(String, u128)>();
-    let mut ticker = tokio::time::interval(Duration::from_nanos(1_000_000_000 / args.rate.max(1)));
-    for i in 0..total {
-        ticker.tick().await;
-        let (mut jobs, sent_tx) = (jobs.clone(), sent_tx.clone());
-        let request = job("bench-latency", i, false);
-        tokio::spawn(async move {
-            if let Ok(r) = jobs.submit_job(request).await {
-                let _ = sent_tx.send((r.into_inner().job.unwrap_or_default().id, now_ns()));
-            }
-        });
-    }
-    drop(sent_tx);
-    worker
-        .done
-        .recv()
-        .await
-        .ok_or_else(|| usage("the bench worker died"))?;
-    let mut returned = HashMap::new();
-    while let Some((id, ns)) = sent.recv().await {
-        returned.insert(id, ns);
-    }
-    let mut latencies: Vec<f64> = Vec::new();
-    while let Ok((id, ns)) = worker.received.try_recv() {
-        if let Some(sent_ns) = returned.get(&id) {
-            // The worker can get a job before its submitter reads the reply: that counts as 0.
-            latencies.push(ns.saturating_sub(*sent_ns) as f64 / 1e6);
-        }
-    }
-    latencies.sort_by(|a, b| a.total_cmp(b));
-    emit(json!({
-        "scenario": "submit_to_worker_latency_ms", "rate_per_s": args.rate, "jobs": latencies.len(),
-        "p50": percentile(&latencies, 0.50), "p95": percentile(&latencies, 0.95), "p99": percentile(&latencies, 0.99),
-    }));
-
-    // Idle: workers connected, nothing to do.
-    redis::reset(port).await.map_err(usage)?;
-    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
-    let idle_stats = redis::commandstats(port).await.map_err(usage)?;
-    let idle: u64 = idle_stats.values().sum();
-    let per_minute = (idle as f64 * 60.0 / args.idle_seconds as f64).round();
-    emit(
-        json!({"scenario": "idle_redis_commands_per_minute", "workers": 4, "servers": 1, "commands_per_min": per_minute}),
-    );
-
-    let _ = stop.send(());
-    let _ = server.await;
-    let _ = std::fs::remove_dir_all(&dir);
+    let results = suite(&args).await?;
     print_table(&results);
-    Ok(ExitCode::SUCCESS)
+    Ok(outcome(&results))
+}
+
+/// Fails the command when a scenario failed, after everything was printed.
+fn outcome(results: &[Value]) -> ExitCode {
+    if results.iter().any(|r| r.get("error").is_some()) {
+        eprintln!("error: a scenario failed; see its \"error\"");
+        ExitCode::from(cli::exit::ERROR)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// One run of every scenario on a fresh redis-server and a fresh server; returns the lines.
+async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
+    static SUITES: AtomicU32 = AtomicU32::new(0);
+    let n = SUITES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("conveyor-bench-{}-{n}", std::process::id()));
+    let redis = dev::start_redis(&dir.join("redis"), false)
+        .await
+        .map_err(usage)?;
+    let server = serve::start(&redis.url, &dir).await?;
+    let jobs = JobServiceClient::new(serve::connect(&server.addr).await?);
+    let mut b = Bench {
+        args: args.clone(),
+        server,
+        redis_port: redis.port,
+        jobs,
+        results: Vec::new(),
+    };
+    run_scenarios(&mut b).await;
+    let results = std::mem::take(&mut b.results);
+    drop(b);
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(results)
+}
+
+async fn run_scenarios(b: &mut Bench) {
+    let r = submit::one_at_a_time(b).await;
+    b.emit("submit_one_at_a_time", r);
+    let r = submit::in_flight(b).await;
+    b.emit("submit_50_in_flight", r);
+    let r = submit::batches_of_1000(b).await;
+    b.emit("submit_batch_1000", r);
+    let r = throughput::end_to_end(b, false).await;
+    b.emit("end_to_end", r);
+    let r = throughput::end_to_end(b, true).await;
+    b.emit("end_to_end_mixed_tiers_priorities", r);
+    let r = throughput::drain(b).await;
+    b.emit("drain", r);
+    let r = latency::submit_to_worker(b).await;
+    b.emit("submit_to_worker_latency_ms", r);
+    let r = watch::progress(b).await;
+    b.emit("progress_latency_ms", r);
+    for n in b.args.fanout.clone() {
+        let r = watch::fanout(b, n).await;
+        b.emit("watch_fanout", r);
+    }
+    // Last, so the workers and watches of the other scenarios are gone.
+    let r = idle::commands(b).await;
+    b.emit("idle_redis_commands_per_minute", r);
+}
+
+/// Waits for `what` up to `limit`; a scenario that does not finish in time fails.
+async fn within<T>(
+    limit: Duration,
+    what: &str,
+    f: impl Future<Output = Result<T, Error>>,
+) -> Result<T, Error> {
+    tokio::time::timeout(limit, f)
+        .await
+        .map_err(|_| usage(format!("{what}: not done within {limit:?}")))?
 }
 
 fn print_table(results: &[Value]) {
     eprintln!("\n{:<36} figures", "scenario");
     for r in results {
         let name = r["scenario"].as_str().unwrap_or("?");
+        // Breakdowns (objects) stay in the JSON line; the table keeps to single figures.
         let rest: Vec<String> = r
             .as_object()
             .into_iter()
             .flatten()
-            .filter(|(k, _)| *k != "scenario")
+            .filter(|(k, v)| *k != "scenario" && !v.is_object())
             .map(|(k, v)| format!("{k}={v}"))
             .collect();
         eprintln!("{name:<36} {}", rest.join("  "));

@@ -1,9 +1,10 @@
-//! `conveyor bench-worker`: a worker process that completes every job at once, so a benchmark
-//! measures Conveyor and Redis, not the work. Prints `RECV <job id> <unix ns>` per assignment
-//! and `DONE` after each `jobs` completions were acknowledged (`READY` once connected).
+//! `conveyor bench-worker`: a worker process that completes every job at once (or after
+//! `--progress` reports), so a benchmark measures Conveyor and Redis, not the work. Prints
+//! `RECV <job id> <unix ns>` per assignment and `DONE` after each `jobs` completions were
+//! acknowledged (`READY` once connected).
 
 use std::io::Write;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc;
 use tokio_stream::StreamExt;
@@ -23,6 +24,13 @@ pub struct WorkerArgs {
     /// Print `DONE` after this many acknowledged completions.
     #[arg(long)]
     pub jobs: u64,
+    /// ProgressReports per job before completing it; each carries its send time (unix ns) as
+    /// its message.
+    #[arg(long, default_value_t = 0)]
+    pub progress: u32,
+    /// Gap before each progress report, so the first comes after a watcher had time to open.
+    #[arg(long, default_value_t = 5)]
+    pub progress_gap_ms: u64,
 }
 
 fn now_ns() -> u128 {
@@ -32,17 +40,20 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
+fn send(msg: Out) -> proto::WorkerMessage {
+    proto::WorkerMessage { msg: Some(msg) }
+}
+
 pub async fn run(args: WorkerArgs) -> cli::Outcome {
     let mut client =
         proto::worker_service_client::WorkerServiceClient::new(args.client.channel().await?);
     let (tx, rx) = mpsc::channel(4096);
     let hello = proto::Hello {
-        queues: vec![args.queue],
+        queues: vec![args.queue.clone()],
         concurrency: args.concurrency,
         version: env!("CARGO_PKG_VERSION").into(),
         ..Default::default()
     };
-    let send = |msg| proto::WorkerMessage { msg: Some(msg) };
     let _ = tx.send(send(Out::Hello(hello))).await;
     let mut inbound = client.connect(ReceiverStream::new(rx)).await?.into_inner();
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
@@ -54,12 +65,11 @@ pub async fn run(args: WorkerArgs) -> cli::Outcome {
             Some(In::Assignment(a)) => {
                 let job_id = a.job.map(|j| j.id).unwrap_or_default();
                 let _ = writeln!(out, "RECV {job_id} {}", now_ns());
-                let complete = proto::Complete {
-                    job_id,
-                    token: a.token,
-                    result: String::new(),
-                };
-                let _ = tx.send(send(Out::Complete(complete))).await;
+                if args.progress == 0 {
+                    let _ = tx.send(complete(job_id, a.token)).await;
+                } else {
+                    tokio::spawn(report_then_complete(tx.clone(), job_id, a.token, &args));
+                }
             }
             Some(In::ReportResult(r)) if r.code == 0 => {
                 acknowledged += 1;
@@ -78,4 +88,40 @@ pub async fn run(args: WorkerArgs) -> cli::Outcome {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+fn complete(job_id: String, token: u64) -> proto::WorkerMessage {
+    send(Out::Complete(proto::Complete {
+        job_id,
+        token,
+        result: String::new(),
+    }))
+}
+
+/// Sends `progress` reports `gap` apart, each stamped just before it is sent, then completes.
+fn report_then_complete(
+    tx: mpsc::Sender<proto::WorkerMessage>,
+    job_id: String,
+    token: u64,
+    args: &WorkerArgs,
+) -> impl Future<Output = ()> + Send + 'static {
+    let (n, gap) = (args.progress, Duration::from_millis(args.progress_gap_ms));
+    async move {
+        for k in 1..=n {
+            tokio::time::sleep(gap).await;
+            let report = proto::ProgressReport {
+                job_id: job_id.clone(),
+                token,
+                progress: Some(proto::Progress {
+                    percent: (k * 100 / n) as f32,
+                    stage: "bench".into(),
+                    message: now_ns().to_string(),
+                }),
+            };
+            if tx.send(send(Out::Progress(report))).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(complete(job_id, token)).await;
+    }
 }

@@ -220,10 +220,13 @@ async fn the_benchmark_smoke_run_reports_every_scenario() {
     for expected in [
         "submit_one_at_a_time",
         "submit_50_in_flight",
+        "submit_batch_1000",
         "end_to_end",
         "end_to_end_mixed_tiers_priorities",
         "drain",
         "submit_to_worker_latency_ms",
+        "progress_latency_ms",
+        "watch_fanout",
         "idle_redis_commands_per_minute",
     ] {
         assert!(
