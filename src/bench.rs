@@ -60,6 +60,15 @@ pub struct BenchArgs {
     /// Gap between a job's progress reports (10 per job) in the progress scenarios.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub progress_gap_ms: u64,
+    /// Gap between a job's progress reports in the fan-out scenario: 100 ms is a render that
+    /// reports ten times a second, so 100 running jobs with 100 watchers each make 100,000
+    /// deliveries a second.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub fanout_gap_ms: u64,
+    /// In the fan-out scenario, every job reports progress at the same moments (the worst case:
+    /// each report reaches all its watchers in one burst), instead of at its own random phase.
+    #[arg(long)]
+    pub aligned_progress: bool,
     /// A seconds-long run that proves every scenario works (CI); its figures mean little.
     #[arg(long, conflicts_with = "vs_bullmq")]
     pub smoke: bool,

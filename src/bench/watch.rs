@@ -221,7 +221,8 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
     let rss_open = b.server.memory()?.rss_kb;
     let spec = Spec {
         progress: PROGRESS_EVENTS,
-        progress_gap_ms: b.args.progress_gap_ms,
+        progress_gap_ms: b.args.fanout_gap_ms,
+        aligned: b.args.aligned_progress,
         ..Spec::new(&queue, b.args.concurrency, jobs)
     };
     let _worker = b.worker(spec).await?;
@@ -233,6 +234,8 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
         "watchers_per_job": round(watchers as f64 / jobs as f64, 1),
         "connections": channels.len(), "streams_per_connection": per_connection,
         "events_per_job": PROGRESS_EVENTS, "expected": watchers * u64::from(PROGRESS_EVENTS),
+        "gap_ms": b.args.fanout_gap_ms,
+        "phases": if b.args.aligned_progress { "aligned" } else { "random" },
         "server_rss_before_mb": mb(rss_before), "server_rss_open_mb": mb(rss_open),
     });
     if open > 0 {

@@ -31,6 +31,10 @@ pub struct WorkerArgs {
     /// Gap before each progress report, so the first comes after a watcher had time to open.
     #[arg(long, default_value_t = 5)]
     pub progress_gap_ms: u64,
+    /// Every job reports at the same moments after its start. Without it, each job's reports
+    /// are shifted by a random part of the gap, as independent jobs' are.
+    #[arg(long)]
+    pub aligned: bool,
 }
 
 fn now_ns() -> u128 {
@@ -98,7 +102,8 @@ fn complete(job_id: String, token: u64) -> proto::WorkerMessage {
     }))
 }
 
-/// Sends `progress` reports `gap` apart, each stamped just before it is sent, then completes.
+/// Sends `progress` reports `gap` apart (after a random phase unless aligned), each stamped
+/// just before it is sent, then completes.
 fn report_then_complete(
     tx: mpsc::Sender<proto::WorkerMessage>,
     job_id: String,
@@ -106,7 +111,12 @@ fn report_then_complete(
     args: &WorkerArgs,
 ) -> impl Future<Output = ()> + Send + 'static {
     let (n, gap) = (args.progress, Duration::from_millis(args.progress_gap_ms));
+    let phase = match args.aligned {
+        true => Duration::ZERO,
+        false => gap.mul_f64(rand::random::<f64>()),
+    };
     async move {
+        tokio::time::sleep(phase).await;
         for k in 1..=n {
             tokio::time::sleep(gap).await;
             let report = proto::ProgressReport {

@@ -19,6 +19,8 @@ pub struct Spec<'a> {
     /// Progress reports per job before it completes (0: complete at once).
     pub progress: u32,
     pub progress_gap_ms: u64,
+    /// All jobs report at the same moments after their start (see `bench-worker --aligned`).
+    pub aligned: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -29,6 +31,7 @@ impl<'a> Spec<'a> {
             jobs,
             progress: 0,
             progress_gap_ms: 5,
+            aligned: false,
         }
     }
 }
@@ -60,6 +63,7 @@ pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
         .args(["--jobs", &spec.jobs.to_string()])
         .args(["--progress", &spec.progress.to_string()])
         .args(["--progress-gap-ms", &spec.progress_gap_ms.to_string()])
+        .args(spec.aligned.then_some("--aligned"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
