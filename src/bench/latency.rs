@@ -20,7 +20,10 @@ pub async fn submit_to_worker(b: &Bench) -> Result<Value, Error> {
     let queue = "bench-latency";
     let total = b.args.rate * b.args.seconds;
     let mut worker = b
-        .worker(Spec::new(queue, b.args.concurrency, total))
+        .worker(Spec {
+            stamp: true,
+            ..Spec::new(queue, b.args.concurrency, total)
+        })
         .await?;
     let (sent_tx, mut sent) = mpsc::unbounded_channel::<(String, u128)>();
     let mut ticker =

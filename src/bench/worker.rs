@@ -1,7 +1,7 @@
 //! `conveyor bench-worker`: a worker process that completes every job at once (or after
 //! `--progress` reports), so a benchmark measures Conveyor and Redis, not the work. Prints
-//! `RECV <job id> <unix ns>` per assignment and `DONE` after each `jobs` completions were
-//! acknowledged (`READY` once connected).
+//! `RECV <job id> <unix ns>` per assignment (with `--stamp`) and `DONE` after each `jobs`
+//! completions were acknowledged (`READY` once connected).
 
 use std::io::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -35,6 +35,10 @@ pub struct WorkerArgs {
     /// are shifted by a random part of the gap, as independent jobs' are.
     #[arg(long)]
     pub aligned: bool,
+    /// Print `RECV <job id> <unix ns>` for each assignment (the latency scenario needs it; the
+    /// throughput ones leave it off, so measuring costs them nothing).
+    #[arg(long)]
+    pub stamp: bool,
 }
 
 fn now_ns() -> u128 {
@@ -68,7 +72,9 @@ pub async fn run(args: WorkerArgs) -> cli::Outcome {
         match message?.msg {
             Some(In::Assignment(a)) => {
                 let job_id = a.job.map(|j| j.id).unwrap_or_default();
-                let _ = writeln!(out, "RECV {job_id} {}", now_ns());
+                if args.stamp {
+                    let _ = writeln!(out, "RECV {job_id} {}", now_ns());
+                }
                 if args.progress == 0 {
                     let _ = tx.send(complete(job_id, a.token)).await;
                 } else {

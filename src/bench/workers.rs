@@ -21,6 +21,8 @@ pub struct Spec<'a> {
     pub progress_gap_ms: u64,
     /// All jobs report at the same moments after their start (see `bench-worker --aligned`).
     pub aligned: bool,
+    /// It reports when it received each job (`received`).
+    pub stamp: bool,
 }
 
 impl<'a> Spec<'a> {
@@ -32,6 +34,7 @@ impl<'a> Spec<'a> {
             progress: 0,
             progress_gap_ms: 5,
             aligned: false,
+            stamp: false,
         }
     }
 }
@@ -64,6 +67,7 @@ pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
         .args(["--progress", &spec.progress.to_string()])
         .args(["--progress-gap-ms", &spec.progress_gap_ms.to_string()])
         .args(spec.aligned.then_some("--aligned"))
+        .args(spec.stamp.then_some("--stamp"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -1,8 +1,13 @@
 -- Shared helpers, prepended to every transition script at load time (see scripts.rs).
 -- Key layout (see keys.rs): every key of a queue starts with the prefix `cv:{<queue>}:`.
 -- Job hash fields: id queue tenant tier priority state payload ctype labels attempt max_attempts
---   backoff_initial backoff_max timeout idem created run_at started finished deadline timeout_at
+--   backoff_initial backoff_max timeout idem created run_at started finished timeout_at
 --   pct stage msg result error worker session token seq rank w
+-- (A running job's lease deadline is its score in the leased set, not a field.)
+--
+-- Hot paths keep Redis's work per job small: they read only the fields they need (a job hash is
+-- a listpack, searched field by field), and they pass times as the strings the caller sent
+-- rather than as Lua numbers, which Redis would format with printf for every argument.
 -- `seq` grows by one per event of the job; `w` counts the open watches of the job, and its
 -- events are published only while it is above zero (nobody pays for events nobody reads).
 --
@@ -17,24 +22,27 @@ local UNLEASED = {}   -- ids leaving the leased set: one ZREM
 local RETIRED = {}    -- ids of finished jobs: one ZADD to the expiring index
 local WAKE = { ready = false, due = nil } -- one PUBLISH on cv:wake per kind
 
--- The job fields transitions read, in one HMGET.
-local FIELDS = { 'state', 'token', 'worker', 'session', 'attempt', 'max_attempts',
-  'backoff_initial', 'backoff_max', 'tier', 'priority', 'rank', 'seq', 'w', 'idem', 'tenant',
-  'timeout', 'timeout_at', 'result', 'error', 'queue' }
+-- The job fields a transition may read: all of them, or what a lease check and `settle` need.
+local FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'idem', 'tenant', 'result',
+  'session', 'max_attempts', 'backoff_initial', 'backoff_max', 'tier', 'priority', 'rank',
+  'timeout', 'timeout_at', 'error' }
+local SETTLE_FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'idem', 'tenant', 'result' }
 
--- The job's fields by name, or nil when the job does not exist (expired, never was).
-local function load(jkey)
-  local v = redis.call('HMGET', jkey, unpack(FIELDS))
+-- The job's `fields` (default: all) by name, or nil when the job does not exist. The first field
+-- must be `state`, which every job has.
+local function load(jkey, fields)
+  fields = fields or FIELDS
+  local v = redis.call('HMGET', jkey, unpack(fields))
   if not v[1] then return nil end
   local j = {}
-  for i, f in ipairs(FIELDS) do j[f] = v[i] end
+  for i, f in ipairs(fields) do j[f] = v[i] end
   return j
 end
 
 -- Records an event for the job's watchers, if it has any. `seq` is the job's new sequence
 -- number, which the caller writes with its own HSET.
 local function emit(id, seq, j, ev)
-  if tonumber(j.w or 0) > 0 then
+  if j.w and j.w ~= '0' then
     ev.id = id
     ev.seq = seq
     EVENTS[#EVENTS + 1] = ev
@@ -56,7 +64,8 @@ local function wake_at(due)
 end
 
 -- Ends a job in a terminal state: one HSET, the expiry of its keys after `retention_ms`, and
--- its event. `fields` are extra hash fields to set, `ev` the event's extra fields.
+-- its event. `fields` are extra hash fields to set, `ev` the event's extra fields. `now` and
+-- `retention_ms` are the caller's ARGV strings. `j` needs the SETTLE_FIELDS.
 local function settle(prefix, id, j, state, now, retention_ms, fields, ev)
   local jkey = prefix .. 'job:' .. id
   local seq = tonumber(j.seq) + 1
@@ -71,7 +80,7 @@ local function settle(prefix, id, j, state, now, retention_ms, fields, ev)
   ev.kind = 'state'
   ev.state = state
   ev.attempt = tonumber(j.attempt)
-  ev.t = now
+  ev.t = tonumber(now)
   emit(id, seq, j, ev)
 end
 
@@ -90,7 +99,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   if immediate then
     redis.call('HSET', jkey, 'state', 'QUEUED', 'error', err, 'seq', seq)
     enqueue(prefix, id, j.tier, j.priority, j.rank)
-    emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = now })
+    emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = tonumber(now) })
     return 'QUEUED'
   end
   -- Exponential backoff with "equal jitter": half fixed, half random.
@@ -100,7 +109,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   redis.call('HSET', jkey, 'state', 'SCHEDULED', 'error', err, 'run_at', due, 'seq', seq)
   redis.call('ZADD', prefix .. 'delayed', due, id)
   emit(id, seq, j, { kind = 'state', state = 'SCHEDULED', attempt = attempt, error = err,
-    run_at = due, t = now })
+    run_at = due, t = tonumber(now) })
   wake_at(due)
   return 'SCHEDULED'
 end
@@ -130,8 +139,9 @@ local function finish(prefix, now, retention_ms)
   end
   if #RETIRED > 0 then
     local args = {}
+    local expires = tostring(tonumber(now) + tonumber(retention_ms))
     for _, id in ipairs(RETIRED) do
-      args[#args + 1] = now + retention_ms
+      args[#args + 1] = expires
       args[#args + 1] = id
     end
     redis.call('ZADD', prefix .. 'expiring', unpack(args))

@@ -108,14 +108,23 @@ for t = 4, 1, -1 do
       local jkey = prefix .. 'job:' .. id
       local f = redis.call('HGETALL', jkey)
       if #f > 0 then
+        -- The few fields this needs, picked out of the reply rather than copied into a table.
         local h = {}
-        for i = 1, #f, 2 do h[f[i]] = f[i + 1] end
+        for i = 1, #f, 2 do
+          local k = f[i]
+          if k == 'attempt' or k == 'token' or k == 'seq' or k == 'timeout' or k == 'w' then
+            h[k] = f[i + 1]
+          end
+        end
         local attempt, token, seq = tonumber(h.attempt) + 1, tonumber(h.token) + 1, tonumber(h.seq) + 1
         local timeout_at = now + tonumber(h.timeout)
         local deadline = math.min(now + ttl, timeout_at)
-        local changed = { 'state', 'RUNNING', 'attempt', attempt, 'token', token, 'started', now,
-          'worker', worker, 'session', session, 'deadline', deadline, 'timeout_at', timeout_at,
-          'pct', 0, 'stage', '', 'msg', '', 'seq', seq }
+        local changed = { 'state', 'RUNNING', 'attempt', attempt, 'token', token, 'started', ARGV[2],
+          'worker', worker, 'session', session, 'timeout_at', timeout_at, 'seq', seq }
+        if attempt > 1 then
+          -- A retry starts without the last attempt's progress.
+          for _, v in ipairs({ 'pct', '0', 'stage', '', 'msg', '' }) do changed[#changed + 1] = v end
+        end
         redis.call('HSET', jkey, unpack(changed))
         -- The reply is the hash as it is now: later fields override earlier ones when decoded.
         for _, v in ipairs(changed) do f[#f + 1] = v end

@@ -11,7 +11,7 @@ for i = 6, #ARGV, 2 do
   local j = redis.call('HMGET', jkey, 'state', 'token', 'timeout_at')
   if j[1] == 'RUNNING' and tonumber(j[2]) == tonumber(token) and tonumber(j[3]) > now then
     local deadline = math.min(now + ttl, tonumber(j[3]))
-    redis.call('HSET', jkey, 'session', session, 'worker', worker, 'deadline', deadline)
+    redis.call('HSET', jkey, 'session', session, 'worker', worker)
     redis.call('ZADD', KEYS[1], deadline, id)
     table.insert(kept, id)
   else

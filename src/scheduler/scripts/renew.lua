@@ -18,7 +18,6 @@ for i = 6, #ARGV, 2 do
     table.insert(lost, id)
   else
     local deadline = math.min(now + ttl, tonumber(j.timeout_at))
-    redis.call('HSET', jkey, 'deadline', deadline)
     deadlines[#deadlines + 1] = deadline
     deadlines[#deadlines + 1] = id
   end

@@ -51,13 +51,14 @@ for i = 4, #ARGV, PER_JOB do
   else
     rank = rank + 1
     local id, tier, priority, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 10]
-    local run_at, state = tonumber(ARGV[i + 11]), 'QUEUED'
-    if run_at > now then state = 'SCHEDULED' else run_at = now end
+    -- Times go in as the caller's strings: Redis would format Lua numbers with printf.
+    local run_at, state = ARGV[i + 11], 'QUEUED'
+    if tonumber(run_at) > now then state = 'SCHEDULED' else run_at = ARGV[3] end
     local fields = { 'id', id, 'queue', queue, 'tenant', tenant, 'tier', tier, 'priority', priority,
       'state', state, 'payload', ARGV[i + 3], 'ctype', ARGV[i + 4], 'labels', ARGV[i + 5],
-      'attempt', 0, 'max_attempts', ARGV[i + 6], 'backoff_initial', ARGV[i + 7],
-      'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', now,
-      'run_at', run_at, 'token', 0, 'seq', 0, 'rank', rank }
+      'attempt', '0', 'max_attempts', ARGV[i + 6], 'backoff_initial', ARGV[i + 7],
+      'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', ARGV[3],
+      'run_at', run_at, 'token', '0', 'seq', '0', 'rank', rank }
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
     redis.call('SET', 'cv:id:' .. id, queue)
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
@@ -70,7 +71,7 @@ for i = 4, #ARGV, PER_JOB do
     else
       delayed[#delayed + 1] = run_at
       delayed[#delayed + 1] = id
-      wake_at(run_at)
+      wake_at(tonumber(run_at))
     end
     out[#out + 1] = 1
   end
