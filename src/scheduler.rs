@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fred::prelude::{Client, HashesInterface, KeysInterface, Value};
+use fred::prelude::{Client, HashesInterface, Value};
 use rand::Rng;
 
 pub use error::Error;
@@ -202,7 +202,7 @@ impl Handle {
                 false => (JobState::Queued, now),
             };
             let created = Job {
-                id: uuid::Uuid::now_v7().to_string(),
+                id: keys::new_job_id(&queue),
                 queue: queue.clone(),
                 tenant: tenant.to_string(),
                 tier: job.tier,
@@ -262,15 +262,16 @@ impl Handle {
             .collect()
     }
 
-    /// Which queue a job id belongs to.
-    pub async fn locate(&self, id: &str) -> Result<String, Error> {
-        let queue: Option<String> = self.redis.get(keys::job_queue(id)).await?;
-        queue.ok_or(Error::NotFound)
+    /// Which queue a job id belongs to (the id names it).
+    pub fn locate(&self, id: &str) -> Result<String, Error> {
+        keys::queue_of(id)
+            .map(str::to_string)
+            .ok_or(Error::NotFound)
     }
 
     /// The job as it is now; another tenant's job is NOT_FOUND.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Job, Error> {
-        let queue = self.locate(id).await?;
+        let queue = self.locate(id)?;
         let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
         let empty = match &fields {
             Value::Array(a) => a.is_empty(),
@@ -290,7 +291,7 @@ impl Handle {
     /// Opens a watch: from now on the job's events are published. Returns the job as it is now;
     /// another tenant's job is NOT_FOUND.
     pub async fn watch(&self, tenant: &str, id: &str) -> Result<Job, Error> {
-        let queue = self.locate(id).await?;
+        let queue = self.locate(id)?;
         let reply = call(
             &self.redis,
             &self.scripts.watch,
@@ -345,7 +346,7 @@ impl Handle {
     }
 
     pub async fn cancel(&self, tenant: &str, id: &str) -> Result<Job, Error> {
-        let queue = self.locate(id).await?;
+        let queue = self.locate(id)?;
         let args = vec![
             s(keys::prefix(&queue)),
             s(id),

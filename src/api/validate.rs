@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Limits;
 use super::status::{Error, invalid};
 use crate::proto;
-use crate::scheduler::{JobState, NewJob, Tier, now_ms};
+use crate::scheduler::{JobState, NewJob, Tier, keys, now_ms};
 
 pub const MAX_QUEUE_LEN: usize = 128;
 pub const MAX_LABELS: usize = 64;
@@ -40,12 +40,13 @@ pub fn queue(name: &str) -> Result<(), Error> {
 }
 
 pub fn job_id(id: &str) -> Result<(), Error> {
-    uuid::Uuid::parse_str(id).map(|_| ()).map_err(|_| {
-        invalid(format!(
-            "job_id: {:?} is not a job id (a UUID)",
+    match keys::queue_of(id) {
+        Some(q) if queue(q).is_ok() => Ok(()),
+        _ => Err(invalid(format!(
+            "job_id: {:?} is not a job id (QUEUE:UUID, as SubmitJob returned it)",
             truncate(id)
-        ))
-    })
+        ))),
+    }
 }
 
 pub fn tier(value: i32) -> Result<Tier, Error> {

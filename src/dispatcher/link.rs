@@ -127,7 +127,7 @@ impl Batch {
             match checked {
                 Checked::Assigned(queue) => per_queue.entry(queue.clone()).or_default().push(i),
                 Checked::Refused(e) => verdicts[i] = Some(Err(e.clone())),
-                Checked::Unknown => match locate(&scheduler, report.job_id()).await {
+                Checked::Unknown => match locate(&scheduler, report.job_id()) {
                     Ok(queue) => per_queue.entry(queue).or_default().push(i),
                     Err(e) => verdicts[i] = Some(Err(e)),
                 },
@@ -174,8 +174,8 @@ impl Batch {
     }
 }
 
-async fn locate(scheduler: &scheduler::Handle, job_id: &str) -> Result<String, scheduler::Error> {
-    scheduler.locate(job_id).await.map_err(|e| match e {
+fn locate(scheduler: &scheduler::Handle, job_id: &str) -> Result<String, scheduler::Error> {
+    scheduler.locate(job_id).map_err(|e| match e {
         scheduler::Error::NotFound => {
             scheduler::Error::FailedPrecondition("job was never assigned to this worker".into())
         }

@@ -323,7 +323,7 @@ async fn reattach(
     let mut per_queue: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     let mut lost = Vec::new();
     for (id, token) in held {
-        match scheduler.locate(&id).await {
+        match scheduler.locate(&id) {
             Ok(queue) => per_queue.entry(queue).or_default().push((id, token)),
             Err(scheduler::Error::NotFound) => lost.push(id),
             Err(e) => return Err(e),

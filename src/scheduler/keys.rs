@@ -1,8 +1,8 @@
 //! Every Redis key name Conveyor uses, built in one place.
 //!
-//! A queue's keys share the `{queue}` hash tag so its scripts touch one Cluster slot. Two kinds
-//! of keys are global: `cv:id:<job>` (which queue a job id belongs to, so clients address jobs
-//! by id alone) and the pub/sub channels.
+//! A queue's keys share the `{queue}` hash tag so its scripts touch one Cluster slot; a job id
+//! names its queue (`new_job_id`), so nothing maps ids to queues. Only the pub/sub channels are
+//! global.
 
 /// Pub/sub channel carrying the events of watched jobs (a JSON array per script call), one
 /// subscription per replica.
@@ -27,8 +27,17 @@ pub fn all(queue: &str) -> String {
     format!("cv:{{{queue}}}:all")
 }
 
-pub fn job_queue(id: &str) -> String {
-    format!("cv:id:{id}")
+/// A new job id: `<queue>:<uuid v7>`. The id names its queue, so any replica finds a job's
+/// keys from its id alone, with no global index (and every key of a job in its queue's slot).
+pub fn new_job_id(queue: &str) -> String {
+    format!("{queue}:{}", uuid::Uuid::now_v7())
+}
+
+/// The queue a job id names, or `None` if it is not a job id.
+pub fn queue_of(id: &str) -> Option<&str> {
+    let (queue, uuid) = id.rsplit_once(':')?;
+    uuid::Uuid::parse_str(uuid).ok()?;
+    (!queue.is_empty()).then_some(queue)
 }
 
 #[cfg(test)]
@@ -38,5 +47,15 @@ mod tests {
         assert_eq!(super::job("render", "j1"), "cv:{render}:job:j1");
         assert!(super::leased("render").starts_with(&super::prefix("render")));
         assert!(super::all("render").starts_with(&super::prefix("render")));
+    }
+
+    #[test]
+    fn a_job_id_names_its_queue() {
+        let id = super::new_job_id("video.render-1");
+        assert_eq!(super::queue_of(&id), Some("video.render-1"));
+        assert_eq!(super::queue_of("render:not-a-uuid"), None);
+        let bare = uuid::Uuid::now_v7().to_string();
+        assert_eq!(super::queue_of(&bare), None);
+        assert_eq!(super::queue_of(&format!(":{bare}")), None);
     }
 }

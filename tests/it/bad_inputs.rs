@@ -296,7 +296,7 @@ async fn watch(server: &Server, job_id: &str) -> Result<(), Status> {
 async fn row_15_malformed_or_unknown_job_ids() {
     let (redis, server) = harness::start().await;
     let mut jobs = server.jobs().await;
-    let unknown = uuid::Uuid::now_v7().to_string();
+    let unknown = format!("q:{}", uuid::Uuid::now_v7());
     let malformed = ("not-a-uuid", Code::InvalidArgument, "job_id");
     for (id, code, needle) in [malformed, (&unknown, Code::NotFound, "no job")] {
         let job_id = id.to_string();

@@ -72,7 +72,6 @@ local function settle(prefix, id, j, state, now, retention_ms, fields, ev)
   redis.call('HSET', jkey, 'state', state, 'finished', now, 'seq', seq, unpack(fields))
   if j.state == 'RUNNING' then UNLEASED[#UNLEASED + 1] = id end
   redis.call('PEXPIRE', jkey, retention_ms)
-  redis.call('PEXPIRE', 'cv:id:' .. id, retention_ms)
   if j.idem and j.idem ~= '' then
     redis.call('PEXPIRE', prefix .. 'idem:' .. j.tenant .. ':' .. j.idem, retention_ms)
   end

@@ -60,7 +60,6 @@ for i = 4, #ARGV, PER_JOB do
       'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', ARGV[3],
       'run_at', run_at, 'token', '0', 'seq', '0', 'rank', rank }
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
-    redis.call('SET', 'cv:id:' .. id, queue)
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
     all[#all + 1] = rank
     all[#all + 1] = id
