@@ -5,6 +5,7 @@
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now n ttl session worker retention jitter w_free w_pro w_premium w_enterprise
 -- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, {job field, value...}...}
+--   (the leased jobs' fields an assignment needs)
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local session, worker = ARGV[5], ARGV[6]
 local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -99,6 +100,10 @@ for _ = 1, n do
   planned = planned + 1
 end
 
+-- What an assignment carries of the job (the worker needs neither the tenant nor the scheduling
+-- fields); fewer fields than HGETALL is less work for Redis. `id` first: every job has one.
+local ASSIGN = { 'id', 'queue', 'tier', 'priority', 'payload', 'ctype', 'labels', 'attempt',
+  'max_attempts', 'timeout', 'idem', 'created', 'run_at', 'token', 'seq', 'w', 'error' }
 local out, deadlines = {}, {}
 for t = 4, 1, -1 do
   if take[t] > 0 then
@@ -106,14 +111,14 @@ for t = 4, 1, -1 do
     for k = 1, #popped, 2 do
       local id = popped[k]
       local jkey = prefix .. 'job:' .. id
-      local f = redis.call('HGETALL', jkey)
-      if #f > 0 then
-        -- The few fields this needs, picked out of the reply rather than copied into a table.
-        local h = {}
-        for i = 1, #f, 2 do
-          local k = f[i]
-          if k == 'attempt' or k == 'token' or k == 'seq' or k == 'timeout' or k == 'w' then
-            h[k] = f[i + 1]
+      local v = redis.call('HMGET', jkey, unpack(ASSIGN))
+      if v[1] then
+        local h, f = {}, {}
+        for i, name in ipairs(ASSIGN) do
+          if v[i] then
+            h[name] = v[i]
+            f[#f + 1] = name
+            f[#f + 1] = v[i]
           end
         end
         local attempt, token, seq = tonumber(h.attempt) + 1, tonumber(h.token) + 1, tonumber(h.seq) + 1
@@ -126,7 +131,7 @@ for t = 4, 1, -1 do
           for _, v in ipairs({ 'pct', '0', 'stage', '', 'msg', '' }) do changed[#changed + 1] = v end
         end
         redis.call('HSET', jkey, unpack(changed))
-        -- The reply is the hash as it is now: later fields override earlier ones when decoded.
+        -- The reply is the job as it is now: later fields override earlier ones when decoded.
         for _, v in ipairs(changed) do f[#f + 1] = v end
         out[#out + 1] = f
         deadlines[#deadlines + 1] = deadline
