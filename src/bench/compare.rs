@@ -180,7 +180,7 @@ const FIGURES: &[Figure] = &[
     },
     Figure {
         key: "idle_commands_per_min",
-        label: "idle Redis commands/min (4 workers vs Worker+QueueEvents)",
+        label: "idle Redis commands/min (4 workers, 10 watches vs Worker+QueueEvents)",
         better: Better::Lower,
         ours: |l| line(l, "idle_redis_commands_per_minute", "/commands_per_min"),
         theirs: |v| at(v, "/e_idle/server_cmds_per_min"),
