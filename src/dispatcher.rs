@@ -105,6 +105,8 @@ enum Command {
         queue: String,
         session: String,
         reserved: u32,
+        /// The queue's `news` when the call started.
+        news: u64,
         result: Result<Leased, scheduler::Error>,
     },
     Swept {

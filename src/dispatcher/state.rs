@@ -25,13 +25,27 @@ struct Session {
 struct Queue {
     /// Ready jobs may exist: a wake arrived or the last lease call filled its batch.
     maybe_ready: bool,
-    /// A lease or sweep call for this queue is running; one at a time per replica.
-    busy: bool,
+    /// Counts the signals that set `maybe_ready` (see `poke`), so a lease call that returns
+    /// "nothing more" cannot erase one that arrived while it ran.
+    news: u64,
+    /// A lease call for this queue is running. One at a time: slots freed meanwhile are leased
+    /// together by the next call (two at a time made batches smaller and cost more CPU per job).
+    leasing: bool,
+    /// A sweep of this queue is running (never beside a lease call: they overlap in what they do).
+    sweeping: bool,
     /// When the earliest delayed job is due.
     next_due_ms: Option<i64>,
     /// When the queue next needs a sweep: a lease deadline or an expiry the last sweep saw, or
     /// the safety interval for a queue served here.
     next_check_ms: Option<i64>,
+}
+
+impl Queue {
+    /// Ready work may have arrived.
+    fn poke(&mut self) {
+        self.maybe_ready = true;
+        self.news += 1;
+    }
 }
 
 pub(super) struct State {
@@ -112,8 +126,9 @@ impl State {
                 queue,
                 session,
                 reserved,
+                news,
                 result,
-            } => self.leased(queue, session, reserved, result),
+            } => self.leased(queue, session, reserved, news, result),
             Command::Swept { queue, result } => self.swept(queue, result),
             Command::Lost { ids } => {
                 let lost: HashSet<String> = ids.into_iter().collect();
@@ -146,7 +161,7 @@ impl State {
         }
         self.replace_sessions_of(&hello);
         for q in &hello.queues {
-            self.queues.entry(q.clone()).or_default().maybe_ready = true;
+            self.queues.entry(q.clone()).or_default().poke();
         }
         let Hello {
             worker_id,
@@ -263,7 +278,7 @@ impl State {
                 q.next_check_ms.get_or_insert(safety);
                 match due_ms {
                     Some(due) => q.next_due_ms = Some(q.next_due_ms.map_or(due, |d| d.min(due))),
-                    None => q.maybe_ready = true,
+                    None => q.poke(),
                 }
                 self.dispatch(&queue);
             }
@@ -273,7 +288,7 @@ impl State {
             Signal::Resubscribed => {
                 let names: Vec<String> = self.queues.keys().cloned().collect();
                 for name in names {
-                    self.queues.entry(name.clone()).or_default().maybe_ready = true;
+                    self.queues.entry(name.clone()).or_default().poke();
                     self.dispatch(&name);
                 }
             }

@@ -18,7 +18,7 @@ impl State {
             return;
         }
         let q = self.queues.entry(queue.to_string()).or_default();
-        if q.busy || !q.maybe_ready {
+        if q.leasing || q.sweeping || !q.maybe_ready {
             return;
         }
         let best = self
@@ -29,7 +29,8 @@ impl State {
         let Some((session, s)) = best else { return };
         let n = s.free.min(self.options.max_batch);
         s.free -= n;
-        q.busy = true;
+        q.leasing = true;
+        let news = q.news;
         let (scheduler, queue, session, worker) = (
             self.scheduler.clone(),
             queue.to_string(),
@@ -42,6 +43,7 @@ impl State {
                 queue,
                 session,
                 reserved: n,
+                news,
                 result,
             }
         });
@@ -52,10 +54,11 @@ impl State {
         queue: String,
         session: String,
         reserved: u32,
+        news: u64,
         result: Result<Leased, scheduler::Error>,
     ) {
         let q = self.queues.entry(queue.clone()).or_default();
-        q.busy = false;
+        q.leasing = false;
         let leased = match result {
             Ok(leased) => leased,
             Err(e) => {
@@ -68,7 +71,7 @@ impl State {
                 return;
             }
         };
-        q.maybe_ready = leased.more;
+        q.maybe_ready = leased.more || q.news != news;
         q.next_due_ms = leased.next_due_ms;
         // Leases of other replicas this one has not seen are caught by the safety sweep.
         let safety = now_ms() + self.options.sweep.as_millis() as i64;
@@ -109,11 +112,11 @@ impl State {
     /// A lease call with no slots: reclaims, promotes and collects expired ids.
     pub(in crate::dispatcher) fn sweep(&mut self, queue: &str) {
         let q = self.queues.entry(queue.to_string()).or_default();
-        if q.busy {
+        if q.leasing || q.sweeping {
             // The lease call in flight reclaims and promotes too.
             return;
         }
-        q.busy = true;
+        q.sweeping = true;
         q.next_check_ms = None;
         let (scheduler, queue) = (self.scheduler.clone(), queue.to_string());
         self.later(async move {
@@ -131,7 +134,7 @@ impl State {
         let served = self.sessions.values().any(|s| s.queues.contains(&queue));
         let safety = now_ms() + self.options.sweep.as_millis() as i64;
         let q = self.queues.entry(queue.clone()).or_default();
-        q.busy = false;
+        q.sweeping = false;
         match result {
             Ok(leased) => {
                 q.next_due_ms = leased.next_due_ms;
@@ -206,7 +209,7 @@ impl State {
             let q = self.queues.entry(name.clone()).or_default();
             if passed(q.next_due_ms) {
                 q.next_due_ms = None;
-                q.maybe_ready = true;
+                q.poke();
             }
             if passed(q.next_check_ms) {
                 q.next_check_ms = None;
