@@ -4,12 +4,12 @@
 --   backoff_initial backoff_max timeout idem created run_at started finished timeout_at
 --   pct stage msg result error worker session token seq rank w
 -- (A running job's lease deadline is its score in the leased set, not a field.)
+-- `seq` grows by one per event of the job; `w` counts the open watches of the job, and its
+-- events are published only while it is above zero (nobody pays for events nobody reads).
 --
 -- Hot paths keep Redis's work per job small: they read only the fields they need (a job hash is
 -- a listpack, searched field by field), and they pass times as the strings the caller sent
 -- rather than as Lua numbers, which Redis would format with printf for every argument.
--- `seq` grows by one per event of the job; `w` counts the open watches of the job, and its
--- events are published only while it is above zero (nobody pays for events nobody reads).
 --
 -- A script collects what many jobs share (leased-set removals, expiry entries, events, wake-ups)
 -- in the tables below and writes each in one command at the end (`finish`), so a batch of jobs
@@ -22,7 +22,8 @@ local UNLEASED = {}   -- ids leaving the leased set: one ZREM
 local RETIRED = {}    -- ids of finished jobs: one ZADD to the expiring index
 local WAKE = { ready = false, due = nil } -- one PUBLISH on cv:wake per kind
 
--- The job fields a transition may read: all of them, or what a lease check and `settle` need.
+-- The job fields the transitions read (`FIELDS`), and the fewer that a lease check and `settle`
+-- need (`SETTLE_FIELDS`).
 local FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'idem', 'tenant', 'result',
   'session', 'max_attempts', 'backoff_initial', 'backoff_max', 'tier', 'priority', 'rank',
   'timeout', 'timeout_at', 'error' }

@@ -1,0 +1,113 @@
+//! The transition that creates jobs: a batch of one queue in one script call.
+
+use std::time::Duration;
+
+use fred::prelude::Value;
+
+use super::scripts::call;
+use super::{
+    Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, keys, now_ms, s,
+};
+
+impl Handle {
+    /// Creates a job, or returns the tenant's existing one with the same idempotency key
+    /// (`false` in the tuple).
+    pub async fn submit(&self, tenant: &str, job: NewJob) -> Result<(Job, bool), Error> {
+        let mut created = self.submit_many(tenant, vec![job]).await?;
+        created
+            .pop()
+            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))
+    }
+
+    /// Creates jobs of one queue in one script call, all or none; see `submit`.
+    pub async fn submit_many(
+        &self,
+        tenant: &str,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<(Job, bool)>, Error> {
+        let Some(queue) = jobs.first().map(|j| j.queue.clone()) else {
+            return Ok(Vec::new());
+        };
+        let defaults = self.options.defaults(&queue);
+        let now = now_ms();
+        let mut args = Vec::with_capacity(3 + 12 * jobs.len());
+        args.extend([s(keys::prefix(&queue)), s(tenant), Value::Integer(now)]);
+        // The jobs as `submit.lua` creates them, so its answer need not repeat them.
+        let mut sent = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            debug_assert_eq!(job.queue, queue, "one queue per batch");
+            let (created, job_args) = prepare(tenant, job, &defaults, now);
+            args.extend(job_args);
+            sent.push(created);
+        }
+        let reply = call(&self.redis, &self.scripts.submit, keys::all(&queue), args).await?;
+        let Some(Value::Array(answers)) = accept(reply)?.into_iter().next() else {
+            return Err(Error::Corrupt("submit reply has no jobs".into()));
+        };
+        if answers.len() != sent.len() {
+            return Err(Error::Corrupt(
+                "submit answered another number of jobs".into(),
+            ));
+        }
+        sent.into_iter()
+            .zip(answers)
+            .map(|(job, answer)| match answer {
+                Value::Integer(1) => Ok((job, true)),
+                first => Ok((Job::from_fields(first)?, false)),
+            })
+            .collect()
+    }
+}
+
+/// The job `submit.lua` will create from `job` (defaults applied), and its 12 script arguments.
+fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 12]) {
+    let millis = |ms: Option<u64>, default: Option<Duration>| {
+        ms.unwrap_or(default.unwrap_or_default().as_millis() as u64)
+    };
+    let run_at = job.run_at_ms.unwrap_or(0);
+    let (state, run_at_ms) = match run_at > now {
+        true => (JobState::Scheduled, run_at),
+        false => (JobState::Queued, now),
+    };
+    let created = Job {
+        id: keys::new_job_id(&job.queue),
+        tenant: tenant.to_string(),
+        tier: job.tier,
+        priority: job.priority,
+        state,
+        payload: job.payload,
+        content_type: job.content_type,
+        labels: job.labels,
+        attempt: 0,
+        max_attempts: job.max_attempts.or(d.max_attempts).unwrap_or(1),
+        timeout_ms: millis(job.timeout_ms, d.timeout),
+        idempotency_key: job.idempotency_key,
+        created_ms: now,
+        run_at_ms,
+        started_ms: None,
+        finished_ms: None,
+        progress: Progress::default(),
+        result: String::new(),
+        error: String::new(),
+        worker: String::new(),
+        token: 0,
+        seq: 0,
+        queue: job.queue,
+    };
+    let labels = serde_json::to_string(&created.labels).unwrap_or_else(|_| "{}".into());
+    let args = [
+        s(created.id.as_str()),
+        Value::Integer(created.tier as i64),
+        Value::Integer(created.priority as i64),
+        Value::Bytes(created.payload.clone().into()),
+        s(created.content_type.as_str()),
+        s(labels),
+        Value::Integer(created.max_attempts as i64),
+        Value::Integer(millis(job.backoff_initial_ms, d.backoff_initial) as i64),
+        Value::Integer(millis(job.backoff_max_ms, d.backoff_max) as i64),
+        Value::Integer(created.timeout_ms as i64),
+        s(created.idempotency_key.as_str()),
+        Value::Integer(run_at),
+    ];
+    (created, args)
+}
