@@ -69,6 +69,9 @@ pub struct BenchArgs {
     /// each report reaches all its watchers in one burst), instead of at its own random phase.
     #[arg(long)]
     pub aligned_progress: bool,
+    /// The server's runtime threads (its CONVEYOR_THREADS); unset, its default of one per core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub server_threads: Option<u16>,
     /// A seconds-long run that proves every scenario works (CI); its figures mean little.
     #[arg(long, conflicts_with = "vs_bullmq")]
     pub smoke: bool,
@@ -168,7 +171,7 @@ async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
     let redis = dev::start_redis(&dir.join("redis"), false)
         .await
         .map_err(usage)?;
-    let server = serve::start(&redis.url, &dir).await?;
+    let server = serve::start(&redis.url, &dir, args.server_threads).await?;
     let jobs = JobServiceClient::new(serve::connect(&server.addr).await?);
     let mut b = Bench {
         args: args.clone(),

@@ -130,6 +130,10 @@ pub struct Config {
     /// How long finished jobs stay readable in Redis.
     #[arg(long, env = "CONVEYOR_RETENTION", default_value = "24h", value_parser = parse_duration)]
     pub retention: Duration,
+    /// Threads of the server's runtime; one per core when unset. Where Redis shares the cores
+    /// (a small machine), 1 does the same work with less CPU: fewer wake-ups across threads.
+    #[arg(long, env = "CONVEYOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
 }
 
 impl Config {

@@ -80,9 +80,24 @@ async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Command::Serve(config) | Command::Dev { config, .. } = &cli.command
+        && let Some(threads) = config.threads
+    {
+        runtime.worker_threads(threads.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     if !matches!(cli.command, Command::Serve(_) | Command::Dev { .. }) {
         return client(cli.command).await;
     }

@@ -48,7 +48,8 @@ impl Server {
 
 /// Starts `<this exe> serve` against `redis_url` on a free loopback port and waits until it
 /// answers a gRPC call. Its log goes to `dir/server.log`.
-pub async fn start(redis_url: &str, dir: &Path) -> Result<Server, Error> {
+/// Starts `conveyor serve`; `threads` sets its CONVEYOR_THREADS (unset: its default).
+pub async fn start(redis_url: &str, dir: &Path, threads: Option<u16>) -> Result<Server, Error> {
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(usage)?
@@ -60,6 +61,7 @@ pub async fn start(redis_url: &str, dir: &Path) -> Result<Server, Error> {
         .arg("serve")
         .env("REDIS_URL", redis_url)
         .env("CONVEYOR_LISTEN", &listen)
+        .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))
         .stdin(Stdio::null())
         .stdout(file.try_clone().map_err(usage)?)
         .stderr(file)
