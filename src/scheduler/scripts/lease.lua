@@ -33,7 +33,7 @@ if next_lease and next_lease <= now then
       retry_or_fail(prefix, id, j, now, jitter, err, retention, false)
     end
   end
-  next_lease = nil -- unknown until the removals are written
+  next_lease = false -- unknown until the removals are written (`finish`)
 end
 
 -- 2. Delayed jobs that are due.
@@ -65,8 +65,10 @@ if n == 0 then
   local more = redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2', prefix .. 'ready:3',
     prefix .. 'ready:4')
   finish(prefix, now, retention)
-  -- Leases that might expire and jobs that might come due are the next reasons to look.
-  local next_check = next_lease or first_score(leased)
+  -- A lease that may expire, or expired ids to drop, is the next reason to look (due jobs have
+  -- their own timer, `next_due`).
+  if next_lease == false then next_lease = first_score(leased) end
+  local next_check = next_lease
   if next_check == nil or (next_expiry and next_expiry < next_check) then next_check = next_expiry end
   return { next_due or -1, more > 0 and 1 or 0, next_check or -1 }
 end

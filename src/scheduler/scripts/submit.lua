@@ -40,7 +40,7 @@ for i = 4, #ARGV, PER_JOB do
   if not first[i] then fresh = fresh + 1 end
 end
 
--- 2. The new jobs: one HSET and one id mapping each; index entries in one ZADD per set.
+-- 2. The new jobs: one HSET each; index and queue entries in one ZADD per set.
 local rank = 0
 if fresh > 0 then rank = redis.call('INCRBY', prefix .. 'seq', fresh) - fresh end
 local all, ready, delayed = {}, {}, {}
