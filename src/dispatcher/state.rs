@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 
 use super::{Command, Error, HeldMap, Hello, Options, ToWorker, Welcome};
 use crate::events::Signal;
-use crate::scheduler::{self, now_ms};
+use crate::scheduler;
 
 struct Session {
     worker: String,
@@ -116,7 +116,9 @@ impl State {
             Command::Finished { session, job_ids } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let before = s.held.len();
-                    job_ids.iter().for_each(|id| drop(s.held.remove(id)));
+                    for id in &job_ids {
+                        s.held.remove(id);
+                    }
                     s.free += (before - s.held.len()) as u32;
                     let queues = s.queues.clone();
                     queues.iter().for_each(|q| self.dispatch(q));
@@ -271,7 +273,7 @@ impl State {
     fn signal(&mut self, signal: Signal) {
         match signal {
             Signal::Wake { queue, due_ms } => {
-                let safety = now_ms() + self.options.sweep.as_millis() as i64;
+                let safety = leasing::ms_from_now(self.options.sweep);
                 let q = self.queues.entry(queue.clone()).or_default();
                 // A queue new to this replica gets one sweep, which learns its timers (lease
                 // deadlines, expiries) or lets it be forgotten.

@@ -70,26 +70,25 @@ struct Raw {
 
 impl Raw {
     fn into_event(self) -> Result<Event, Error> {
-        let raw = self;
-        let kind = match raw.kind.as_str() {
+        let kind = match self.kind.as_str() {
             "progress" => EventKind::Progress(Progress {
-                percent: raw.pct,
-                stage: raw.stage,
-                message: raw.msg,
+                percent: self.pct,
+                stage: self.stage,
+                message: self.msg,
             }),
             _ => EventKind::State(
-                JobState::parse(&raw.state)
-                    .ok_or_else(|| Error::Corrupt(format!("event with state {:?}", raw.state)))?,
+                JobState::parse(&self.state)
+                    .ok_or_else(|| Error::Corrupt(format!("event with state {:?}", self.state)))?,
             ),
         };
         Ok(Event {
-            job_id: raw.id,
-            seq: raw.seq,
+            job_id: self.id,
+            seq: self.seq,
             kind,
-            attempt: raw.attempt,
-            result: raw.result,
-            error: raw.error,
-            time_ms: raw.t as i64,
+            attempt: self.attempt,
+            result: self.result,
+            error: self.error,
+            time_ms: self.t as i64,
         })
     }
 }

@@ -11,6 +11,11 @@ use crate::scheduler::{self, Leased, now_ms};
 /// How soon a lease or sweep that failed (Redis unavailable) is tried again.
 const RETRY: Duration = Duration::from_secs(1);
 
+/// Unix ms `d` from now.
+pub(super) fn ms_from_now(d: Duration) -> i64 {
+    now_ms() + d.as_millis() as i64
+}
+
 impl State {
     /// Starts a lease call for `queue` if a connected session has free slots for it.
     pub(in crate::dispatcher) fn dispatch(&mut self, queue: &str) {
@@ -64,7 +69,7 @@ impl State {
             Err(e) => {
                 // Redis is unavailable: give the slots back and try again shortly.
                 tracing::warn!(error = %e, queue, "lease failed");
-                q.next_check_ms = Some(now_ms() + RETRY.as_millis() as i64);
+                q.next_check_ms = Some(ms_from_now(RETRY));
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.free += reserved;
                 }
@@ -74,13 +79,13 @@ impl State {
         q.maybe_ready = leased.more || q.news != news;
         q.next_due_ms = leased.next_due_ms;
         // Leases of other replicas this one has not seen are caught by the safety sweep.
-        let safety = now_ms() + self.options.sweep.as_millis() as i64;
+        let safety = ms_from_now(self.options.sweep);
         q.next_check_ms.get_or_insert(safety);
         let unused = reserved - leased.jobs.len() as u32;
         match self.sessions.get_mut(&session) {
             Some(s) => {
                 s.free += unused;
-                let deadline_ms = now_ms() + self.scheduler.options().lease_ttl.as_millis() as i64;
+                let deadline_ms = ms_from_now(self.scheduler.options().lease_ttl);
                 for job in leased.jobs {
                     s.held.insert(job.id.clone(), queue.clone());
                     if s.out
@@ -132,7 +137,7 @@ impl State {
         result: Result<Leased, scheduler::Error>,
     ) {
         let served = self.sessions.values().any(|s| s.queues.contains(&queue));
-        let safety = now_ms() + self.options.sweep.as_millis() as i64;
+        let safety = ms_from_now(self.options.sweep);
         let q = self.queues.entry(queue.clone()).or_default();
         q.sweeping = false;
         match result {
@@ -152,7 +157,7 @@ impl State {
                 }
             }
             // Redis is unavailable: try again shortly.
-            Err(_) => q.next_check_ms = Some(now_ms() + RETRY.as_millis() as i64),
+            Err(_) => q.next_check_ms = Some(ms_from_now(RETRY)),
         }
         self.dispatch(&queue);
     }
