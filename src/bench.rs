@@ -9,6 +9,7 @@
 
 mod bullmq;
 mod compare;
+mod history;
 mod idle;
 mod latency;
 mod proc;
@@ -85,6 +86,17 @@ pub struct BenchArgs {
     /// With --vs-bullmq: how many times to run each suite (medians are compared).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=20))]
     pub reps: u32,
+    /// The server's database: `none` (Redis alone), `sqlite` (a fresh file in the run's
+    /// folder), or a `postgres://` URL of a server on which a fresh database is made per run.
+    #[arg(long, default_value = "none")]
+    pub database: String,
+    /// Instead of the suite: the submit scenarios and end to end with no database, SQLite and
+    /// PostgreSQL (`--postgres`), to show what the durable write costs.
+    #[arg(long, conflicts_with = "vs_bullmq")]
+    pub history: bool,
+    /// The PostgreSQL server `--history` uses.
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    pub postgres: String,
 }
 
 impl BenchArgs {
@@ -148,6 +160,9 @@ pub async fn run(args: BenchArgs) -> cli::Outcome {
     if args.vs_bullmq {
         return compare::run(&args).await;
     }
+    if args.history {
+        return history::run(&args).await;
+    }
     let results = suite(&args).await?;
     print_table(&results);
     Ok(outcome(&results))
@@ -171,7 +186,8 @@ async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
     let redis = dev::start_redis(&dir.join("redis"), false)
         .await
         .map_err(usage)?;
-    let server = serve::start(&redis.url, &dir, args.server_threads).await?;
+    let database = history::database(&args.database, &dir).await?;
+    let server = serve::start(&redis.url, &dir, args.server_threads, database.url()).await?;
     let jobs = JobServiceClient::new(serve::connect(&server.addr).await?);
     let mut b = Bench {
         args: args.clone(),
@@ -184,11 +200,15 @@ async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
     let results = std::mem::take(&mut b.results);
     drop(b);
     drop(redis);
+    database.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
     Ok(results)
 }
 
 async fn run_scenarios(b: &mut Bench) {
+    if b.args.history {
+        return history::scenarios(b).await;
+    }
     let r = submit::one_at_a_time(b).await;
     b.emit("submit_one_at_a_time", r);
     let r = submit::in_flight(b).await;

@@ -1,5 +1,7 @@
-//! The client side of the CLI: `submit`, `get`, `list`, `watch`, `cancel` and `worker`.
+//! The client side of the CLI: `submit`, `get`, `list`, `watch`, `cancel`, `worker`, and the
+//! database chores `migrate` and `cleanup`.
 
+pub mod database;
 pub mod show;
 pub mod submit;
 pub mod watch;
@@ -50,6 +52,8 @@ pub enum Error {
     Status(#[from] tonic::Status),
     #[error(transparent)]
     Worker(#[from] crate::worker::Error),
+    #[error(transparent)]
+    History(#[from] crate::history::Error),
 }
 
 impl ClientArgs {

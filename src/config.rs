@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::scheduler::QueueDefaults;
-use crate::{api, dispatcher, scheduler};
+use crate::{api, dispatcher, history, scheduler};
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -88,9 +88,21 @@ pub struct Config {
     /// How long a Redis call may take before the request fails with UNAVAILABLE.
     #[arg(long, env = "CONVEYOR_REDIS_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub redis_timeout: Duration,
-    /// The SQL system of record (job history; not used yet).
+    /// The SQL system of record: `postgres://user@host/db` or `sqlite://path?mode=rwc`. Every
+    /// job is written there before its submit is answered, so it survives a Redis loss; `none`
+    /// runs on Redis alone (no history, nothing survives a Redis loss). `serve` requires it;
+    /// `dev` defaults to SQLite under its data folder.
     #[arg(long, env = "DATABASE_URL")]
     pub database_url: Option<String>,
+    /// Connections to the database.
+    #[arg(long, env = "CONVEYOR_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+    /// How long transitions gather before the history writer writes them in one transaction.
+    #[arg(long, env = "CONVEYOR_HISTORY_FLUSH", default_value = "100ms", value_parser = parse_duration)]
+    pub history_flush: Duration,
+    /// How long finished jobs stay in the database; a daily cleanup deletes older ones.
+    #[arg(long, env = "CONVEYOR_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
+    pub history_retention: Duration,
     /// Largest accepted job payload in bytes.
     #[arg(long, env = "CONVEYOR_MAX_PAYLOAD", default_value_t = 1 << 20)]
     pub max_payload: usize,
@@ -127,8 +139,9 @@ pub struct Config {
     /// promote due jobs); known deadlines and due times are swept exactly when they pass.
     #[arg(long, env = "CONVEYOR_SWEEP", default_value = "60s", value_parser = parse_duration)]
     pub sweep: Duration,
-    /// How long finished jobs stay readable in Redis.
-    #[arg(long, env = "CONVEYOR_RETENTION", default_value = "24h", value_parser = parse_duration)]
+    /// How long finished jobs stay in Redis (and their idempotency keys hold); with a database,
+    /// GetJob and ListJobs read them from there afterwards.
+    #[arg(long, env = "CONVEYOR_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub retention: Duration,
     /// Threads of the server's runtime; one per core when unset. Where Redis shares the cores
     /// (a small machine), 1 does the same work with less CPU: fewer wake-ups across threads.
@@ -154,6 +167,18 @@ impl Config {
         self.redis_url
             .as_deref()
             .unwrap_or("redis://127.0.0.1:6379")
+    }
+
+    /// The database URL, or `None` when history is off (`none` or unset).
+    pub fn database(&self) -> Option<&str> {
+        self.database_url.as_deref().filter(|url| *url != "none")
+    }
+
+    pub fn history(&self) -> history::Options {
+        history::Options {
+            pool: self.db_pool,
+            flush_every: self.history_flush,
+        }
     }
 
     pub fn scheduler(&self) -> scheduler::Options {

@@ -29,14 +29,17 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
     );
     eprintln!("demo: redis at {}, server at {addr}", redis.url);
 
+    // The history in a fresh SQLite file, as `conveyor dev` keeps it.
+    let db = data_dir.join("demo.db");
+    for stale in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{stale}", db.display()));
+    }
+    let mut config = Config::with_redis(&redis.url);
+    config.database_url = Some(format!("sqlite://{}?mode=rwc", db.display()));
     let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let server = tokio::spawn(server::run(
-        Config::with_redis(&redis.url),
-        listener,
-        async {
-            let _ = server_stopped.await;
-        },
-    ));
+    let server = tokio::spawn(server::run(config, listener, async {
+        let _ = server_stopped.await;
+    }));
     let (stop_worker, worker_stopped) = oneshot::channel::<()>();
     let options = worker::Options {
         addr: addr.clone(),

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod dev;
 pub mod dispatcher;
 pub mod events;
+pub mod history;
 pub mod scheduler;
 pub mod server;
 pub mod worker;

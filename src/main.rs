@@ -24,15 +24,29 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a server against REDIS_URL (default redis://127.0.0.1:6379).
+    /// Run a server against REDIS_URL (default redis://127.0.0.1:6379) and DATABASE_URL.
     Serve(Config),
-    /// Run a server for a laptop: without REDIS_URL it starts a private redis-server.
+    /// Run a server for a laptop: without REDIS_URL it starts a private redis-server, without
+    /// DATABASE_URL it keeps its history in SQLite, both under the data folder.
     Dev {
         #[command(flatten)]
         config: Config,
-        /// Where the private redis-server keeps its data.
+        /// Where the private redis-server and the SQLite history keep their data.
         #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
         data_dir: PathBuf,
+    },
+    /// Apply the database schema's pending migrations (the server also does at start).
+    Migrate {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+    },
+    /// Delete finished jobs older than a period from the database (the server does daily).
+    Cleanup {
+        #[arg(long, env = "DATABASE_URL")]
+        database_url: String,
+        /// e.g. 30d, 12h.
+        #[arg(long, value_parser = conveyor::config::parse_duration)]
+        older_than: std::time::Duration,
     },
     /// Show the whole loop in one command: private Redis, server, worker, one job watched to its result.
     Demo {
@@ -104,6 +118,14 @@ async fn run(cli: Cli) -> ExitCode {
     let outcome: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
         Command::Serve(config) => {
             init_logging("info");
+            if config.database_url.is_none() {
+                eprintln!(
+                    "error: set DATABASE_URL (postgres://user@host/db): the database is Conveyor's \
+                     system of record. DATABASE_URL=none runs on Redis alone, and then nothing \
+                     survives a Redis loss."
+                );
+                return ExitCode::FAILURE;
+            }
             serve(config).await.map(|_| ExitCode::SUCCESS)
         }
         Command::Dev {
@@ -121,6 +143,12 @@ async fn run(cli: Cli) -> ExitCode {
                         Some(redis)
                     }
                 };
+                if config.database_url.is_none() {
+                    std::fs::create_dir_all(&data_dir)?;
+                    let db = data_dir.join("conveyor.db");
+                    tracing::info!(path = %db.display(), "job history in SQLite");
+                    config.database_url = Some(format!("sqlite://{}?mode=rwc", db.display()));
+                }
                 serve(config).await?;
                 Ok(ExitCode::SUCCESS)
             }
@@ -143,6 +171,11 @@ async fn client(command: Command) -> ExitCode {
     });
     cli::report(match command {
         Command::Demo { data_dir } => demo::run(&data_dir).await,
+        Command::Migrate { database_url } => cli::database::migrate(&database_url).await,
+        Command::Cleanup {
+            database_url,
+            older_than,
+        } => cli::database::cleanup(&database_url, older_than).await,
         Command::Bench(args) => conveyor::bench::run(args).await,
         Command::BenchWorker(args) => conveyor::bench::worker::run(args).await,
         Command::Worker(args) => cli::worker::run(args).await,

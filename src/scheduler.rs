@@ -1,13 +1,17 @@
 //! The scheduler: every job state change, each one atomic Lua script against Redis.
 //!
 //! It holds no state of its own between calls (Redis does), so the `Handle` is the component:
-//! cheap to clone, shared by the api and the dispatcher. It knows nothing of gRPC.
+//! cheap to clone, shared by the api and the dispatcher. It knows nothing of gRPC. With a
+//! database (`with_history`) it writes each new job there first and hands every transition to
+//! the history writer; reads of jobs Redis no longer has go there.
 
+mod durable;
 mod error;
 mod event;
 mod job;
 pub mod keys;
 mod leases;
+mod reconcile;
 mod scripts;
 mod submit;
 
@@ -18,11 +22,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use fred::prelude::{Client, HashesInterface, Value};
 use rand::Rng;
 
+pub use durable::ListFilter;
 pub use error::Error;
 pub use event::{Event, EventKind};
 pub use job::{Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Report, Verdict};
+pub use reconcile::Reconciler;
 use scripts::{Scripts, call};
+
+use crate::history;
 
 /// Defaults that apply to a job unless its submit says otherwise, and scheduling knobs.
 #[derive(Clone, Debug)]
@@ -39,7 +47,7 @@ pub struct Options {
     pub backoff_max: Duration,
     /// Default limit of one attempt's run time. Default 1 h.
     pub timeout: Duration,
-    /// How long a finished job stays readable in Redis. Default 24 h.
+    /// How long a finished job stays in Redis (the database keeps it longer). Default 1 h.
     pub retention: Duration,
     /// Per-queue overrides of the job defaults above. Default none.
     pub queues: HashMap<String, QueueDefaults>,
@@ -76,7 +84,7 @@ impl Default for Options {
             backoff_initial: Duration::from_secs(1),
             backoff_max: Duration::from_secs(300),
             timeout: Duration::from_secs(3600),
-            retention: Duration::from_secs(24 * 3600),
+            retention: Duration::from_secs(3600),
             queues: HashMap::new(),
         }
     }
@@ -106,6 +114,7 @@ pub struct Handle {
     redis: Client,
     scripts: Arc<Scripts>,
     options: Arc<Options>,
+    history: Option<history::Store>,
 }
 
 pub fn now_ms() -> i64 {
@@ -159,7 +168,14 @@ impl Handle {
             redis,
             scripts: Arc::new(Scripts::new()),
             options: Arc::new(options),
+            history: None,
         }
+    }
+
+    /// The same scheduler with `store` as its system of record.
+    pub fn with_history(mut self, store: history::Store) -> Self {
+        self.history = Some(store);
+        self
     }
 
     pub fn options(&self) -> &Options {
@@ -177,8 +193,16 @@ impl Handle {
             .ok_or(Error::NotFound)
     }
 
-    /// The job as it is now; another tenant's job is NOT_FOUND.
+    /// The job as it is now (from the database once Redis no longer has it); another tenant's
+    /// job is NOT_FOUND.
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Job, Error> {
+        match self.get_redis(tenant, id).await {
+            Err(Error::NotFound) => self.get_from_history(tenant, id).await,
+            other => other,
+        }
+    }
+
+    async fn get_redis(&self, tenant: &str, id: &str) -> Result<Job, Error> {
         let queue = self.locate(id)?;
         let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
         let empty = match &fields {
@@ -196,8 +220,9 @@ impl Handle {
         Ok(job)
     }
 
-    /// Opens a watch: from now on the job's events are published. Returns the job as it is now;
-    /// another tenant's job is NOT_FOUND.
+    /// Opens a watch: from now on the job's events are published. Returns the job as it is now
+    /// (a finished one from the database once Redis no longer has it); another tenant's job is
+    /// NOT_FOUND.
     pub async fn watch(&self, tenant: &str, id: &str) -> Result<Job, Error> {
         let queue = self.locate(id)?;
         let reply = call(
@@ -207,7 +232,17 @@ impl Handle {
             vec![s(tenant)],
         )
         .await?;
-        Job::from_fields(accept(reply)?.into_iter().next().unwrap_or(Value::Null))
+        match accept(reply) {
+            Ok(reply) => Job::from_fields(reply.into_iter().next().unwrap_or(Value::Null)),
+            // Gone from Redis: a finished job from the database is the whole story.
+            Err(Error::NotFound) => match self.get_from_history(tenant, id).await? {
+                job if job.state.is_terminal() => Ok(job),
+                _ => Err(Error::History(
+                    "job is being restored after a Redis loss; watch again shortly".into(),
+                )),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     /// Closes a watch of an unfinished job; the last one stops the job's events.
@@ -222,8 +257,8 @@ impl Handle {
         Ok(())
     }
 
-    /// One page of the tenant's jobs in `queue`, newest first.
-    pub async fn list(
+    /// One page of the tenant's jobs in `queue`, newest first, from Redis (no database).
+    async fn list_redis(
         &self,
         tenant: &str,
         queue: &str,
@@ -269,6 +304,20 @@ impl Handle {
             args,
         )
         .await?;
-        Job::from_fields(accept(reply)?.into_iter().next().unwrap_or(Value::Null))
+        let reply = match accept(reply) {
+            Err(Error::NotFound) => {
+                // Gone from Redis: a finished job says so, as it would have there.
+                let job = self.get_from_history(tenant, id).await?;
+                return Err(Error::FailedPrecondition(format!(
+                    "job already finished as {}; nothing to cancel",
+                    job.state.as_str()
+                )));
+            }
+            other => other?,
+        };
+        let job = Job::from_fields(reply.into_iter().next().unwrap_or(Value::Null))?;
+        let change = durable::ended(id, JobState::Cancelled, None, None, None);
+        self.record(vec![change]);
+        Ok(job)
     }
 }

@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
-use crate::{api, dispatcher, events, proto, scheduler};
+use crate::{api, dispatcher, events, history, proto, scheduler};
 
 /// How long shutdown waits for open streams after telling workers to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -30,6 +30,8 @@ pub enum Error {
     },
     #[error("gRPC server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("database: {0}")]
+    History(#[from] history::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
 }
@@ -71,7 +73,24 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let (redis, subscriber) = connect(config.redis_url(), config.redis_timeout).await?;
-    let scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
+    let mut scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
+    let mut background = Vec::new();
+    if let Some(url) = config.database() {
+        let store = history::Store::open(url, config.history()).await?;
+        tracing::info!(backend = ?store.backend(), "job history in the database");
+        scheduler = scheduler.with_history(store.clone());
+        // Long enough for every replica's writer to flush what it holds.
+        let settle = config.history_flush * 2 + Duration::from_millis(200);
+        if let Some(reconciler) = scheduler::Reconciler::new(&scheduler, settle) {
+            // A first look before serving, so a server starts on a rebuilt Redis.
+            reconciler.check_logged().await;
+            background.push(tokio::spawn(reconciler.run()));
+        }
+        background.push(tokio::spawn(history::retention::run(
+            store,
+            config.history_retention,
+        )));
+    }
     let hub = events::Handle::default();
     let (signals_tx, signals_rx) = mpsc::channel(1024);
     let dispatcher = dispatcher::spawn(scheduler.clone(), config.dispatcher(), signals_rx);
@@ -134,6 +153,10 @@ pub async fn run(
         }
     };
     events_task.abort();
+    background.iter().for_each(|task| task.abort());
+    if let Some(store) = scheduler.history() {
+        store.flush().await;
+    }
     let _ = subscriber.quit().await;
     let _ = redis.quit().await;
     result

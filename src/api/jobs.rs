@@ -13,10 +13,8 @@ use crate::events::{self, Item};
 use crate::proto::{self, job_service_server::JobService};
 use crate::scheduler;
 
-const DEFAULT_PAGE: u32 = 50;
 /// Most jobs one SubmitJobs call may carry.
 const MAX_BATCH: usize = 1000;
-const MAX_PAGE: u32 = 500;
 
 pub struct Jobs {
     scheduler: scheduler::Handle,
@@ -122,24 +120,14 @@ impl JobService for Jobs {
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
         let tenant = tenant(&request);
-        let r = request.into_inner();
-        validate::queue(&r.queue)?;
-        let state = validate::state_filter(r.state)?;
-        let page_size = match r.page_size {
-            0 => DEFAULT_PAGE,
-            n if n > MAX_PAGE => {
-                return Err(invalid(format!("page_size: {n} is over {MAX_PAGE}")).into());
-            }
-            n => n,
-        };
-        let cursor = match r.page_token.as_str() {
-            "" => None,
-            t if t.parse::<u64>().is_ok() => Some(t),
-            _ => return Err(invalid("page_token: not a token from a previous ListJobs").into()),
-        };
+        let scheduler = &self.scheduler;
+        let (filter, page_size, token) =
+            validate::list(request.into_inner(), scheduler.history().is_some(), |t| {
+                scheduler.valid_page_token(t)
+            })?;
         let page = self
             .scheduler
-            .list(&tenant, &r.queue, state, page_size, cursor)
+            .list(&tenant, &filter, page_size, token.as_deref())
             .await
             .map_err(Error::from)?;
         Ok(Response::new(proto::ListJobsResponse {

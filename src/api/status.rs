@@ -44,6 +44,10 @@ impl From<scheduler::Error> for Status {
                 tracing::warn!(error = %e, "redis call failed");
                 Status::unavailable("the job store is unavailable; retry shortly")
             }
+            scheduler::Error::History(e) => {
+                tracing::warn!(error = %e, "database call failed");
+                Status::unavailable("the job history is unavailable; retry shortly")
+            }
             scheduler::Error::Corrupt(m) => {
                 tracing::error!(detail = %m, "unexpected data in redis");
                 Status::internal("internal error")

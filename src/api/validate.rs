@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::Limits;
 use super::status::{Error, invalid};
 use crate::proto;
-use crate::scheduler::{JobState, NewJob, Tier, keys, now_ms};
+use crate::scheduler::{JobState, ListFilter, NewJob, Tier, keys, now_ms};
 
 pub const MAX_QUEUE_LEN: usize = 128;
 pub const MAX_LABELS: usize = 64;
@@ -181,6 +181,66 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
         run_at_ms,
         idempotency_key: r.idempotency_key,
     })
+}
+
+pub const DEFAULT_PAGE: u32 = 50;
+pub const MAX_PAGE: u32 = 500;
+
+/// A ListJobs request checked: its filter, page size and page token. `is_token` says whether a
+/// page token could have come from the server's `list`.
+pub fn list(
+    r: proto::ListJobsRequest,
+    history: bool,
+    is_token: impl Fn(&str) -> bool,
+) -> Result<(ListFilter, u32, Option<String>), Error> {
+    if !r.queue.is_empty() || !history {
+        queue(&r.queue)?;
+    }
+    if !history
+        && (r.tier != 0
+            || r.created_from.is_some()
+            || r.created_before.is_some()
+            || !r.labels.is_empty())
+    {
+        return Err(Error::FailedPrecondition(
+            "tier, created and label filters need the job history (DATABASE_URL)".into(),
+        ));
+    }
+    let page_size = match r.page_size {
+        0 => DEFAULT_PAGE,
+        n if n > MAX_PAGE => return Err(invalid(format!("page_size: {n} is over {MAX_PAGE}"))),
+        n => n,
+    };
+    let token = match r.page_token.as_str() {
+        "" => None,
+        t if is_token(t) => Some(r.page_token.clone()),
+        _ => return Err(invalid("page_token: not a token from a previous ListJobs")),
+    };
+    let time = |name: &str, t: Option<prost_types::Timestamp>| match t {
+        None => Ok(None),
+        Some(t) if (0..=253_402_300_799).contains(&t.seconds) && t.nanos >= 0 => {
+            Ok(Some(t.seconds * 1000 + t.nanos as i64 / 1_000_000))
+        }
+        Some(_) => Err(invalid(format!("{name}: not a time between 1970 and 9999"))),
+    };
+    if r.labels.len() > MAX_LABELS {
+        return Err(invalid(format!(
+            "labels: {} labels is over the limit of {MAX_LABELS}",
+            r.labels.len()
+        )));
+    }
+    let filter = ListFilter {
+        queue: (!r.queue.is_empty()).then_some(r.queue),
+        state: state_filter(r.state)?,
+        tier: match r.tier {
+            0 => None,
+            n => Some(tier(n)?),
+        },
+        created_from_ms: time("created_from", r.created_from)?,
+        created_before_ms: time("created_before", r.created_before)?,
+        labels: r.labels.into_iter().collect(),
+    };
+    Ok((filter, page_size, token))
 }
 
 /// When the job may first run (unix ms); `None` for now.

@@ -48,8 +48,13 @@ impl Server {
 
 /// Starts `<this exe> serve` against `redis_url` on a free loopback port and waits until it
 /// answers a gRPC call. Its log goes to `dir/server.log`.
-/// Starts `conveyor serve`; `threads` sets its CONVEYOR_THREADS (unset: its default).
-pub async fn start(redis_url: &str, dir: &Path, threads: Option<u16>) -> Result<Server, Error> {
+/// `threads` sets its CONVEYOR_THREADS (unset: its default); `database` its DATABASE_URL.
+pub async fn start(
+    redis_url: &str,
+    dir: &Path,
+    threads: Option<u16>,
+    database: &str,
+) -> Result<Server, Error> {
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(usage)?
@@ -60,6 +65,7 @@ pub async fn start(redis_url: &str, dir: &Path, threads: Option<u16>) -> Result<
     let mut child = Command::new(std::env::current_exe().map_err(usage)?)
         .arg("serve")
         .env("REDIS_URL", redis_url)
+        .env("DATABASE_URL", database)
         .env("CONVEYOR_LISTEN", &listen)
         .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))
         .stdin(Stdio::null())

@@ -7,7 +7,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use super::stats::rate;
+use super::stats::{latencies, rate};
 use super::{Bench, usage};
 use crate::cli::Error;
 use crate::proto::{self, job_service_client::JobServiceClient};
@@ -30,24 +30,30 @@ pub fn job(queue: &str, i: u64, mixed: bool) -> proto::SubmitJobRequest {
     }
 }
 
-/// Submits `n` jobs with single SubmitJob calls, `in_flight` outstanding.
+/// Submits `n` jobs with single SubmitJob calls, `in_flight` outstanding; returns each call's
+/// latency in ms.
 pub async fn one_by_one(
     jobs: &JobServiceClient<Channel>,
     queue: &str,
     n: u64,
     in_flight: usize,
     mixed: bool,
-) -> Result<(), Error> {
+) -> Result<Vec<f64>, Error> {
     let calls = futures_util::stream::iter(0..n).map(|i| {
         let mut jobs = jobs.clone();
         let request = job(queue, i, mixed);
-        async move { jobs.submit_job(request).await }
+        async move {
+            let sent = Instant::now();
+            jobs.submit_job(request).await?;
+            Ok::<_, Error>(sent.elapsed().as_secs_f64() * 1000.0)
+        }
     });
     let mut results = calls.buffer_unordered(in_flight);
+    let mut latencies = Vec::with_capacity(n as usize);
     while let Some(r) = results.next().await {
-        r?;
+        latencies.push(r?);
     }
-    Ok(())
+    Ok(latencies)
 }
 
 /// Submits `n` jobs with SubmitJobs calls of up to `CHUNK`, `in_flight` calls outstanding;
@@ -90,15 +96,19 @@ pub async fn batches(
 pub async fn one_at_a_time(b: &Bench) -> Result<Value, Error> {
     let n = (b.args.jobs / 4).max(1);
     let start = Instant::now();
-    one_by_one(&b.jobs, "bench-submit-1", n, 1, false).await?;
-    Ok(json!({"jobs": n, "jobs_per_s": rate(n, start.elapsed())}))
+    let ms = one_by_one(&b.jobs, "bench-submit-1", n, 1, false).await?;
+    let mut figures = json!({"jobs": n, "jobs_per_s": rate(n, start.elapsed())});
+    figures["latency_ms"] = Value::Object(latencies(ms));
+    Ok(figures)
 }
 
 pub async fn in_flight(b: &Bench) -> Result<Value, Error> {
     let n = b.args.jobs;
     let start = Instant::now();
-    one_by_one(&b.jobs, "bench-submit-50", n, 50, false).await?;
-    Ok(json!({"jobs": n, "jobs_per_s": rate(n, start.elapsed())}))
+    let ms = one_by_one(&b.jobs, "bench-submit-50", n, 50, false).await?;
+    let mut figures = json!({"jobs": n, "jobs_per_s": rate(n, start.elapsed())});
+    figures["latency_ms"] = Value::Object(latencies(ms));
+    Ok(figures)
 }
 
 /// One batch after the other, as BullMQ's harness awaits each addBulk.

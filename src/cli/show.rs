@@ -109,6 +109,7 @@ pub async fn list(args: ListArgs) -> Outcome {
         state: args.state.unwrap_or_default(),
         page_size: args.limit,
         page_token: args.page_token.unwrap_or_default(),
+        ..Default::default()
     };
     let page = jobs.list_jobs(request).await?.into_inner();
     for job in &page.jobs {

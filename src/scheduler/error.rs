@@ -9,6 +9,9 @@ pub enum Error {
     FailedPrecondition(String),
     #[error("{0}")]
     AlreadyExists(String),
+    /// The database (system of record) failed; the request had no effect.
+    #[error("database: {0}")]
+    History(String),
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     /// Redis answered something the scripts never write; a bug or a foreign writer.

@@ -104,6 +104,9 @@ pub struct Job {
     pub labels: BTreeMap<String, String>,
     pub attempt: u32,
     pub max_attempts: u32,
+    /// The first retry delay, doubled per attempt up to `backoff_max_ms`.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
     pub timeout_ms: u64,
     pub idempotency_key: String,
     pub created_ms: i64,
@@ -160,7 +163,7 @@ struct Raw {
 }
 
 /// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
-const TEXT_FIELDS: [&str; 24] = [
+const TEXT_FIELDS: [&str; 26] = [
     "id",
     "queue",
     "tenant",
@@ -171,6 +174,8 @@ const TEXT_FIELDS: [&str; 24] = [
     "labels",
     "attempt",
     "max_attempts",
+    "backoff_initial",
+    "backoff_max",
     "timeout",
     "idem",
     "created",
@@ -231,6 +236,8 @@ impl Raw {
             labels,
             attempt: int(take("attempt")) as u32,
             max_attempts: int(take("max_attempts")) as u32,
+            backoff_initial_ms: int(take("backoff_initial")) as u64,
+            backoff_max_ms: int(take("backoff_max")) as u64,
             timeout_ms: int(take("timeout")) as u64,
             idempotency_key: take("idem"),
             created_ms: int(take("created")),

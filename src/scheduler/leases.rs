@@ -6,7 +6,8 @@ use std::collections::HashMap;
 use fred::prelude::Value;
 
 use super::scripts::call;
-use super::{Error, Handle, Job, Leased, Progress, jitter, keys, ms, now_ms, s};
+use super::{Error, Handle, Job, JobState, Leased, Progress, durable, jitter, keys, ms, now_ms, s};
+use crate::history::Change;
 
 /// A worker's report about a job it runs.
 #[derive(Clone, Debug)]
@@ -55,6 +56,39 @@ impl Report {
     }
 }
 
+/// The history change of an accepted report; `reply` is its script answer.
+fn change(report: &Report, reply: &[String]) -> Change {
+    match report {
+        Report::Progress {
+            job_id, progress, ..
+        } => Change::Progress {
+            id: job_id.clone(),
+            percent: progress.percent as f64,
+            stage: progress.stage.clone(),
+            message: progress.message.clone(),
+            at: now_ms(),
+        },
+        Report::Complete { job_id, result, .. } => durable::ended(
+            job_id,
+            JobState::Succeeded,
+            None,
+            Some(result.clone()),
+            None,
+        ),
+        Report::Fail { job_id, error, .. } => {
+            let state = reply.get(1).and_then(|s| JobState::parse(s));
+            let run_at = reply.get(2).and_then(|t| t.parse().ok());
+            durable::ended(
+                job_id,
+                state.unwrap_or(JobState::Failed),
+                run_at,
+                None,
+                Some(error.clone()),
+            )
+        }
+    }
+}
+
 /// What became of one report: applied, or refused (FAILED_PRECONDITION) with the reason.
 pub type Verdict = Result<(), Error>;
 
@@ -93,7 +127,20 @@ impl Handle {
         let next_due_ms = opt_ms(items.next());
         let more = items.next().and_then(|v| v.as_i64()) == Some(1);
         let next_check_ms = opt_ms(items.next());
-        let jobs = items.map(Job::from_fields).collect::<Result<_, _>>()?;
+        let ended: Vec<String> = items
+            .next()
+            .map(|v| v.convert())
+            .transpose()?
+            .unwrap_or_default();
+        let jobs: Vec<Job> = items.map(Job::from_fields).collect::<Result<_, _>>()?;
+        let mut changes = durable::ended_list(ended);
+        changes.extend(jobs.iter().map(|job| Change::Started {
+            id: job.id.clone(),
+            attempt: job.attempt,
+            worker: worker.to_string(),
+            at: job.started_ms.unwrap_or_else(now_ms),
+        }));
+        self.record(changes);
         Ok(Leased {
             jobs,
             more,
@@ -120,7 +167,10 @@ impl Handle {
             args.push(s(id.as_str()));
             args.push(s(session.as_str()));
         }
-        Ok(call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?)
+        let (lost, ended): (Vec<String>, Vec<String>) =
+            call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?;
+        self.record(durable::ended_list(ended));
+        Ok(lost)
     }
 
     /// Applies a worker's reports about jobs of `queue`, in order, one script call per run of
@@ -213,6 +263,15 @@ impl Handle {
                 Err(later) => i = later,
             }
         };
+        let changes = run
+            .iter()
+            .zip(&answered_by)
+            .filter_map(|(report, answer)| {
+                let reply = &replies[*answer.as_ref().ok()?];
+                (reply.first()? == "OK").then(|| change(report, reply))
+            })
+            .collect();
+        self.record(changes);
         Ok((0..run.len()).map(resolve).collect())
     }
 
@@ -232,13 +291,14 @@ impl Handle {
             self.retention(),
         ];
         args.extend(ids.iter().map(|id| s(id.as_str())));
-        let _: i64 = call(
+        let ended: Vec<String> = call(
             &self.redis,
             &self.scripts.release,
             keys::leased(queue),
             args,
         )
         .await?;
+        self.record(durable::ended_list(ended));
         Ok(())
     }
 

@@ -20,6 +20,7 @@ pub struct Scripts {
     pub list: Script,
     pub watch: Script,
     pub unwatch: Script,
+    pub restore: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -41,6 +42,7 @@ impl Scripts {
             list: script(include_str!("scripts/list.lua")),
             watch: script(include_str!("scripts/watch.lua")),
             unwatch: script(include_str!("scripts/unwatch.lua")),
+            restore: script(include_str!("scripts/restore.lua")),
         }
     }
 }

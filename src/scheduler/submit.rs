@@ -6,7 +6,7 @@ use fred::prelude::Value;
 
 use super::scripts::call;
 use super::{
-    Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, keys, now_ms, s,
+    Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, durable, keys, now_ms, s,
 };
 
 impl Handle {
@@ -40,7 +40,44 @@ impl Handle {
             args.extend(job_args);
             sent.push(created);
         }
-        let reply = call(&self.redis, &self.scripts.submit, keys::all(&queue), args).await?;
+        let ids: Vec<String> = sent.iter().map(|j| j.id.clone()).collect();
+        // The database first: once Redis has a job a worker may run it, and an accepted job must
+        // be durable. What Redis then does not take is deleted again.
+        if let Some(store) = &self.history {
+            store
+                .insert(sent.iter().map(durable::row).collect())
+                .await?;
+        }
+        let answered = self.submit_redis(&queue, args, sent).await;
+        if let Some(store) = &self.history {
+            let unaccepted = match &answered {
+                Ok(answers) => answers
+                    .iter()
+                    .filter(|(_, created, _)| !created)
+                    .map(|(_, _, sent)| sent.clone())
+                    .collect(),
+                Err(_) => ids,
+            };
+            // Best effort: a row left behind is an unfinished job Redis never had, which the
+            // reconciler would restore; it skips a job whose idempotency key names another.
+            if let Err(e) = store.forget(unaccepted).await {
+                tracing::warn!(error = %e, "could not delete rows of jobs Redis did not take");
+            }
+        }
+        Ok(answered?
+            .into_iter()
+            .map(|(job, created, _)| (job, created))
+            .collect())
+    }
+
+    /// Runs `submit.lua`; per job: the job, whether it was created, and the id that was sent.
+    async fn submit_redis(
+        &self,
+        queue: &str,
+        args: Vec<Value>,
+        sent: Vec<Job>,
+    ) -> Result<Vec<(Job, bool, String)>, Error> {
+        let reply = call(&self.redis, &self.scripts.submit, keys::all(queue), args).await?;
         let Some(Value::Array(answers)) = accept(reply)?.into_iter().next() else {
             return Err(Error::Corrupt("submit reply has no jobs".into()));
         };
@@ -51,9 +88,12 @@ impl Handle {
         }
         sent.into_iter()
             .zip(answers)
-            .map(|(job, answer)| match answer {
-                Value::Integer(1) => Ok((job, true)),
-                first => Ok((Job::from_fields(first)?, false)),
+            .map(|(job, answer)| {
+                let id = job.id.clone();
+                match answer {
+                    Value::Integer(1) => Ok((job, true, id)),
+                    first => Ok((Job::from_fields(first)?, false, id)),
+                }
             })
             .collect()
     }
@@ -80,6 +120,8 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         labels: job.labels,
         attempt: 0,
         max_attempts: job.max_attempts.or(d.max_attempts).unwrap_or(1),
+        backoff_initial_ms: millis(job.backoff_initial_ms, d.backoff_initial),
+        backoff_max_ms: millis(job.backoff_max_ms, d.backoff_max),
         timeout_ms: millis(job.timeout_ms, d.timeout),
         idempotency_key: job.idempotency_key,
         created_ms: now,
@@ -103,8 +145,8 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         s(created.content_type.as_str()),
         s(labels),
         Value::Integer(created.max_attempts as i64),
-        Value::Integer(millis(job.backoff_initial_ms, d.backoff_initial) as i64),
-        Value::Integer(millis(job.backoff_max_ms, d.backoff_max) as i64),
+        Value::Integer(created.backoff_initial_ms as i64),
+        Value::Integer(created.backoff_max_ms as i64),
         Value::Integer(created.timeout_ms as i64),
         s(created.idempotency_key.as_str()),
         Value::Integer(run_at),

@@ -129,9 +129,18 @@ impl Redis {
     }
 }
 
-/// The test defaults: short timers so failure paths finish in well under a second.
+/// A fresh SQLite history in its own folder (left for the OS to clean with /tmp).
+pub fn sqlite_url() -> String {
+    let dir = tempfile::tempdir().unwrap().keep();
+    format!("sqlite://{}?mode=rwc", dir.join("conveyor.db").display())
+}
+
+/// The test defaults: a fresh SQLite history, and short timers so failure paths finish in well
+/// under a second.
 pub fn config(redis: &Redis) -> Config {
     let mut c = Config::with_redis(redis.url());
+    c.database_url = Some(sqlite_url());
+    c.history_flush = Duration::from_millis(20);
     c.grace = Duration::from_millis(500);
     c.heartbeat = Duration::from_millis(500);
     c.sweep = Duration::from_millis(500);

@@ -5,6 +5,7 @@ mod batches;
 mod cost;
 mod fairness;
 mod harness;
+mod history;
 mod jobs;
 mod process;
 mod replicas;

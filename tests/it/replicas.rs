@@ -8,8 +8,10 @@ use crate::harness::{self, Redis, Server, Worker, submit, submit_job, watch_all}
 async fn a_watcher_on_one_replica_sees_a_worker_on_another() {
     harness::logs();
     let redis = Redis::start().await;
-    let a = Server::start(harness::config(&redis)).await;
-    let b = Server::start(harness::config(&redis)).await;
+    // Replicas share Redis and the database.
+    let config = harness::config(&redis);
+    let a = Server::start(config.clone()).await;
+    let b = Server::start(config).await;
     let mut jobs_a = a.jobs().await;
     let job = submit_job(&mut jobs_a, submit("render", "x")).await;
     let watcher = {
@@ -35,8 +37,10 @@ async fn a_watcher_on_one_replica_sees_a_worker_on_another() {
 async fn a_job_submitted_on_one_replica_wakes_a_worker_on_another() {
     harness::logs();
     let redis = Redis::start().await;
-    let a = Server::start(harness::config(&redis)).await;
-    let b = Server::start(harness::config(&redis)).await;
+    // Replicas share Redis and the database.
+    let config = harness::config(&redis);
+    let a = Server::start(config.clone()).await;
+    let b = Server::start(config).await;
     let mut worker = Worker::connect(&b, &["upload"], 1).await;
     let mut jobs = a.jobs().await;
     let job = submit_job(&mut jobs, submit("upload", "x")).await;
@@ -47,8 +51,10 @@ async fn a_job_submitted_on_one_replica_wakes_a_worker_on_another() {
 async fn a_drained_worker_takes_its_running_job_to_another_replica() {
     harness::logs();
     let redis = Redis::start().await;
-    let a = Server::start(harness::config(&redis)).await;
-    let b = Server::start(harness::config(&redis)).await;
+    // Replicas share Redis and the database.
+    let config = harness::config(&redis);
+    let a = Server::start(config.clone()).await;
+    let b = Server::start(config).await;
     let mut jobs = b.jobs().await;
     let job = submit_job(&mut jobs, submit("render", "x")).await;
     let mut worker = Worker::connect_with(&a, harness::hello(&["render"], 1, "node-1")).await;

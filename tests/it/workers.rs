@@ -22,13 +22,23 @@ async fn a_worker_never_gets_more_jobs_than_its_free_slots() {
     let done = worker.complete(&a.job.unwrap().id, a.token, "ok").await;
     assert_eq!(done.code, 0);
     let c = worker.assignment().await;
-    let page = jobs.list_jobs(proto::ListJobsRequest {
-        queue: "render".into(),
-        state: JobState::Running as i32,
-        ..Default::default()
-    });
-    let running = page.await.unwrap().into_inner().jobs;
-    let ids: Vec<String> = running.into_iter().map(|j| j.id).collect();
+    // The history lags the live state by the writer's interval: wait for it to show the third.
+    let c_id = c.job.clone().unwrap().id;
+    let ids = harness::eventually("the third lease in the history", || {
+        let mut jobs = jobs.clone();
+        let c_id = c_id.clone();
+        async move {
+            let page = jobs.list_jobs(proto::ListJobsRequest {
+                queue: "render".into(),
+                state: JobState::Running as i32,
+                ..Default::default()
+            });
+            let running = page.await.unwrap().into_inner().jobs;
+            let ids: Vec<String> = running.into_iter().map(|j| j.id).collect();
+            ids.contains(&c_id).then_some(ids)
+        }
+    })
+    .await;
     assert_eq!(ids.len(), 2, "exactly the two held jobs run");
     assert!(ids.contains(&b.job.unwrap().id) && ids.contains(&c.job.unwrap().id));
 }

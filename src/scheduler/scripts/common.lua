@@ -21,6 +21,9 @@ local EVENTS = {}     -- events for watchers: one PUBLISH of a JSON array
 local UNLEASED = {}   -- ids leaving the leased set: one ZREM
 local RETIRED = {}    -- ids of finished jobs: one ZADD to the expiring index
 local WAKE = { ready = false, due = nil } -- one PUBLISH on cv:wake per kind
+-- Attempts that `retry_or_fail` ended, for the caller's history: id, new state, error, run_at
+-- ('' unless SCHEDULED), four flat entries per job.
+local ENDED = {}
 
 -- The job fields the transitions read (`FIELDS`), and the fewer that a lease check and `settle`
 -- need (`SETTLE_FIELDS`).
@@ -87,10 +90,12 @@ end
 -- Ends the running attempt with `err`: back to the queue after a backoff, or FAILED when no
 -- attempts are left. `jitter` in [0,1) comes from the caller (Lua's PRNG is deterministic).
 -- `immediate` requeues without backoff (the worker vanished; nothing suggests the job is bad).
+-- Returns the new state, and the time it is due when SCHEDULED.
 local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, immediate)
   local attempt, max = tonumber(j.attempt), tonumber(j.max_attempts)
   if attempt >= max then
     settle(prefix, id, j, 'FAILED', now, retention_ms, { 'error', err }, { error = err })
+    for _, v in ipairs({ id, 'FAILED', err, '' }) do ENDED[#ENDED + 1] = v end
     return 'FAILED'
   end
   UNLEASED[#UNLEASED + 1] = id
@@ -100,6 +105,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
     redis.call('HSET', jkey, 'state', 'QUEUED', 'error', err, 'seq', seq)
     enqueue(prefix, id, j.tier, j.priority, j.rank)
     emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = tonumber(now) })
+    for _, v in ipairs({ id, 'QUEUED', err, '' }) do ENDED[#ENDED + 1] = v end
     return 'QUEUED'
   end
   -- Exponential backoff with "equal jitter": half fixed, half random.
@@ -111,7 +117,8 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   emit(id, seq, j, { kind = 'state', state = 'SCHEDULED', attempt = attempt, error = err,
     run_at = due, t = tonumber(now) })
   wake_at(due)
-  return 'SCHEDULED'
+  for _, v in ipairs({ id, 'SCHEDULED', err, tostring(due) }) do ENDED[#ENDED + 1] = v end
+  return 'SCHEDULED', due
 end
 
 -- Checks that `worker` holds the running lease of job `j` under `token`; returns nil or the

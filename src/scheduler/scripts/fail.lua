@@ -2,7 +2,7 @@
 -- after a backoff while attempts remain; others end FAILED. The same failure sent twice is OK.
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now retention worker, then (id token error retryable(0|1) jitter) per report
--- Returns one {code, new state or message} per report: {'OK', state} | {'FAILED_PRECONDITION', message}
+-- Returns one answer per report: {'OK', new state, run_at or ''} | {'FAILED_PRECONDITION', message}
 local prefix, now, retention, worker = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local out = {}
 for i = 5, #ARGV, 5 do
@@ -10,16 +10,17 @@ for i = 5, #ARGV, 5 do
   local j = load(prefix .. 'job:' .. id)
   if j and j.state ~= 'RUNNING' and tonumber(j.token) == tonumber(token) and j.error == err
     and j.worker == worker then
-    out[#out + 1] = { 'OK', j.state }
+    out[#out + 1] = { 'OK', j.state, '' }
   else
     local rejected = check_lease(j, token, worker)
     if rejected then
       out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
     elseif retryable == '1' then
-      out[#out + 1] = { 'OK', retry_or_fail(prefix, id, j, now, jitter, err, retention, false) }
+      local state, due = retry_or_fail(prefix, id, j, now, jitter, err, retention, false)
+      out[#out + 1] = { 'OK', state, due and tostring(due) or '' }
     else
       settle(prefix, id, j, 'FAILED', now, retention, { 'error', err }, { error = err })
-      out[#out + 1] = { 'OK', 'FAILED' }
+      out[#out + 1] = { 'OK', 'FAILED', '' }
     end
   end
 end

@@ -4,8 +4,8 @@
 -- the all-jobs index, and says when the queue next needs a look.
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now n ttl session worker retention jitter w_free w_pro w_premium w_enterprise
--- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, {job field, value...}...}
---   (the leased jobs' fields an assignment needs)
+-- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, ENDED (see common.lua),
+--   {job field, value...}...} (the leased jobs' fields an assignment needs)
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local session, worker = ARGV[5], ARGV[6]
 local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -70,7 +70,7 @@ if n == 0 then
   if next_lease == false then next_lease = first_score(leased) end
   local next_check = next_lease
   if next_check == nil or (next_expiry and next_expiry < next_check) then next_check = next_expiry end
-  return { next_due or -1, more > 0 and 1 or 0, next_check or -1 }
+  return { next_due or -1, more > 0 and 1 or 0, next_check or -1, ENDED }
 end
 
 -- 4. Stride scheduling: each tier has a pass that grows by 1/weight per lease; the non-empty
@@ -153,4 +153,4 @@ for t = 1, 4 do if sizes[t] > 0 then more = 1 end end
 -- Promoted jobs this call did not take are news for the other replicas' workers.
 WAKE.ready = WAKE.ready and more == 1
 finish(prefix, now, retention)
-return { next_due or -1, more, -1, unpack(out) }
+return { next_due or -1, more, -1, ENDED, unpack(out) }

@@ -2,7 +2,7 @@
 -- never extended past its job's timeout: such a job fails its attempt here ("timed out").
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now ttl retention jitter, then (id session) per lease
--- Returns the ids that are no longer this session's (cancelled, reclaimed, timed out).
+-- Returns {ids no longer this session's (cancelled, reclaimed, timed out), ENDED (common.lua)}.
 local prefix, now, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local retention, jitter = tonumber(ARGV[4]), tonumber(ARGV[5])
 local lost, deadlines = {}, {}
@@ -24,4 +24,4 @@ for i = 6, #ARGV, 2 do
 end
 if #deadlines > 0 then redis.call('ZADD', KEYS[1], unpack(deadlines)) end
 finish(prefix, now, retention)
-return lost
+return { lost, ENDED }

@@ -1,0 +1,15 @@
+//! Conveyor's SQL schema as sea-orm migrations, for PostgreSQL and SQLite alike. The server runs
+//! the pending ones at start; `conveyor migrate` runs them by hand.
+
+pub use sea_orm_migration::prelude::*;
+
+mod m20261124_000001_history;
+
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20261124_000001_history::Migration)]
+    }
+}

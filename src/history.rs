@@ -1,0 +1,327 @@
+//! The SQL system of record (sea-orm over PostgreSQL or SQLite). A job is written here before its
+//! submit is answered; every later transition is written behind in batches (`writer`). It serves
+//! history reads, the reconciler's list of unfinished jobs, and retention.
+//!
+//! It speaks in rows, not in the scheduler's types: the scheduler converts (`scheduler/durable.rs`).
+
+pub mod entity;
+pub mod retention;
+mod sql;
+mod writer;
+
+use std::time::Duration;
+
+use conveyor_migrations::{Migrator, MigratorTrait};
+use sea_orm::sea_query::Query;
+use sea_orm::{
+    ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
+    DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
+    TransactionTrait,
+};
+
+use entity::{attempts, jobs, labels};
+pub use writer::Change;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("database: {0}")]
+    Db(#[from] DbErr),
+}
+
+/// How the store connects and writes behind.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Connections in the pool.
+    pub pool: u32,
+    /// How long changes gather before the writer writes them in one transaction.
+    pub flush_every: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            pool: 16,
+            flush_every: Duration::from_millis(100),
+        }
+    }
+}
+
+/// The filters of a history page; `tenant` always applies.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub tenant: String,
+    pub queue: Option<String>,
+    pub state: Option<&'static str>,
+    pub tier: Option<i32>,
+    /// Created at or after (unix ms).
+    pub created_from: Option<i64>,
+    /// Created before (unix ms).
+    pub created_before: Option<i64>,
+    /// Every one of these labels must match.
+    pub labels: Vec<(String, String)>,
+}
+
+/// Where a newest-first page continues: after the job created at `created_ms` with `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cursor {
+    pub created_ms: i64,
+    pub id: String,
+}
+
+/// The database and this replica's writer; cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    db: DatabaseConnection,
+    writer: writer::Handle,
+}
+
+/// An advisory lock number: replicas starting together take turns migrating (PostgreSQL).
+const MIGRATION_LOCK: i64 = 0x636f_6e76_6579; // "convey"
+
+/// Connects to `url` (`postgres://...` or `sqlite://path?mode=rwc`); see `migrate`.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, Error> {
+    connect_with(url, &Options::default()).await
+}
+
+async fn connect_with(url: &str, options: &Options) -> Result<DatabaseConnection, Error> {
+    let mut opts = ConnectOptions::new(url);
+    opts.max_connections(options.pool)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    // SQLite: one writer at a time; WAL lets reads go on meanwhile, and a writer waits its turn
+    // instead of failing with SQLITE_BUSY.
+    opts.map_sqlx_sqlite_opts(|o| {
+        o.journal_mode(sea_orm::sqlx::sqlite::SqliteJournalMode::Wal)
+            .synchronous(sea_orm::sqlx::sqlite::SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+    });
+    Ok(Database::connect(opts).await?)
+}
+
+/// Runs the pending migrations, one replica at a time: replicas that start together wait for
+/// the first, then find nothing left to do.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), Error> {
+    let backend = db.get_database_backend();
+    let lock = match backend {
+        DbBackend::Postgres => format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"),
+        // A first write takes SQLite's write lock for the transaction; others wait for it.
+        _ => "CREATE TABLE IF NOT EXISTS conveyor_migration_lock (id INTEGER)".to_string(),
+    };
+    let txn = db.begin().await?;
+    txn.execute_raw(Statement::from_string(backend, lock))
+        .await?;
+    Migrator::up(&txn, None).await?;
+    txn.commit().await?;
+    Ok(())
+}
+
+impl Store {
+    /// Connects, migrates, and starts this replica's writer.
+    pub async fn open(url: &str, options: Options) -> Result<Store, Error> {
+        let db = connect_with(url, &options).await?;
+        migrate(&db).await?;
+        let writer = writer::spawn(db.clone(), options.flush_every);
+        Ok(Store { db, writer })
+    }
+
+    pub fn backend(&self) -> DbBackend {
+        self.db.get_database_backend()
+    }
+
+    /// Commits new jobs (and their labels) in one transaction.
+    pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), Error> {
+        let labels: Vec<labels::ActiveModel> = rows
+            .iter()
+            .flat_map(|row| {
+                let map: std::collections::BTreeMap<String, String> =
+                    serde_json::from_str(&row.labels).unwrap_or_default();
+                map.into_iter().map(|(key, value)| {
+                    labels::ActiveModel::from(labels::Model {
+                        job_id: row.id.clone(),
+                        key,
+                        value,
+                    })
+                })
+            })
+            .collect();
+        let rows: Vec<jobs::ActiveModel> = rows.into_iter().map(Into::into).collect();
+        let txn = self.db.begin().await?;
+        // Well under both backends' limits on bound parameters per statement.
+        for chunk in rows.chunks(500) {
+            jobs::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        for chunk in labels.chunks(2000) {
+            labels::Entity::insert_many(chunk.to_vec())
+                .exec_without_returning(&txn)
+                .await?;
+        }
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Deletes jobs that `insert` wrote but Redis did not take (an idempotent repeat, or Redis
+    /// failing): they were never accepted.
+    pub async fn forget(&self, ids: Vec<String>) -> Result<(), Error> {
+        if !ids.is_empty() {
+            self.delete(ids).await?;
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, ids: Vec<String>) -> Result<(), Error> {
+        let txn = self.db.begin().await?;
+        labels::Entity::delete_many()
+            .filter(labels::Column::JobId.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
+        attempts::Entity::delete_many()
+            .filter(attempts::Column::JobId.is_in(ids.clone()))
+            .exec(&txn)
+            .await?;
+        jobs::Entity::delete_many()
+            .filter(jobs::Column::Id.is_in(ids))
+            .exec(&txn)
+            .await?;
+        txn.commit().await?;
+        Ok(())
+    }
+
+    /// Queues transitions for the writer; never waits.
+    pub fn record(&self, changes: Vec<Change>) {
+        self.writer.record(changes);
+    }
+
+    /// Waits until everything recorded before the call is written.
+    pub async fn flush(&self) {
+        self.writer.flush().await;
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<jobs::Model>, Error> {
+        Ok(jobs::Entity::find_by_id(id.to_string())
+            .one(&self.db)
+            .await?)
+    }
+
+    /// The attempts of a job, first first.
+    pub async fn attempts(&self, id: &str) -> Result<Vec<attempts::Model>, Error> {
+        Ok(attempts::Entity::find()
+            .filter(attempts::Column::JobId.eq(id))
+            .order_by_asc(attempts::Column::Attempt)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Up to `limit` jobs matching `filter`, newest first, after `cursor`.
+    pub async fn list(
+        &self,
+        filter: &Filter,
+        limit: u64,
+        cursor: Option<&Cursor>,
+    ) -> Result<Vec<jobs::Model>, Error> {
+        use jobs::Column as C;
+        let mut query = jobs::Entity::find().filter(C::Tenant.eq(filter.tenant.as_str()));
+        if let Some(queue) = &filter.queue {
+            query = query.filter(C::Queue.eq(queue.as_str()));
+        }
+        if let Some(state) = filter.state {
+            query = query.filter(C::State.eq(state));
+        }
+        if let Some(tier) = filter.tier {
+            query = query.filter(C::Tier.eq(tier));
+        }
+        if let Some(from) = filter.created_from {
+            query = query.filter(C::CreatedMs.gte(from));
+        }
+        if let Some(before) = filter.created_before {
+            query = query.filter(C::CreatedMs.lt(before));
+        }
+        for (key, value) in &filter.labels {
+            let labelled = Query::select()
+                .column(labels::Column::JobId)
+                .from(labels::Entity)
+                .and_where(labels::Column::Key.eq(key.as_str()))
+                .and_where(labels::Column::Value.eq(value.as_str()))
+                .to_owned();
+            query = query.filter(C::Id.in_subquery(labelled));
+        }
+        if let Some(c) = cursor {
+            query = query.filter(
+                Condition::any().add(C::CreatedMs.lt(c.created_ms)).add(
+                    Condition::all()
+                        .add(C::CreatedMs.eq(c.created_ms))
+                        .add(C::Id.lt(c.id.as_str())),
+                ),
+            );
+        }
+        Ok(query
+            .order_by_desc(C::CreatedMs)
+            .order_by_desc(C::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Unfinished jobs (QUEUED, SCHEDULED, RUNNING) in id order after `after`: what the
+    /// reconciler puts back into Redis.
+    pub async fn unfinished(
+        &self,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<jobs::Model>, Error> {
+        let mut query = jobs::Entity::find().filter(jobs::Column::FinishedMs.is_null());
+        if let Some(after) = after {
+            query = query.filter(jobs::Column::Id.gt(after));
+        }
+        Ok(query
+            .order_by_asc(jobs::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Jobs with an idempotency key that finished at or after `since` (unix ms), in id order
+    /// after `after`: their keys still hold in Redis, so the reconciler restores them too.
+    pub async fn finished_with_keys(
+        &self,
+        since: i64,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<jobs::Model>, Error> {
+        let mut query = jobs::Entity::find()
+            .filter(jobs::Column::FinishedMs.gte(since))
+            .filter(jobs::Column::IdempotencyKey.ne(""));
+        if let Some(after) = after {
+            query = query.filter(jobs::Column::Id.gt(after));
+        }
+        Ok(query
+            .order_by_asc(jobs::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Deletes jobs that finished before `cutoff` (unix ms), `batch` at a time so no
+    /// transaction grows large or holds locks long. Returns how many were deleted.
+    pub async fn cleanup(&self, cutoff: i64, batch: u64) -> Result<u64, Error> {
+        let mut deleted = 0;
+        loop {
+            let ids: Vec<String> = jobs::Entity::find()
+                .select_only()
+                .column(jobs::Column::Id)
+                .filter(jobs::Column::FinishedMs.lt(cutoff))
+                .limit(batch)
+                .into_tuple()
+                .all(&self.db)
+                .await?;
+            if ids.is_empty() {
+                return Ok(deleted);
+            }
+            deleted += ids.len() as u64;
+            self.delete(ids).await?;
+        }
+    }
+}

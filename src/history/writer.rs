@@ -1,0 +1,431 @@
+//! The write-behind: the transitions a replica makes go into one channel; one task gathers them
+//! for `flush_every`, keeps only the latest of each job, and writes them in one transaction of a
+//! few batched statements. The hot path never waits for it.
+//!
+//! A row only moves forward: a finished job's row is never changed again (the first outcome
+//! wins), and a write older than the row's last one (another replica's, late) is ignored.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, DbErr, TransactionTrait, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::sql::Sql;
+
+/// One transition, as the scheduler saw Redis accept it. Times are unix ms.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// Attempt `attempt` started on `worker`.
+    Started {
+        id: String,
+        attempt: u32,
+        worker: String,
+        at: i64,
+    },
+    /// The running attempt's latest progress.
+    Progress {
+        id: String,
+        percent: f64,
+        stage: String,
+        message: String,
+        at: i64,
+    },
+    /// The running attempt, if any, ended and the job is now `state`: waiting again (QUEUED, or
+    /// SCHEDULED until `run_at`) or finished (SUCCEEDED, FAILED, CANCELLED).
+    Ended {
+        id: String,
+        state: &'static str,
+        at: i64,
+        run_at: Option<i64>,
+        result: Option<String>,
+        error: Option<String>,
+    },
+}
+
+fn is_terminal(state: &str) -> bool {
+    matches!(state, "SUCCEEDED" | "FAILED" | "CANCELLED")
+}
+
+enum Command {
+    Record(Vec<Change>),
+    Flush(oneshot::Sender<()>),
+}
+
+#[derive(Clone)]
+pub struct Handle {
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl Handle {
+    pub fn record(&self, changes: Vec<Change>) {
+        if !changes.is_empty() {
+            let _ = self.tx.send(Command::Record(changes));
+        }
+    }
+
+    pub async fn flush(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Command::Flush(tx)).is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+pub fn spawn(db: DatabaseConnection, every: Duration) -> Handle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(db, every, rx));
+    Handle { tx }
+}
+
+/// How long to wait before trying a failed write again.
+const RETRY: Duration = Duration::from_secs(1);
+
+async fn run(db: DatabaseConnection, every: Duration, mut rx: mpsc::UnboundedReceiver<Command>) {
+    let mut pending = Pending::default();
+    let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
+    loop {
+        // Gather: from the first change on, for `every`; a flush request ends the gathering.
+        let mut deadline = None;
+        let mut open = true;
+        while waiting.is_empty() {
+            let next = match deadline {
+                None if pending.is_empty() => rx.recv().await,
+                None => {
+                    deadline = Some(tokio::time::Instant::now() + every);
+                    continue;
+                }
+                Some(at) => match tokio::time::timeout_at(at, rx.recv()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+            };
+            match next {
+                Some(Command::Record(changes)) => {
+                    changes.into_iter().for_each(|c| pending.apply(c));
+                    deadline.get_or_insert_with(|| tokio::time::Instant::now() + every);
+                }
+                Some(Command::Flush(done)) => waiting.push(done),
+                None => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        // Whatever else already arrived goes into this write too.
+        while let Ok(command) = rx.try_recv() {
+            match command {
+                Command::Record(changes) => changes.into_iter().for_each(|c| pending.apply(c)),
+                Command::Flush(done) => waiting.push(done),
+            }
+        }
+        if !pending.is_empty() {
+            match write(&db, &pending).await {
+                Ok(()) => pending = Pending::default(),
+                Err(e) => {
+                    // Kept, and merged with what comes next: nothing is lost while the database
+                    // is away, and memory stays bounded by the number of jobs that changed.
+                    tracing::warn!(error = %e, jobs = pending.jobs.len(), "history write failed; retrying");
+                    tokio::time::sleep(RETRY).await;
+                    continue;
+                }
+            }
+        }
+        waiting.drain(..).for_each(|done| {
+            let _ = done.send(());
+        });
+        if !open {
+            return;
+        }
+    }
+}
+
+/// What a flush writes: the latest known fields of each changed job.
+#[derive(Default)]
+struct Pending {
+    jobs: HashMap<String, Job>,
+}
+
+/// A job's fields to write; `None` leaves the column as it is.
+#[derive(Default)]
+struct Job {
+    state: Option<&'static str>,
+    attempt: Option<u32>,
+    worker: Option<String>,
+    started: Option<i64>,
+    finished: Option<i64>,
+    run_at: Option<i64>,
+    result: Option<String>,
+    error: Option<String>,
+    progress: Option<(f64, String, String)>,
+    updated: i64,
+    /// Attempts that started since the last write, in order.
+    attempts: Vec<Attempt>,
+    /// The end of an attempt that started before the last write.
+    close: Option<End>,
+}
+
+struct Attempt {
+    number: u32,
+    worker: String,
+    started: i64,
+    end: Option<End>,
+}
+
+#[derive(Clone)]
+struct End {
+    at: i64,
+    outcome: &'static str,
+    error: String,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.jobs.is_empty()
+    }
+
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::Started {
+                id,
+                attempt,
+                worker,
+                at,
+            } => {
+                let job = self.jobs.entry(id).or_default();
+                job.state = Some("RUNNING");
+                job.attempt = Some(attempt);
+                job.worker = Some(worker.clone());
+                job.started = Some(at);
+                job.progress = Some((0.0, String::new(), String::new()));
+                job.updated = job.updated.max(at);
+                job.attempts.push(Attempt {
+                    number: attempt,
+                    worker,
+                    started: at,
+                    end: None,
+                });
+            }
+            Change::Progress {
+                id,
+                percent,
+                stage,
+                message,
+                at,
+            } => {
+                let job = self.jobs.entry(id).or_default();
+                job.progress = Some((percent, stage, message));
+                job.updated = job.updated.max(at);
+            }
+            Change::Ended {
+                id,
+                state,
+                at,
+                run_at,
+                result,
+                error,
+            } => {
+                let job = self.jobs.entry(id).or_default();
+                job.state = Some(state);
+                if is_terminal(state) {
+                    job.finished = Some(at);
+                }
+                job.run_at = run_at.or(job.run_at);
+                job.result = result.or(job.result.take());
+                job.error = error.clone().or(job.error.take());
+                job.updated = job.updated.max(at);
+                let end = End {
+                    at,
+                    outcome: match state {
+                        "SUCCEEDED" => "SUCCEEDED",
+                        "CANCELLED" => "CANCELLED",
+                        _ => "FAILED",
+                    },
+                    error: error.unwrap_or_default(),
+                };
+                match job.attempts.last_mut() {
+                    Some(open) if open.end.is_none() => open.end = Some(end),
+                    _ => job.close = Some(end),
+                }
+            }
+        }
+    }
+}
+
+/// Rows per batched statement: well under both backends' limits on bound values.
+const ROWS: usize = 1000;
+
+async fn write(db: &DatabaseConnection, pending: &Pending) -> Result<(), DbErr> {
+    let backend = db.get_database_backend();
+    let txn = db.begin().await?;
+    let jobs: Vec<(&String, &Job)> = pending.jobs.iter().collect();
+    for chunk in jobs.chunks(ROWS) {
+        // Attempts that ended now but started in an earlier write, then the new attempts, then
+        // the jobs themselves.
+        let closes: Vec<_> = chunk
+            .iter()
+            .filter_map(|(id, job)| job.close.as_ref().map(|end| (*id, end)))
+            .collect();
+        if !closes.is_empty() {
+            txn.execute_raw(close_attempts(backend, &closes)).await?;
+        }
+        let started: Vec<_> = chunk
+            .iter()
+            .flat_map(|(id, job)| job.attempts.iter().map(move |a| (*id, a)))
+            .collect();
+        if !started.is_empty() {
+            txn.execute_raw(insert_attempts(backend, &started)).await?;
+        }
+        txn.execute_raw(update_jobs(backend, chunk)).await?;
+    }
+    txn.commit().await
+}
+
+fn close_attempts(backend: DbBackend, ends: &[(&String, &End)]) -> sea_orm::Statement {
+    let mut sql = Sql::new(backend);
+    sql.push_str("WITH v(id, finished_ms, outcome, error) AS (VALUES ");
+    for (id, end) in ends {
+        sql.row([
+            Value::from(id.as_str()),
+            end.at.into(),
+            end.outcome.into(),
+            end.error.as_str().into(),
+        ]);
+    }
+    sql.push_str(
+        ") UPDATE job_attempts SET finished_ms = v.finished_ms, outcome = v.outcome, \
+         error = v.error FROM v WHERE job_attempts.job_id = v.id \
+         AND job_attempts.finished_ms IS NULL",
+    );
+    sql.build()
+}
+
+fn insert_attempts(backend: DbBackend, attempts: &[(&String, &Attempt)]) -> sea_orm::Statement {
+    let mut sql = Sql::new(backend);
+    sql.push_str(
+        "WITH v(job_id, attempt, worker, started_ms, finished_ms, outcome, error) AS (VALUES ",
+    );
+    for (id, a) in attempts {
+        let end = a.end.as_ref();
+        sql.row([
+            Value::from(id.as_str()),
+            (a.number as i32).into(),
+            a.worker.as_str().into(),
+            a.started.into(),
+            end.map(|e| e.at).into(),
+            end.map(|e| e.outcome.to_string()).into(),
+            end.map(|e| e.error.as_str()).unwrap_or("").into(),
+        ]);
+    }
+    // A job the database never had (submitted before history was enabled) gets no attempt rows
+    // rather than failing the whole write on its foreign key.
+    sql.push_str(
+        ") INSERT INTO job_attempts (job_id, attempt, worker, started_ms, finished_ms, outcome, error) \
+         SELECT job_id, attempt, worker, started_ms, finished_ms, outcome, error FROM v \
+         WHERE EXISTS (SELECT 1 FROM jobs WHERE jobs.id = v.job_id) \
+         ON CONFLICT (job_id, attempt) DO NOTHING",
+    );
+    sql.build()
+}
+
+fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Statement {
+    let mut sql = Sql::new(backend);
+    sql.push_str(
+        "WITH v(id, state, attempt, worker, started_ms, finished_ms, run_at_ms, result, error, \
+         pct, stage, msg, updated_ms) AS (VALUES ",
+    );
+    for (id, job) in jobs {
+        let (pct, stage, msg) = match &job.progress {
+            Some((p, s, m)) => (Some(*p), Some(s.clone()), Some(m.clone())),
+            None => (None, None, None),
+        };
+        sql.row([
+            Value::from(id.as_str()),
+            job.state.map(str::to_string).into(),
+            job.attempt.map(|a| a as i32).into(),
+            job.worker.clone().into(),
+            job.started.into(),
+            job.finished.into(),
+            job.run_at.into(),
+            job.result.clone().into(),
+            job.error.clone().into(),
+            pct.into(),
+            stage.into(),
+            msg.into(),
+            job.updated.into(),
+        ]);
+    }
+    sql.push_str(
+        ") UPDATE jobs SET \
+         state = COALESCE(v.state, jobs.state), \
+         attempt = COALESCE(v.attempt, jobs.attempt), \
+         worker = COALESCE(v.worker, jobs.worker), \
+         started_ms = COALESCE(v.started_ms, jobs.started_ms), \
+         finished_ms = COALESCE(v.finished_ms, jobs.finished_ms), \
+         run_at_ms = COALESCE(v.run_at_ms, jobs.run_at_ms), \
+         result = COALESCE(v.result, jobs.result), \
+         error = COALESCE(v.error, jobs.error), \
+         progress_percent = COALESCE(v.pct, jobs.progress_percent), \
+         progress_stage = COALESCE(v.stage, jobs.progress_stage), \
+         progress_message = COALESCE(v.msg, jobs.progress_message), \
+         updated_ms = v.updated_ms \
+         FROM v WHERE jobs.id = v.id AND jobs.finished_ms IS NULL \
+         AND jobs.updated_ms <= v.updated_ms",
+    );
+    sql.build()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ended(id: &str, state: &'static str, at: i64) -> Change {
+        Change::Ended {
+            id: id.into(),
+            state,
+            at,
+            run_at: None,
+            result: None,
+            error: Some(format!("e{at}")),
+        }
+    }
+
+    fn started(id: &str, attempt: u32, at: i64) -> Change {
+        Change::Started {
+            id: id.into(),
+            attempt,
+            worker: "w".into(),
+            at,
+        }
+    }
+
+    #[test]
+    fn coalesces_a_job_and_keeps_each_attempt() {
+        let mut p = Pending::default();
+        p.apply(started("j", 1, 10));
+        p.apply(ended("j", "SCHEDULED", 20));
+        p.apply(started("j", 2, 30));
+        p.apply(ended("j", "SUCCEEDED", 40));
+        let job = &p.jobs["j"];
+        assert_eq!(
+            (job.state, job.attempt, job.finished, job.updated),
+            (Some("SUCCEEDED"), Some(2), Some(40), 40)
+        );
+        let ends: Vec<_> = job
+            .attempts
+            .iter()
+            .map(|a| (a.number, a.end.as_ref().map(|e| e.outcome)))
+            .collect();
+        assert_eq!(ends, [(1, Some("FAILED")), (2, Some("SUCCEEDED"))]);
+        assert!(job.close.is_none());
+    }
+
+    #[test]
+    fn an_end_without_its_start_closes_the_open_attempt() {
+        let mut p = Pending::default();
+        p.apply(ended("j", "FAILED", 5));
+        let job = &p.jobs["j"];
+        assert!(job.attempts.is_empty());
+        assert_eq!(job.close.as_ref().map(|e| e.outcome), Some("FAILED"));
+    }
+}

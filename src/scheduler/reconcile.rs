@@ -1,0 +1,226 @@
+//! The reconciler: notices that Redis lost its data and rebuilds the queues from the database.
+//!
+//! A marker key (`cv:marker`) is written once Redis holds everything the database says it
+//! should. A Redis that restarted empty, failed over to a replica that never had the marker, or
+//! was flushed, has no marker. Each replica checks when its Redis connection comes back and every
+//! `CHECK`; the first to take the lock rebuilds, the others wait for the marker.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use fred::interfaces::{EventInterface, KeysInterface};
+use fred::prelude::{Expiration, SetOptions, Value};
+
+use super::scripts::call;
+use super::{Error, Handle, JobState, durable, keys, now_ms, s};
+use crate::history::{self, entity::jobs};
+
+const MARKER: &str = "cv:marker";
+const LOCK: &str = "cv:reconciling";
+/// How often a replica looks for the marker when nothing else prompts it.
+const CHECK: Duration = Duration::from_secs(30);
+/// How long the lock holds when its owner dies mid-way.
+const LOCK_TTL: Duration = Duration::from_secs(300);
+/// Jobs read from the database per page, and per restore call.
+const PAGE: u64 = 500;
+const PER_CALL: usize = 100;
+
+#[derive(Clone)]
+pub struct Reconciler {
+    scheduler: Handle,
+    store: history::Store,
+    replica: String,
+    /// How long to wait after taking the lock, so every replica's pending history writes land
+    /// first (a job that just finished must not be restored as unfinished).
+    settle: Duration,
+}
+
+/// What one reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Unfinished jobs put back (including `requeued`).
+    pub unfinished: u64,
+    /// RUNNING jobs whose lease was lost, requeued as a new attempt.
+    pub requeued: u64,
+    /// Finished jobs put back for the rest of their retention (their idempotency keys).
+    pub finished: u64,
+}
+
+impl Reconciler {
+    /// `None` when the scheduler has no database.
+    pub fn new(scheduler: &Handle, settle: Duration) -> Option<Reconciler> {
+        Some(Reconciler {
+            store: scheduler.history.clone()?,
+            scheduler: scheduler.clone(),
+            replica: uuid::Uuid::now_v7().to_string(),
+            settle,
+        })
+    }
+
+    /// Checks whenever the Redis connection comes back, and every `CHECK`.
+    pub async fn run(self) {
+        let mut reconnects = self.scheduler.redis.reconnect_rx();
+        loop {
+            tokio::select! {
+                _ = reconnects.recv() => {}
+                _ = tokio::time::sleep(CHECK) => {}
+            }
+            self.check_logged().await;
+        }
+    }
+
+    /// `check`, with what it did or why it could not in the log.
+    pub async fn check_logged(&self) {
+        match self.check().await {
+            Ok(Some(r)) => tracing::warn!(
+                unfinished = r.unfinished,
+                requeued = r.requeued,
+                finished = r.finished,
+                "Redis had no marker (new, or it lost its data); restored the queues from the database"
+            ),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "reconciler could not check Redis"),
+        }
+    }
+
+    /// Rebuilds Redis if its marker is missing and no other replica is at it. Returns what was
+    /// restored, or `None` when nothing was to do here.
+    pub async fn check(&self) -> Result<Option<Restored>, Error> {
+        let redis = &self.scheduler.redis;
+        if redis.exists::<i64, _>(MARKER).await? > 0 {
+            return Ok(None);
+        }
+        // This replica's own pending writes first.
+        self.store.flush().await;
+        let locked: Option<String> = redis
+            .set(
+                LOCK,
+                self.replica.as_str(),
+                Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if locked.is_none() {
+            return Ok(None);
+        }
+        tokio::time::sleep(self.settle).await;
+        let restored = self.rebuild().await;
+        if restored.is_ok() {
+            let epoch = uuid::Uuid::now_v7().to_string();
+            redis
+                .set::<(), _, _>(MARKER, epoch, None, None, false)
+                .await?;
+        }
+        let owner: Option<String> = redis.get(LOCK).await?;
+        if owner.as_deref() == Some(self.replica.as_str()) {
+            redis.del::<i64, _>(LOCK).await?;
+        }
+        restored.map(Some)
+    }
+
+    async fn rebuild(&self) -> Result<Restored, Error> {
+        let mut restored = Restored::default();
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self.store.unfinished(after.as_deref(), PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id.clone());
+            for answer in self.restore(rows).await? {
+                restored.unfinished += (answer > 0) as u64;
+                restored.requeued += (answer == 2) as u64;
+            }
+        }
+        let since = now_ms() - self.scheduler.options.retention.as_millis() as i64;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self
+                .store
+                .finished_with_keys(since, after.as_deref(), PAGE)
+                .await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id.clone());
+            for answer in self.restore(rows).await? {
+                restored.finished += (answer > 0) as u64;
+            }
+        }
+        Ok(restored)
+    }
+
+    /// Runs `restore.lua` per queue; the answers follow the rows' order within each queue.
+    async fn restore(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
+        let mut by_queue: BTreeMap<String, Vec<jobs::Model>> = BTreeMap::new();
+        for row in rows {
+            by_queue.entry(row.queue.clone()).or_default().push(row);
+        }
+        let mut answers = Vec::new();
+        for (queue, rows) in &by_queue {
+            for chunk in rows.chunks(PER_CALL) {
+                let now = now_ms();
+                let mut args = vec![
+                    s(keys::prefix(queue)),
+                    Value::Integer(now),
+                    Value::Integer(self.scheduler.options.retention.as_millis() as i64),
+                ];
+                for row in chunk {
+                    args.extend(restore_args(row));
+                }
+                let replies: Vec<i64> = call(
+                    &self.scheduler.redis,
+                    &self.scheduler.scripts.restore,
+                    keys::all(queue),
+                    args,
+                )
+                .await?;
+                // A lost lease ended its attempt; the history says so.
+                let requeued = chunk
+                    .iter()
+                    .zip(&replies)
+                    .filter(|(_, answer)| **answer == 2)
+                    .map(|(row, _)| {
+                        durable::ended(
+                            &row.id,
+                            JobState::Queued,
+                            None,
+                            None,
+                            Some("lease lost: Redis lost its data while the job ran".into()),
+                        )
+                    })
+                    .collect();
+                self.scheduler.record(requeued);
+                answers.extend(replies);
+            }
+        }
+        Ok(answers)
+    }
+}
+
+/// The 23 arguments of one job for `restore.lua`.
+fn restore_args(row: &jobs::Model) -> [Value; 23] {
+    let opt = |v: Option<i64>| s(v.map(|v| v.to_string()).unwrap_or_default());
+    [
+        s(row.id.as_str()),
+        s(row.tenant.as_str()),
+        Value::Integer(row.tier as i64),
+        Value::Integer(row.priority as i64),
+        s(row.state.as_str()),
+        Value::Bytes(row.payload.clone().into()),
+        s(row.content_type.as_str()),
+        s(row.labels.as_str()),
+        Value::Integer(row.attempt as i64),
+        Value::Integer(row.max_attempts as i64),
+        Value::Integer(row.backoff_initial_ms),
+        Value::Integer(row.backoff_max_ms),
+        Value::Integer(row.timeout_ms),
+        s(row.idempotency_key.as_str()),
+        Value::Integer(row.created_ms),
+        Value::Integer(row.run_at_ms),
+        opt(row.started_ms),
+        opt(row.finished_ms),
+        s(row.progress_percent.to_string()),
+        s(row.progress_stage.as_str()),
+        s(row.progress_message.as_str()),
+        s(row.result.as_str()),
+        s(row.error.as_str()),
+    ]
+}

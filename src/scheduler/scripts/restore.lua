@@ -1,0 +1,61 @@
+-- restore: puts jobs of one queue back from the database after Redis lost them (the
+-- reconciler). A job Redis still has is left alone, and so is one whose idempotency key names
+-- another job (a row of a submit Redis never took). An unfinished job goes back to wait: QUEUED,
+-- or SCHEDULED until its run_at; a RUNNING one lost its lease with the data, so it is requeued
+-- and its next lease is a new attempt. A finished job comes back only for the rest of its
+-- retention, so its idempotency key keeps answering.
+-- KEYS[1] the queue's all-jobs index
+-- ARGV prefix now retention, then 23 per job: id tenant tier priority state payload ctype labels
+--   attempt max_attempts backoff_initial backoff_max timeout idem created run_at started
+--   finished pct stage msg result error
+-- Returns one answer per job: 0 left alone, 1 restored as it was, 2 requeued from RUNNING.
+local prefix, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local PER_JOB = 23
+local queue = string.sub(prefix, 5, -3)
+local LOST = 'lease lost: Redis lost its data while the job ran'
+
+local out = {}
+for i = 4, #ARGV, PER_JOB do
+  local id, tenant, tier, priority, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
+  local idem, run_at, finished, err = ARGV[i + 13], tonumber(ARGV[i + 15]), ARGV[i + 17], ARGV[i + 22]
+  local jkey = prefix .. 'job:' .. id
+  local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
+  local answer = 0
+  local ttl = nil
+  if TERMINAL[state] then ttl = tonumber(finished) + retention - now end
+  local owner = idem ~= '' and redis.call('GET', ikey)
+  if redis.call('EXISTS', jkey) == 0 and not (owner and owner ~= id) and not (ttl and ttl <= 0) then
+    answer = 1
+    if state == 'RUNNING' then
+      state, err, answer = 'QUEUED', LOST, 2
+    elseif state == 'SCHEDULED' and run_at <= now then
+      state = 'QUEUED'
+    end
+    local rank = redis.call('INCR', prefix .. 'seq')
+    -- Fencing tokens and event numbers restart above anything handed out before the loss, so
+    -- a zombie worker's token never matches and a watcher's resume point never does either.
+    redis.call('HSET', jkey, 'id', id, 'queue', queue, 'tenant', tenant, 'tier', tier,
+      'priority', priority, 'state', state, 'payload', ARGV[i + 5], 'ctype', ARGV[i + 6],
+      'labels', ARGV[i + 7], 'attempt', ARGV[i + 8], 'max_attempts', ARGV[i + 9],
+      'backoff_initial', ARGV[i + 10], 'backoff_max', ARGV[i + 11], 'timeout', ARGV[i + 12],
+      'idem', idem, 'created', ARGV[i + 14], 'run_at', ARGV[i + 15], 'started', ARGV[i + 16],
+      'finished', finished, 'pct', ARGV[i + 18], 'stage', ARGV[i + 19], 'msg', ARGV[i + 20],
+      'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', rank,
+      'w', '0')
+    if idem ~= '' then redis.call('SET', ikey, id) end
+    redis.call('ZADD', KEYS[1], rank, id)
+    if ttl then
+      redis.call('PEXPIRE', jkey, ttl)
+      if idem ~= '' then redis.call('PEXPIRE', ikey, ttl) end
+      redis.call('ZADD', prefix .. 'expiring', now + ttl, id)
+    elseif state == 'QUEUED' then
+      enqueue(prefix, id, tier, priority, rank)
+    else
+      redis.call('ZADD', prefix .. 'delayed', run_at, id)
+      wake_at(run_at)
+    end
+  end
+  out[#out + 1] = answer
+end
+finish(prefix, now, retention)
+return out
