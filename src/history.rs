@@ -4,6 +4,7 @@
 //!
 //! It speaks in rows, not in the scheduler's types: the scheduler converts (`scheduler/durable.rs`).
 
+mod commit;
 pub mod entity;
 pub mod retention;
 mod sql;
@@ -72,6 +73,7 @@ pub struct Cursor {
 #[derive(Clone)]
 pub struct Store {
     db: DatabaseConnection,
+    commits: commit::Handle,
     writer: writer::Handle,
 }
 
@@ -123,44 +125,27 @@ impl Store {
         let db = connect_with(url, &options).await?;
         migrate(&db).await?;
         let writer = writer::spawn(db.clone(), options.flush_every);
-        Ok(Store { db, writer })
+        // SQLite has one writer: parallel commits would only wait for each other.
+        let in_flight = match db.get_database_backend() {
+            DbBackend::Sqlite => 1,
+            _ => (options.pool as usize / 4).max(1),
+        };
+        let commits = commit::spawn(db.clone(), in_flight);
+        Ok(Store {
+            db,
+            commits,
+            writer,
+        })
     }
 
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
 
-    /// Commits new jobs (and their labels) in one transaction.
+    /// Commits new jobs (and their labels), in one transaction with whatever other submits
+    /// arrive meanwhile (`commit.rs`).
     pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), Error> {
-        let labels: Vec<labels::ActiveModel> = rows
-            .iter()
-            .flat_map(|row| {
-                let map: std::collections::BTreeMap<String, String> =
-                    serde_json::from_str(&row.labels).unwrap_or_default();
-                map.into_iter().map(|(key, value)| {
-                    labels::ActiveModel::from(labels::Model {
-                        job_id: row.id.clone(),
-                        key,
-                        value,
-                    })
-                })
-            })
-            .collect();
-        let rows: Vec<jobs::ActiveModel> = rows.into_iter().map(Into::into).collect();
-        let txn = self.db.begin().await?;
-        // Well under both backends' limits on bound parameters per statement.
-        for chunk in rows.chunks(500) {
-            jobs::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        for chunk in labels.chunks(2000) {
-            labels::Entity::insert_many(chunk.to_vec())
-                .exec_without_returning(&txn)
-                .await?;
-        }
-        txn.commit().await?;
-        Ok(())
+        Ok(self.commits.insert(rows).await?)
     }
 
     /// Deletes jobs that `insert` wrote but Redis did not take (an idempotent repeat, or Redis

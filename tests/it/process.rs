@@ -235,3 +235,32 @@ async fn the_benchmark_smoke_run_reports_every_scenario() {
         );
     }
 }
+
+#[tokio::test]
+async fn migrate_and_cleanup_run_by_hand_and_serve_demands_a_database() {
+    let url = harness::sqlite_url();
+    let run = |args: &[&str]| {
+        std::process::Command::new(BIN)
+            .args(args)
+            .env_remove("DATABASE_URL")
+            .output()
+            .unwrap()
+    };
+    let migrated = run(&["migrate", "--database-url", &url]);
+    assert!(migrated.status.success(), "{migrated:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&migrated.stdout),
+        "schema up to date\n"
+    );
+    let cleaned = run(&["cleanup", "--database-url", &url, "--older-than", "30d"]);
+    assert!(cleaned.status.success(), "{cleaned:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&cleaned.stdout),
+        "deleted 0 finished jobs\n"
+    );
+    let bad = run(&["cleanup", "--database-url", &url, "--older-than", "soon"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let serve = run(&["serve", "--listen", "127.0.0.1:0"]);
+    assert!(!serve.status.success());
+    assert!(String::from_utf8_lossy(&serve.stderr).contains("DATABASE_URL"));
+}
