@@ -48,6 +48,7 @@ impl From<scheduler::Error> for Status {
                 tracing::warn!(error = %e, "database call failed");
                 Status::unavailable("the job history is unavailable; retry shortly")
             }
+            e @ scheduler::Error::Restoring => Status::unavailable(e.to_string()),
             scheduler::Error::Corrupt(m) => {
                 tracing::error!(detail = %m, "unexpected data in redis");
                 Status::internal("internal error")

@@ -12,6 +12,9 @@ pub enum Error {
     /// The database (system of record) failed; the request had no effect.
     #[error("database: {0}")]
     History(String),
+    /// Redis lost its data and is being rebuilt from the database; submits wait for it.
+    #[error("Redis is being restored from the database; retry shortly")]
+    Restoring,
     #[error("redis: {0}")]
     Redis(#[from] fred::error::Error),
     /// Redis answered something the scripts never write; a bug or a foreign writer.

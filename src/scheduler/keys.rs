@@ -10,6 +10,10 @@ pub const EVENTS_CHANNEL: &str = "cv:events";
 /// Pub/sub channel saying "queue has work" (`queue`) or "work due at" (`queue|due_ms`).
 pub const WAKE_CHANNEL: &str = "cv:wake";
 
+/// Present once Redis holds everything the database says it should; written by the
+/// reconciler. Its absence means Redis is new, or lost its data.
+pub const MARKER: &str = "cv:marker";
+
 /// The prefix of every key of one queue; scripts derive job, ready and log keys from it.
 pub fn prefix(queue: &str) -> String {
     format!("cv:{{{queue}}}:")

@@ -11,11 +11,11 @@ use std::time::Duration;
 use fred::interfaces::{EventInterface, KeysInterface};
 use fred::prelude::{Expiration, SetOptions, Value};
 
+use super::keys::{self, MARKER};
 use super::scripts::call;
-use super::{Error, Handle, JobState, durable, keys, now_ms, s};
+use super::{Error, Handle, JobState, durable, now_ms, s};
 use crate::history::{self, entity::jobs};
 
-const MARKER: &str = "cv:marker";
 const LOCK: &str = "cv:reconciling";
 /// How often a replica looks for the marker when nothing else prompts it.
 const CHECK: Duration = Duration::from_secs(30);

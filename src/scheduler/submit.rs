@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fred::prelude::Value;
+use fred::prelude::{KeysInterface, Value};
 
 use super::scripts::call;
 use super::{
@@ -31,7 +31,14 @@ impl Handle {
         let defaults = self.options.defaults(&queue);
         let now = now_ms();
         let mut args = Vec::with_capacity(3 + 12 * jobs.len());
-        args.extend([s(keys::prefix(&queue)), s(tenant), Value::Integer(now)]);
+        // Without a database there is nothing to restore: a missing queue is simply new.
+        let create = if self.history.is_some() { "0" } else { "1" };
+        args.extend([
+            s(keys::prefix(&queue)),
+            s(tenant),
+            Value::Integer(now),
+            s(create),
+        ]);
         // The jobs as `submit.lua` creates them, so its answer need not repeat them.
         let mut sent = Vec::with_capacity(jobs.len());
         for job in jobs {
@@ -58,8 +65,8 @@ impl Handle {
                     .collect(),
                 Err(_) => ids,
             };
-            // Best effort: a row left behind is an unfinished job Redis never had, which the
-            // reconciler would restore; it skips a job whose idempotency key names another.
+            // Best effort: a row left behind is an unfinished job Redis never had, which a later
+            // reconciliation would restore (and run) as a job of its own.
             if let Err(e) = store.forget(unaccepted).await {
                 tracing::warn!(error = %e, "could not delete rows of jobs Redis did not take");
             }
@@ -74,10 +81,25 @@ impl Handle {
     async fn submit_redis(
         &self,
         queue: &str,
-        args: Vec<Value>,
+        mut args: Vec<Value>,
         sent: Vec<Job>,
     ) -> Result<Vec<(Job, bool, String)>, Error> {
-        let reply = call(&self.redis, &self.scripts.submit, keys::all(queue), args).await?;
+        let mut reply = call(
+            &self.redis,
+            &self.scripts.submit,
+            keys::all(queue),
+            args.clone(),
+        )
+        .await?;
+        if is_no_queue(&reply) {
+            // New to this Redis: a new queue if the reconciler's marker is there, else Redis
+            // lost its data and the restore is not done.
+            if self.redis.exists::<i64, _>(keys::MARKER).await? == 0 {
+                return Err(Error::Restoring);
+            }
+            args[3] = s("1");
+            reply = call(&self.redis, &self.scripts.submit, keys::all(queue), args).await?;
+        }
         let Some(Value::Array(answers)) = accept(reply)?.into_iter().next() else {
             return Err(Error::Corrupt("submit reply has no jobs".into()));
         };
@@ -97,6 +119,10 @@ impl Handle {
             })
             .collect()
     }
+}
+
+fn is_no_queue(reply: &Value) -> bool {
+    matches!(reply, Value::Array(items) if items.first().and_then(Value::as_str).as_deref() == Some("NO_QUEUE"))
 }
 
 /// The job `submit.lua` will create from `job` (defaults applied), and its 12 script arguments.

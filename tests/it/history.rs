@@ -95,6 +95,7 @@ on_both!(
     history_answers_filtered_pages_and_outlives_redis,
     every_job_succeeds_once_when_redis_restarts_empty,
     retention_deletes_only_old_finished_jobs,
+    idempotency_keys_and_waiting_jobs_survive_a_redis_loss,
 );
 
 async fn tables(db: &sea_orm::DatabaseConnection) -> Vec<&'static str> {
@@ -458,4 +459,50 @@ async fn retention_deletes_only_old_finished_jobs(backend: Backend) {
     assert!(store.get(&recent.id).await.unwrap().is_some());
     assert!(store.get(&waiting.id).await.unwrap().is_some());
     assert_eq!(store.cleanup(cutoff, 1).await.unwrap(), 0);
+}
+
+async fn idempotency_keys_and_waiting_jobs_survive_a_redis_loss(backend: Backend) {
+    let (mut redis, server, _url) = start(backend).await;
+    let mut jobs = server.jobs().await;
+    let keyed = |payload: &str| {
+        let mut r = submit("keys", payload);
+        r.idempotency_key = "order-42".into();
+        r
+    };
+    let first = harness::submit_job(&mut jobs, keyed("render a.mp4")).await;
+    let mut later = submit("keys", "later");
+    later.delay = Some(prost_types::Duration {
+        seconds: 3600,
+        nanos: 0,
+    });
+    let scheduled = harness::submit_job(&mut jobs, later).await;
+
+    redis.kill().await;
+    redis.restart().await;
+    // Submits wait (UNAVAILABLE) until the restore is done; then the same key still answers
+    // with the first job...
+    let again = eventually("the key to be restored", || {
+        let mut jobs = jobs.clone();
+        async move {
+            let reply = jobs
+                .submit_job(keyed("render a.mp4"))
+                .await
+                .ok()?
+                .into_inner();
+            assert!(!reply.created, "a duplicate was created during the restore");
+            reply.job
+        }
+    })
+    .await;
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.state, JobState::Queued as i32);
+    // ...and refuses another payload, as before the loss.
+    let err = jobs.submit_job(keyed("render b.mp4")).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::AlreadyExists);
+    // A delayed job waits for its time again.
+    let job = get(&mut jobs, &scheduled.id).await;
+    assert_eq!(job.state, JobState::Scheduled as i32);
+    assert_eq!(job.run_at, scheduled.run_at);
+    let key = format!("cv:{{keys}}:job:{}", scheduled.id);
+    assert_eq!(redis.command(&["EXISTS", &key]).await.unwrap(), ":1\r\n");
 }

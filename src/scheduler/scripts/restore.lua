@@ -1,6 +1,8 @@
 -- restore: puts jobs of one queue back from the database after Redis lost them (the
--- reconciler). A job Redis still has is left alone, and so is one whose idempotency key names
--- another job (a row of a submit Redis never took). An unfinished job goes back to wait: QUEUED,
+-- reconciler). A job Redis still has is left alone. When an idempotency key already names
+-- another job (one submitted before the restore was done, or a row of a submit Redis never
+-- took), both jobs stay, and the key goes to the older: no accepted job is ever dropped, at the
+-- price of running a rare duplicate. An unfinished job goes back to wait: QUEUED,
 -- or SCHEDULED until its run_at; a RUNNING one lost its lease with the data, so it is requeued
 -- and its next lease is a new attempt. A finished job comes back only for the rest of its
 -- retention, so its idempotency key keeps answering.
@@ -14,6 +16,7 @@ local PER_JOB = 23
 local queue = string.sub(prefix, 5, -3)
 local LOST = 'lease lost: Redis lost its data while the job ran'
 
+redis.call('SET', prefix .. 'ok', '1') -- see submit.lua
 local out = {}
 for i = 4, #ARGV, PER_JOB do
   local id, tenant, tier, priority, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
@@ -24,7 +27,12 @@ for i = 4, #ARGV, PER_JOB do
   local ttl = nil
   if TERMINAL[state] then ttl = tonumber(finished) + retention - now end
   local owner = idem ~= '' and redis.call('GET', ikey)
-  if redis.call('EXISTS', jkey) == 0 and not (owner and owner ~= id) and not (ttl and ttl <= 0) then
+  local take_key = idem ~= ''
+  if owner and owner ~= id then
+    local owner_created = redis.call('HGET', prefix .. 'job:' .. owner, 'created')
+    take_key = not owner_created or tonumber(ARGV[i + 14]) < tonumber(owner_created)
+  end
+  if redis.call('EXISTS', jkey) == 0 and not (ttl and ttl <= 0) then
     answer = 1
     if state == 'RUNNING' then
       state, err, answer = 'QUEUED', LOST, 2
@@ -42,11 +50,11 @@ for i = 4, #ARGV, PER_JOB do
       'finished', finished, 'pct', ARGV[i + 18], 'stage', ARGV[i + 19], 'msg', ARGV[i + 20],
       'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', rank,
       'w', '0')
-    if idem ~= '' then redis.call('SET', ikey, id) end
+    if take_key then redis.call('SET', ikey, id) end
     redis.call('ZADD', KEYS[1], rank, id)
     if ttl then
       redis.call('PEXPIRE', jkey, ttl)
-      if idem ~= '' then redis.call('PEXPIRE', ikey, ttl) end
+      if take_key then redis.call('PEXPIRE', ikey, ttl) end
       redis.call('ZADD', prefix .. 'expiring', now + ttl, id)
     elseif state == 'QUEUED' then
       enqueue(prefix, id, tier, priority, rank)

@@ -1,20 +1,25 @@
 -- submit: creates a batch of jobs in one queue, all or none. A job whose idempotency key the
 -- tenant already used returns the first job instead (the same key with another payload refuses
 -- the whole batch, before anything is written).
+-- A queue's `ok` key says Redis has the queue as the database does: set here when `create` is
+-- 1 (the caller saw the reconciler's marker, or runs without a database) and by restore.lua. An
+-- empty Redis has neither, so a submit cannot slip in before the restore and miss an
+-- idempotency key the database still holds.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix tenant now, then 12 per job: id tier priority payload ctype labels max_attempts
---   backoff_initial backoff_max timeout idem run_at
--- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message}, an answer per job: 1 when it was
---   created as sent (the caller knows its fields), or the first job's {field, value...}
+-- ARGV prefix tenant now create(0|1), then 12 per job: id tier priority payload ctype labels
+--   max_attempts backoff_initial backoff_max timeout idem run_at
+-- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message} | {'NO_QUEUE'}, an answer per job:
+--   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local PER_JOB = 12
 local queue = string.sub(prefix, 5, -3)
+if ARGV[4] ~= '1' and redis.call('EXISTS', prefix .. 'ok') == 0 then return { 'NO_QUEUE' } end
 
 -- 1. Idempotency keys, checked before any write.
 local first = {} -- job index -> id of the job it repeats
 local seen = {}  -- idempotency key -> {id, payload} of a job earlier in this batch
 local fresh = 0
-for i = 4, #ARGV, PER_JOB do
+for i = 5, #ARGV, PER_JOB do
   local id, payload, idem = ARGV[i], ARGV[i + 3], ARGV[i + 10]
   local earlier = nil
   if idem ~= '' then
@@ -41,11 +46,12 @@ for i = 4, #ARGV, PER_JOB do
 end
 
 -- 2. The new jobs: one HSET each; index and queue entries in one ZADD per set.
+if ARGV[4] == '1' then redis.call('SET', prefix .. 'ok', '1') end
 local rank = 0
 if fresh > 0 then rank = redis.call('INCRBY', prefix .. 'seq', fresh) - fresh end
 local all, ready, delayed = {}, {}, {}
 local out = {}
-for i = 4, #ARGV, PER_JOB do
+for i = 5, #ARGV, PER_JOB do
   if first[i] then
     out[#out + 1] = redis.call('HGETALL', prefix .. 'job:' .. first[i])
   else
