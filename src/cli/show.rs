@@ -16,11 +16,18 @@ pub struct GetArgs {
 pub struct ListArgs {
     #[command(flatten)]
     pub client: ClientArgs,
-    #[arg(long, short)]
+    /// Only this queue (every queue when absent; a server without a database needs one).
+    #[arg(long, short, default_value = "")]
     pub queue: String,
     /// Only jobs in this state: scheduled, queued, running, succeeded, failed, cancelled.
     #[arg(long, value_parser = parse_state)]
     pub state: Option<i32>,
+    /// Only jobs of this tier: free, pro, premium, enterprise.
+    #[arg(long, value_parser = super::submit::parse_tier)]
+    pub tier: Option<i32>,
+    /// Only jobs with this label (repeatable; all must match).
+    #[arg(long = "label", value_parser = super::submit::parse_label)]
+    pub labels: Vec<(String, String)>,
     /// Jobs per page.
     #[arg(long, default_value_t = 20)]
     pub limit: u32,
@@ -109,6 +116,8 @@ pub async fn list(args: ListArgs) -> Outcome {
         state: args.state.unwrap_or_default(),
         page_size: args.limit,
         page_token: args.page_token.unwrap_or_default(),
+        tier: args.tier.unwrap_or_default(),
+        labels: args.labels.into_iter().collect(),
         ..Default::default()
     };
     let page = jobs.list_jobs(request).await?.into_inner();

@@ -53,7 +53,7 @@ pub struct SubmitArgs {
     pub watch: bool,
 }
 
-fn parse_tier(s: &str) -> Result<i32, String> {
+pub(super) fn parse_tier(s: &str) -> Result<i32, String> {
     let name = format!("TIER_{}", s.to_ascii_uppercase());
     proto::Tier::from_str_name(&name)
         .filter(|t| *t != proto::Tier::Unspecified)
@@ -61,7 +61,7 @@ fn parse_tier(s: &str) -> Result<i32, String> {
         .ok_or_else(|| format!("{s:?}: use free, pro, premium or enterprise"))
 }
 
-fn parse_label(s: &str) -> Result<(String, String), String> {
+pub(super) fn parse_label(s: &str) -> Result<(String, String), String> {
     s.split_once('=')
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .ok_or_else(|| format!("{s:?}: use key=value"))
