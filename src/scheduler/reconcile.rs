@@ -83,8 +83,8 @@ impl Reconciler {
         }
     }
 
-    /// Rebuilds Redis if its marker is missing and no other replica is at it. Returns what was
-    /// restored, or `None` when nothing was to do here.
+    /// Rebuilds Redis if its marker is missing, or waits for the replica that is at it. Returns
+    /// what was restored, or `None` when nothing was to do here.
     pub async fn check(&self) -> Result<Option<Restored>, Error> {
         let redis = &self.scheduler.redis;
         if redis.exists::<i64, _>(MARKER).await? > 0 {
@@ -102,6 +102,14 @@ impl Reconciler {
             )
             .await?;
         if locked.is_none() {
+            // Another replica is restoring: wait for its marker, so this one (at start) serves
+            // only a restored Redis.
+            let deadline = tokio::time::Instant::now() + LOCK_TTL;
+            while tokio::time::Instant::now() < deadline
+                && redis.exists::<i64, _>(MARKER).await? == 0
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             return Ok(None);
         }
         tokio::time::sleep(self.settle).await;

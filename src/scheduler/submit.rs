@@ -30,7 +30,7 @@ impl Handle {
         };
         let defaults = self.options.defaults(&queue);
         let now = now_ms();
-        let mut args = Vec::with_capacity(3 + 12 * jobs.len());
+        let mut args = Vec::with_capacity(4 + 12 * jobs.len());
         // Without a database there is nothing to restore: a missing queue is simply new.
         let create = if self.history.is_some() { "0" } else { "1" };
         args.extend([

@@ -265,6 +265,27 @@ async fn history_answers_filtered_pages_and_outlives_redis(backend: Backend) {
     };
     let err = jobs.list_jobs(bad_token).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    let bad_filters = [
+        proto::ListJobsRequest {
+            tier: 99,
+            ..Default::default()
+        },
+        proto::ListJobsRequest {
+            created_from: Some(prost_types::Timestamp {
+                seconds: -5,
+                nanos: 0,
+            }),
+            ..Default::default()
+        },
+        proto::ListJobsRequest {
+            queue: "no spaces".into(),
+            ..Default::default()
+        },
+    ];
+    for request in bad_filters {
+        let err = jobs.list_jobs(request).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    }
 
     // Once Redis lets a finished job go, GetJob and WatchJob answer from the database.
     let first = done[0].clone();

@@ -25,7 +25,7 @@ for i = 4, #ARGV, PER_JOB do
   local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
   local answer = 0
   local ttl = nil
-  if TERMINAL[state] then ttl = tonumber(finished) + retention - now end
+  if TERMINAL[state] then ttl = (tonumber(finished) or now) + retention - now end
   local owner = idem ~= '' and redis.call('GET', ikey)
   local take_key = idem ~= ''
   if owner and owner ~= id then
