@@ -100,6 +100,10 @@ pub struct Config {
     /// How long transitions gather before the history writer writes them in one transaction.
     #[arg(long, env = "CONVEYOR_HISTORY_FLUSH", default_value = "100ms", value_parser = parse_duration)]
     pub history_flush: Duration,
+    /// How often one replica compares unfinished rows that stopped changing with Redis, and
+    /// writes what a replica that died without flushing left out.
+    #[arg(long, env = "CONVEYOR_HISTORY_REPAIR", default_value = "5m", value_parser = parse_duration)]
+    pub history_repair: Duration,
     /// How long finished jobs stay in the database; a daily cleanup deletes older ones.
     #[arg(long, env = "CONVEYOR_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub history_retention: Duration,

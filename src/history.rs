@@ -268,6 +268,27 @@ impl Store {
             .await?)
     }
 
+    /// Unfinished jobs whose row has not changed since `before` (unix ms), in id order after
+    /// `after`: what the repair compares with Redis.
+    pub async fn stale(
+        &self,
+        before: i64,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<jobs::Model>, Error> {
+        let mut query = jobs::Entity::find()
+            .filter(jobs::Column::FinishedMs.is_null())
+            .filter(jobs::Column::UpdatedMs.lt(before));
+        if let Some(after) = after {
+            query = query.filter(jobs::Column::Id.gt(after));
+        }
+        Ok(query
+            .order_by_asc(jobs::Column::Id)
+            .limit(limit)
+            .all(&self.db)
+            .await?)
+    }
+
     /// Jobs with an idempotency key that finished at or after `since` (unix ms), in id order
     /// after `after`: their keys still hold in Redis, so the reconciler restores them too.
     pub async fn finished_with_keys(

@@ -27,7 +27,7 @@ pub use error::Error;
 pub use event::{Event, EventKind};
 pub use job::{Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Report, Verdict};
-pub use reconcile::Reconciler;
+pub use reconcile::{Reconciler, Repaired};
 use scripts::{Scripts, call};
 
 use crate::history;

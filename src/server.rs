@@ -79,9 +79,13 @@ pub async fn run(
         let store = history::Store::open(url, config.history()).await?;
         tracing::info!(backend = ?store.backend(), "job history in the database");
         scheduler = scheduler.with_history(store.clone());
-        // Long enough for every replica's writer to flush what it holds.
-        let settle = config.history_flush * 2 + Duration::from_millis(200);
-        if let Some(reconciler) = scheduler::Reconciler::new(&scheduler, settle) {
+        // Long enough for every replica's writer to flush what it holds (capped: with a very
+        // long flush interval, the repair catches what the restore misses).
+        let settle =
+            (config.history_flush * 2).min(Duration::from_secs(5)) + Duration::from_millis(200);
+        if let Some(reconciler) =
+            scheduler::Reconciler::new(&scheduler, settle, config.history_repair)
+        {
             // A first look before serving, so a server starts on a rebuilt Redis.
             reconciler.check_logged().await;
             background.push(tokio::spawn(reconciler.run()));

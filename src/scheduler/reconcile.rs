@@ -4,6 +4,11 @@
 //! should. A Redis that restarted empty, failed over to a replica that never had the marker, or
 //! was flushed, has no marker. Each replica checks when its Redis connection comes back and every
 //! `CHECK`; the first to take the lock rebuilds, the others wait for the marker.
+//!
+//! The repair covers the other way history can fall behind: a replica that dies without a
+//! goodbye loses the writes it had not flushed. Every `repair_every`, one replica compares the
+//! unfinished rows that stopped changing with Redis, writes what Redis knows, and restores what
+//! Redis no longer has (a job that finished and expired unseen runs again: at least once).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -14,9 +19,10 @@ use fred::prelude::{Expiration, SetOptions, Value};
 use super::keys::{self, MARKER};
 use super::scripts::call;
 use super::{Error, Handle, JobState, durable, now_ms, s};
-use crate::history::{self, entity::jobs};
+use crate::history::{self, Change, entity::jobs};
 
 const LOCK: &str = "cv:reconciling";
+const REPAIR_LOCK: &str = "cv:repairing";
 /// How often a replica looks for the marker when nothing else prompts it.
 const CHECK: Duration = Duration::from_secs(30);
 /// How long the lock holds when its owner dies mid-way.
@@ -33,6 +39,8 @@ pub struct Reconciler {
     /// How long to wait after taking the lock, so every replica's pending history writes land
     /// first (a job that just finished must not be restored as unfinished).
     settle: Duration,
+    /// How often the repair runs, and how long a row must have stayed unchanged to be looked at.
+    repair_every: Duration,
 }
 
 /// What one reconciliation did.
@@ -48,25 +56,99 @@ pub struct Restored {
 
 impl Reconciler {
     /// `None` when the scheduler has no database.
-    pub fn new(scheduler: &Handle, settle: Duration) -> Option<Reconciler> {
+    pub fn new(scheduler: &Handle, settle: Duration, repair_every: Duration) -> Option<Reconciler> {
         Some(Reconciler {
             store: scheduler.history.clone()?,
             scheduler: scheduler.clone(),
             replica: uuid::Uuid::now_v7().to_string(),
             settle,
+            // A zero interval would make the timer spin.
+            repair_every: repair_every.max(Duration::from_millis(100)),
         })
     }
 
-    /// Checks whenever the Redis connection comes back, and every `CHECK`.
+    /// Checks whenever the Redis connection comes back and every `CHECK`; repairs every
+    /// `repair_every`.
     pub async fn run(self) {
         let mut reconnects = self.scheduler.redis.reconnect_rx();
+        let mut repairs = tokio::time::interval(self.repair_every);
+        repairs.tick().await;
         loop {
             tokio::select! {
                 _ = reconnects.recv() => {}
                 _ = tokio::time::sleep(CHECK) => {}
+                _ = repairs.tick() => {
+                    match self.repair().await {
+                        Ok(r) if r != Repaired::default() => tracing::warn!(
+                            updated = r.updated,
+                            restored = r.restored,
+                            "history repair: rows had fallen behind Redis (a replica died with unwritten changes?)"
+                        ),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "history repair failed"),
+                    }
+                    continue;
+                }
             }
             self.check_logged().await;
         }
+    }
+
+    /// Compares unfinished rows unchanged for `repair_every` with Redis (one replica per
+    /// interval); see the module comment.
+    pub async fn repair(&self) -> Result<Repaired, Error> {
+        let redis = &self.scheduler.redis;
+        let mut repaired = Repaired::default();
+        if redis.exists::<i64, _>(MARKER).await? == 0 {
+            return Ok(repaired); // Redis is not whole; the reconciliation comes first.
+        }
+        let locked: Option<String> = redis
+            .set(
+                REPAIR_LOCK,
+                self.replica.as_str(),
+                Some(Expiration::PX(self.repair_every.as_millis().max(1) as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        if locked.is_none() {
+            return Ok(repaired);
+        }
+        let before = now_ms() - self.repair_every.as_millis() as i64;
+        let mut after: Option<String> = None;
+        loop {
+            let rows = self.store.stale(before, after.as_deref(), PAGE).await?;
+            let Some(last) = rows.last() else { break };
+            after = Some(last.id.clone());
+            let mut by_queue: BTreeMap<String, Vec<jobs::Model>> = BTreeMap::new();
+            for row in rows {
+                by_queue.entry(row.queue.clone()).or_default().push(row);
+            }
+            for (queue, rows) in &by_queue {
+                for chunk in rows.chunks(PER_CALL) {
+                    let mut args = vec![s(keys::prefix(queue))];
+                    args.extend(chunk.iter().map(|row| s(row.id.as_str())));
+                    let peeked: Vec<Vec<String>> =
+                        call(redis, &self.scheduler.scripts.peek, keys::all(queue), args).await?;
+                    let mut gone = Vec::new();
+                    let mut changes = Vec::new();
+                    for (row, fields) in chunk.iter().zip(peeked) {
+                        if fields.is_empty() {
+                            gone.push(row.clone());
+                        } else {
+                            let caught_up = catch_up(row, &fields);
+                            repaired.updated += !caught_up.is_empty() as u64;
+                            changes.extend(caught_up);
+                        }
+                    }
+                    self.scheduler.record(changes);
+                    for answer in self.restore(gone).await? {
+                        repaired.restored += (answer > 0) as u64;
+                    }
+                }
+            }
+        }
+        Ok(repaired)
     }
 
     /// `check`, with what it did or why it could not in the log.
@@ -201,6 +283,56 @@ impl Reconciler {
         }
         Ok(answers)
     }
+}
+
+/// What one repair did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Repaired {
+    /// Rows brought up to what Redis has.
+    pub updated: u64,
+    /// Rows Redis no longer had, restored to run (again).
+    pub restored: u64,
+}
+
+/// The changes that bring `row` up to the job as `peek.lua` read it from Redis: state, attempt,
+/// worker, started, finished, run_at, result, error.
+fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
+    let num = |text: &str| {
+        text.parse::<f64>()
+            .ok()
+            .map(|v| v as i64)
+            .filter(|v| *v > 0)
+    };
+    let (Some(state), [_, attempt, worker, started, finished, run_at, result, error]) =
+        (JobState::parse(&f[0]), f)
+    else {
+        return Vec::new();
+    };
+    let attempt = num(attempt).unwrap_or(0) as u32;
+    let mut changes = Vec::new();
+    if attempt > row.attempt as u32
+        && let Some(at) = num(started)
+    {
+        changes.push(Change::Started {
+            id: row.id.clone(),
+            attempt,
+            worker: worker.clone(),
+            at,
+        });
+    }
+    if (state.as_str() == row.state && changes.is_empty()) || state == JobState::Running {
+        return changes;
+    }
+    let error = (!error.is_empty()).then(|| error.clone());
+    changes.push(Change::Ended {
+        id: row.id.clone(),
+        state: state.as_str(),
+        at: num(finished).unwrap_or_else(now_ms),
+        run_at: num(run_at).filter(|_| state == JobState::Scheduled),
+        result: (state == JobState::Succeeded).then(|| result.clone()),
+        error,
+    });
+    changes
 }
 
 /// The 23 arguments of one job for `restore.lua`.

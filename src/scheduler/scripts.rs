@@ -21,6 +21,7 @@ pub struct Scripts {
     pub watch: Script,
     pub unwatch: Script,
     pub restore: Script,
+    pub peek: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -43,6 +44,7 @@ impl Scripts {
             watch: script(include_str!("scripts/watch.lua")),
             unwatch: script(include_str!("scripts/unwatch.lua")),
             restore: script(include_str!("scripts/restore.lua")),
+            peek: script(include_str!("scripts/peek.lua")),
         }
     }
 }

@@ -10,12 +10,12 @@ use crate::harness::{self, Server, eventually, get, submit, submit_job, wait_sta
 
 const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
 
-fn worker(server: &Server, id: &str, script: &str) -> Child {
+fn worker(addr: &str, id: &str, script: &str) -> Child {
     Command::new(BIN)
         .args([
             "worker",
             "--addr",
-            &server.addr,
+            addr,
             "--queue",
             "render",
             "--worker-id",
@@ -50,7 +50,7 @@ async fn a_job_whose_worker_is_killed_completes_on_another() {
     fi
     echo "RESULT {\"attempt\":$CONVEYOR_ATTEMPT}""#;
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
-    let mut first = worker(&server, "doomed", script);
+    let mut first = worker(&server.addr, "doomed", script);
     eventually("the first attempt to report progress", || {
         let mut jobs = jobs.clone();
         let id = job.id.clone();
@@ -59,7 +59,7 @@ async fn a_job_whose_worker_is_killed_completes_on_another() {
     .await;
     first.start_kill().unwrap(); // SIGKILL: no goodbye, no drain
     first.wait().await.unwrap();
-    let _second = worker(&server, "survivor", script);
+    let _second = worker(&server.addr, "survivor", script);
     let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
     assert_eq!(
         (done.attempt, done.result.as_str(), done.worker_id.as_str()),
@@ -77,7 +77,7 @@ async fn cancel_reaches_a_real_worker_and_kills_its_command() {
         "echo $$ > {}; echo 'PROGRESS 1 waiting'; exec sleep 600",
         pidfile.display()
     );
-    let _worker = worker(&server, "w", &script);
+    let _worker = worker(&server.addr, "w", &script);
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
     let pid: u32 = eventually("the command to start", || {
         let pidfile = pidfile.clone();
@@ -108,7 +108,7 @@ async fn submit_watch_follows_a_job_to_its_result_and_exit_codes_tell_the_outcom
         sleep 0.5; echo "PROGRESS 50 encode half way"; sleep 0.2; echo "RESULT {\"echo\":$payload}""#;
     // The sleeps stand for work; they let `submit --watch` attach before the job is done (a
     // watcher that comes late gets the final snapshot without the progress lines).
-    let _worker = worker(&server, "w", script);
+    let _worker = worker(&server.addr, "w", script);
     let run = |payload: &str| {
         Command::new(BIN)
             .args([
@@ -165,7 +165,7 @@ async fn a_worker_keeps_its_running_job_across_a_server_restart() {
         "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
         go = go.display()
     );
-    let _worker = worker(&server, "steady", &script);
+    let _worker = worker(&server.addr, "steady", &script);
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
     wait_state(&mut jobs, &job.id, JobState::Running).await;
 
@@ -263,4 +263,63 @@ async fn migrate_and_cleanup_run_by_hand_and_serve_demands_a_database() {
     let serve = run(&["serve", "--listen", "127.0.0.1:0"]);
     assert!(!serve.status.success());
     assert!(String::from_utf8_lossy(&serve.stderr).contains("DATABASE_URL"));
+}
+
+#[tokio::test]
+async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let url = harness::sqlite_url();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    // A server whose history writer would wait an hour before writing.
+    let mut server = Command::new(BIN)
+        .arg("serve")
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", &url)
+        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONVEYOR_HISTORY_FLUSH", "1h")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut jobs = eventually("the server to answer", || async {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone()).ok()?;
+        let mut jobs =
+            proto::job_service_client::JobServiceClient::new(endpoint.connect().await.ok()?);
+        jobs.list_jobs(proto::ListJobsRequest::default())
+            .await
+            .ok()?;
+        Some(jobs)
+    })
+    .await;
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    let _worker = worker(&addr, "w", r#"echo 'RESULT {"ok":1}'"#);
+    wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
+    server.kill().await.unwrap(); // SIGKILL: no flush
+
+    let store = conveyor::history::Store::open(&url, Default::default())
+        .await
+        .unwrap();
+    let row = store.get(&job.id).await.unwrap().unwrap();
+    assert_eq!(row.state, "QUEUED", "the killed server never wrote the run");
+
+    let mut config = harness::config(&redis);
+    config.database_url = Some(url);
+    config.history_repair = std::time::Duration::from_millis(300);
+    let _repairer = Server::start(config).await;
+    let row = eventually("the row to catch up with Redis", || async {
+        let row = store.get(&job.id).await.unwrap()?;
+        (row.state == "SUCCEEDED").then_some(row)
+    })
+    .await;
+    assert_eq!((row.result.as_str(), row.attempt), (r#"{"ok":1}"#, 1));
+    let attempts = store.attempts(&job.id).await.unwrap();
+    assert_eq!(attempts.len(), 1);
+    assert_eq!(attempts[0].outcome.as_deref(), Some("SUCCEEDED"));
 }
