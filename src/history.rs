@@ -257,15 +257,8 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
-        let mut query = jobs::Entity::find().filter(jobs::Column::FinishedMs.is_null());
-        if let Some(after) = after {
-            query = query.filter(jobs::Column::Id.gt(after));
-        }
-        Ok(query
-            .order_by_asc(jobs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
+        let query = jobs::Entity::find().filter(jobs::Column::FinishedMs.is_null());
+        self.page_by_id(query, after, limit).await
     }
 
     /// Unfinished jobs whose row has not changed since `before` (unix ms), in id order after
@@ -276,17 +269,10 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
-        let mut query = jobs::Entity::find()
+        let query = jobs::Entity::find()
             .filter(jobs::Column::FinishedMs.is_null())
             .filter(jobs::Column::UpdatedMs.lt(before));
-        if let Some(after) = after {
-            query = query.filter(jobs::Column::Id.gt(after));
-        }
-        Ok(query
-            .order_by_asc(jobs::Column::Id)
-            .limit(limit)
-            .all(&self.db)
-            .await?)
+        self.page_by_id(query, after, limit).await
     }
 
     /// Jobs with an idempotency key that finished at or after `since` (unix ms), in id order
@@ -297,12 +283,24 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
-        let mut query = jobs::Entity::find()
+        let query = jobs::Entity::find()
             .filter(jobs::Column::FinishedMs.gte(since))
             .filter(jobs::Column::IdempotencyKey.ne(""));
-        if let Some(after) = after {
-            query = query.filter(jobs::Column::Id.gt(after));
-        }
+        self.page_by_id(query, after, limit).await
+    }
+
+    /// Up to `limit` rows of `query` in id order after `after`: the paging of every scan that
+    /// walks all jobs of a kind.
+    async fn page_by_id(
+        &self,
+        query: sea_orm::Select<jobs::Entity>,
+        after: Option<&str>,
+        limit: u64,
+    ) -> Result<Vec<jobs::Model>, Error> {
+        let query = match after {
+            Some(after) => query.filter(jobs::Column::Id.gt(after)),
+            None => query,
+        };
         Ok(query
             .order_by_asc(jobs::Column::Id)
             .limit(limit)

@@ -78,6 +78,18 @@ fn ms_null(name: impl IntoIden) -> ColumnDef {
     ColumnDef::new(name).big_integer().null().to_owned()
 }
 
+fn index<C: IntoIden>(
+    name: &str,
+    table: impl IntoIden,
+    columns: impl IntoIterator<Item = C>,
+) -> IndexCreateStatement {
+    let mut index = Index::create().name(name).table(table).to_owned();
+    for column in columns {
+        index.col(column);
+    }
+    index
+}
+
 fn job_fk(table: impl IntoIden, column: impl IntoIden) -> ForeignKeyCreateStatement {
     ForeignKey::create()
         .from(table, column)
@@ -131,39 +143,20 @@ impl MigrationTrait for Migration {
             )
             .await?;
         // History pages: a tenant's jobs newest first, optionally of one queue.
-        manager
-            .create_index(
-                Index::create()
-                    .name("jobs_tenant_created")
-                    .table(Jobs::Table)
-                    .col(Jobs::Tenant)
-                    .col(Jobs::CreatedMs)
-                    .col(Jobs::Id)
-                    .to_owned(),
-            )
-            .await?;
-        manager
-            .create_index(
-                Index::create()
-                    .name("jobs_tenant_queue_created")
-                    .table(Jobs::Table)
-                    .col(Jobs::Tenant)
-                    .col(Jobs::Queue)
-                    .col(Jobs::CreatedMs)
-                    .col(Jobs::Id)
-                    .to_owned(),
-            )
-            .await?;
-        // Unfinished jobs (NULL) for the reconciler; old finished ones for the cleanup.
-        manager
-            .create_index(
-                Index::create()
-                    .name("jobs_finished")
-                    .table(Jobs::Table)
-                    .col(Jobs::FinishedMs)
-                    .to_owned(),
-            )
-            .await?;
+        use Jobs::{CreatedMs, FinishedMs, Id, Queue, Tenant};
+        let job_indexes = [
+            index("jobs_tenant_created", Jobs::Table, [Tenant, CreatedMs, Id]),
+            index(
+                "jobs_tenant_queue_created",
+                Jobs::Table,
+                [Tenant, Queue, CreatedMs, Id],
+            ),
+            // Unfinished jobs (NULL) for the reconciler; old finished ones for the cleanup.
+            index("jobs_finished", Jobs::Table, [FinishedMs]),
+        ];
+        for statement in job_indexes {
+            manager.create_index(statement).await?;
+        }
 
         manager
             .create_table(
@@ -199,16 +192,9 @@ impl MigrationTrait for Migration {
                     .to_owned(),
             )
             .await?;
+        let labels = [JobLabels::Key, JobLabels::Value, JobLabels::JobId];
         manager
-            .create_index(
-                Index::create()
-                    .name("job_labels_key_value")
-                    .table(JobLabels::Table)
-                    .col(JobLabels::Key)
-                    .col(JobLabels::Value)
-                    .col(JobLabels::JobId)
-                    .to_owned(),
-            )
+            .create_index(index("job_labels_key_value", JobLabels::Table, labels))
             .await
     }
 

@@ -120,35 +120,41 @@ impl Reconciler {
             let rows = self.store.stale(before, after.as_deref(), PAGE).await?;
             let Some(last) = rows.last() else { break };
             after = Some(last.id.clone());
-            let mut by_queue: BTreeMap<String, Vec<jobs::Model>> = BTreeMap::new();
-            for row in rows {
-                by_queue.entry(row.queue.clone()).or_default().push(row);
-            }
-            for (queue, rows) in &by_queue {
-                for chunk in rows.chunks(PER_CALL) {
-                    let mut args = vec![s(keys::prefix(queue))];
-                    args.extend(chunk.iter().map(|row| s(row.id.as_str())));
-                    let peeked: Vec<Vec<String>> =
-                        call(redis, &self.scheduler.scripts.peek, keys::all(queue), args).await?;
-                    let mut gone = Vec::new();
-                    let mut changes = Vec::new();
-                    for (row, fields) in chunk.iter().zip(peeked) {
-                        if fields.is_empty() {
-                            gone.push(row.clone());
-                        } else {
-                            let caught_up = catch_up(row, &fields);
-                            repaired.updated += !caught_up.is_empty() as u64;
-                            changes.extend(caught_up);
-                        }
-                    }
-                    self.scheduler.record(changes);
-                    for answer in self.restore(gone).await? {
-                        repaired.restored += (answer > 0) as u64;
-                    }
-                }
+            for (queue, batch) in per_call(rows) {
+                self.repair_batch(&queue, batch, &mut repaired).await?;
             }
         }
         Ok(repaired)
+    }
+
+    /// Brings one batch of stale rows of `queue` up to Redis, or restores what Redis lacks.
+    async fn repair_batch(
+        &self,
+        queue: &str,
+        rows: Vec<jobs::Model>,
+        repaired: &mut Repaired,
+    ) -> Result<(), Error> {
+        let mut args = vec![s(keys::prefix(queue))];
+        args.extend(rows.iter().map(|row| s(row.id.as_str())));
+        let redis = &self.scheduler.redis;
+        let peeked: Vec<Vec<String>> =
+            call(redis, &self.scheduler.scripts.peek, keys::all(queue), args).await?;
+        let mut gone = Vec::new();
+        let mut changes = Vec::new();
+        for (row, fields) in rows.into_iter().zip(peeked) {
+            if fields.is_empty() {
+                gone.push(row);
+            } else {
+                let caught_up = catch_up(&row, &fields);
+                repaired.updated += !caught_up.is_empty() as u64;
+                changes.extend(caught_up);
+            }
+        }
+        self.scheduler.record(changes);
+        for answer in self.restore(gone).await? {
+            repaired.restored += (answer > 0) as u64;
+        }
+        Ok(())
     }
 
     /// `check`, with what it did or why it could not in the log.
@@ -239,50 +245,60 @@ impl Reconciler {
 
     /// Runs `restore.lua` per queue; the answers follow the rows' order within each queue.
     async fn restore(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
-        let mut by_queue: BTreeMap<String, Vec<jobs::Model>> = BTreeMap::new();
-        for row in rows {
-            by_queue.entry(row.queue.clone()).or_default().push(row);
-        }
         let mut answers = Vec::new();
-        for (queue, rows) in &by_queue {
-            for chunk in rows.chunks(PER_CALL) {
-                let now = now_ms();
-                let mut args = vec![
-                    s(keys::prefix(queue)),
-                    Value::Integer(now),
-                    Value::Integer(self.scheduler.options.retention.as_millis() as i64),
-                ];
-                for row in chunk {
-                    args.extend(restore_args(row));
-                }
-                let replies: Vec<i64> = call(
-                    &self.scheduler.redis,
-                    &self.scheduler.scripts.restore,
-                    keys::all(queue),
-                    args,
-                )
-                .await?;
-                // A lost lease ended its attempt; the history says so.
-                let requeued = chunk
-                    .iter()
-                    .zip(&replies)
-                    .filter(|(_, answer)| **answer == 2)
-                    .map(|(row, _)| {
-                        durable::ended(
-                            &row.id,
-                            JobState::Queued,
-                            None,
-                            None,
-                            Some("lease lost: Redis lost its data while the job ran".into()),
-                        )
-                    })
-                    .collect();
-                self.scheduler.record(requeued);
-                answers.extend(replies);
+        for (queue, chunk) in per_call(rows) {
+            let mut args = vec![
+                s(keys::prefix(&queue)),
+                Value::Integer(now_ms()),
+                Value::Integer(self.scheduler.options.retention.as_millis() as i64),
+            ];
+            for row in &chunk {
+                args.extend(restore_args(row));
             }
+            let replies: Vec<i64> = call(
+                &self.scheduler.redis,
+                &self.scheduler.scripts.restore,
+                keys::all(&queue),
+                args,
+            )
+            .await?;
+            // A lost lease ended its attempt; the history says so.
+            let requeued = chunk
+                .iter()
+                .zip(&replies)
+                .filter(|(_, answer)| **answer == 2)
+                .map(|(row, _)| {
+                    durable::ended(
+                        &row.id,
+                        JobState::Queued,
+                        None,
+                        None,
+                        Some("lease lost: Redis lost its data while the job ran".into()),
+                    )
+                })
+                .collect();
+            self.scheduler.record(requeued);
+            answers.extend(replies);
         }
         Ok(answers)
     }
+}
+
+/// `rows` grouped by queue, in batches of at most `PER_CALL` (one script call each, in the
+/// queue's slot); within a queue the rows keep their order.
+fn per_call(rows: Vec<jobs::Model>) -> Vec<(String, Vec<jobs::Model>)> {
+    let mut by_queue: BTreeMap<String, Vec<jobs::Model>> = BTreeMap::new();
+    for row in rows {
+        by_queue.entry(row.queue.clone()).or_default().push(row);
+    }
+    by_queue
+        .into_iter()
+        .flat_map(|(queue, rows)| {
+            rows.chunks(PER_CALL)
+                .map(|chunk| (queue.clone(), chunk.to_vec()))
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 /// What one repair did.

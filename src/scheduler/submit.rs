@@ -47,7 +47,11 @@ impl Handle {
             args.extend(job_args);
             sent.push(created);
         }
-        let ids: Vec<String> = sent.iter().map(|j| j.id.clone()).collect();
+        // Kept only to undo the rows if Redis fails.
+        let ids: Vec<String> = match self.history {
+            Some(_) => sent.iter().map(|j| j.id.clone()).collect(),
+            None => Vec::new(),
+        };
         // The database first: once Redis has a job a worker may run it, and an accepted job must
         // be durable. What Redis then does not take is deleted again.
         if let Some(store) = &self.history {
