@@ -7,34 +7,25 @@ mod status;
 mod validate;
 mod workers;
 
-use tonic::Request;
+mod quota;
 
+use tonic::{Request, Status};
+
+use crate::auth::Principal;
 pub use jobs::Jobs;
+pub use quota::{Quotas, Rate};
 pub use status::Error;
 pub use workers::Workers;
 
-/// Who is calling. Set by the server's interceptor from the caller's identity, never from a
-/// request field; until authentication lands every caller is the tenant `default`.
-#[derive(Clone, Debug)]
-pub struct Tenant(pub String);
-
-pub const DEFAULT_TENANT: &str = "default";
-
-/// Tags a request with its tenant (the place authentication will plug in).
+/// The caller, as the auth layer admitted it. Every service is served behind that layer; a
+/// request without a principal means one is not, and is refused rather than let through.
 #[allow(clippy::result_large_err)]
-pub fn identify(mut request: Request<()>) -> Result<Request<()>, tonic::Status> {
-    request
-        .extensions_mut()
-        .insert(Tenant(DEFAULT_TENANT.to_string()));
-    Ok(request)
-}
-
-fn tenant<T>(request: &Request<T>) -> String {
+fn caller<T>(request: &Request<T>) -> Result<Principal, Status> {
     request
         .extensions()
-        .get::<Tenant>()
-        .map(|t| t.0.clone())
-        .unwrap_or_else(|| DEFAULT_TENANT.to_string())
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no credentials"))
 }
 
 /// Limits on what callers may send.
@@ -42,12 +33,18 @@ fn tenant<T>(request: &Request<T>) -> String {
 pub struct Limits {
     /// Largest job payload in bytes. Default 1 MiB.
     pub max_payload: usize,
+    /// Most labels on one job. Default 64.
+    pub max_labels: usize,
+    /// Most slots (jobs in flight) one worker stream may announce. Default 1000.
+    pub max_worker_slots: u32,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             max_payload: 1 << 20,
+            max_labels: validate::MAX_LABELS,
+            max_worker_slots: 1000,
         }
     }
 }

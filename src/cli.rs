@@ -1,7 +1,8 @@
 //! The client side of the CLI: `submit`, `get`, `list`, `watch`, `cancel`, `worker`, and the
-//! database chores `migrate` and `cleanup`.
+//! database chores `migrate`, `cleanup` and `keys`.
 
 pub mod database;
+pub mod keys;
 pub mod show;
 pub mod submit;
 pub mod watch;
@@ -9,9 +10,11 @@ pub mod worker;
 
 use std::process::ExitCode;
 
-use tonic::transport::{Channel, Endpoint};
+use std::path::PathBuf;
 
-use crate::proto::job_service_client::JobServiceClient;
+use tonic::transport::Channel;
+
+use crate::client::{self, Target};
 pub use show::{CancelArgs, GetArgs, ListArgs};
 pub use submit::SubmitArgs;
 pub use watch::WatchArgs;
@@ -31,9 +34,21 @@ pub mod exit {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The Conveyor server.
+    /// The Conveyor server (`https://` for TLS).
     #[arg(long, env = "CONVEYOR_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
+    /// An API key (`cvk_...`), worker token (`cvw_...`) or OIDC token.
+    #[arg(long, env = "CONVEYOR_KEY", hide_env_values = true)]
+    pub key: Option<String>,
+    /// A CA certificate (PEM) to trust for the server's certificate.
+    #[arg(long, env = "CONVEYOR_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// A client certificate (PEM) for mTLS; needs --client-key.
+    #[arg(long, env = "CONVEYOR_CLIENT_CERT", requires = "client_key")]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "CONVEYOR_CLIENT_KEY", requires = "client_cert")]
+    pub client_key: Option<PathBuf>,
 }
 
 /// What a client command ends with: an exit code, or an error to print.
@@ -57,21 +72,26 @@ pub enum Error {
 }
 
 impl ClientArgs {
+    pub fn target(&self) -> Target {
+        Target {
+            addr: self.addr.clone(),
+            token: self.key.clone(),
+            ca: self.ca_cert.clone(),
+            identity: self.client_cert.clone().zip(self.client_key.clone()),
+        }
+    }
+
     pub async fn channel(&self) -> Result<Channel, Error> {
-        let endpoint = Endpoint::from_shared(self.addr.clone()).map_err(|_| {
-            Error::Usage(format!(
-                "{}: not an address like http://127.0.0.1:50051",
-                self.addr
-            ))
-        })?;
+        let endpoint = self.target().endpoint().map_err(Error::Usage)?;
         endpoint.connect().await.map_err(|source| Error::Connect {
             addr: self.addr.clone(),
             source,
         })
     }
 
-    pub async fn jobs(&self) -> Result<JobServiceClient<Channel>, Error> {
-        Ok(JobServiceClient::new(self.channel().await?))
+    pub async fn jobs(&self) -> Result<client::Jobs, Error> {
+        let bearer = self.target().bearer().map_err(Error::Usage)?;
+        Ok(client::jobs(self.channel().await?, bearer))
     }
 }
 

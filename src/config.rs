@@ -1,8 +1,11 @@
 //! One `Config` for the server, from flags and environment variables (clap), with defaults.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::api::Rate;
+use crate::auth::jwt;
 use crate::scheduler::QueueDefaults;
 use crate::{api, dispatcher, history, scheduler};
 
@@ -45,6 +48,17 @@ fn parse_weights(text: &str) -> Result<[u32; 4], String> {
     parts
         .try_into()
         .map_err(|_| format!("{text:?}: expected four weights (FREE,PRO,PREMIUM,ENTERPRISE)"))
+}
+
+/// Parses four `RATE/BURST` (or `unlimited`) for FREE,PRO,PREMIUM,ENTERPRISE; one applies to all.
+fn parse_rates(text: &str) -> Result<[Option<Rate>; 4], String> {
+    let rates: Vec<Option<Rate>> = text.split(',').map(Rate::parse).collect::<Result<_, _>>()?;
+    match rates.as_slice() {
+        [one] => Ok([*one; 4]),
+        _ => rates.try_into().map_err(|_| {
+            format!("{text:?}: expected one RATE/BURST, or four (FREE,PRO,PREMIUM,ENTERPRISE)")
+        }),
+    }
 }
 
 /// Parses `render:attempts=5,timeout=2h,backoff=10s,backoff_max=10m`.
@@ -147,6 +161,55 @@ pub struct Config {
     /// GetJob and ListJobs read them from there afterwards.
     #[arg(long, env = "CONVEYOR_RETENTION", default_value = "1h", value_parser = parse_duration)]
     pub retention: Duration,
+    /// Serve without authentication: every caller is the tenant `default` and may do
+    /// everything. `dev` always runs so; `serve` refuses to start without credentials unless
+    /// this is given.
+    #[arg(long, env = "CONVEYOR_INSECURE")]
+    pub insecure: bool,
+    /// The issuer (`iss`) of accepted OIDC bearer tokens. With an audience and a JWKS, JWTs are
+    /// accepted beside API keys.
+    #[arg(long, env = "CONVEYOR_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// The audience (`aud`) accepted tokens must name.
+    #[arg(long, env = "CONVEYOR_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// The issuer's signing keys: a JWKS file, or an https URL serving one.
+    #[arg(long, env = "CONVEYOR_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+    /// Accepted signing algorithms (HS* is refused: a shared secret is not a public key).
+    #[arg(long, env = "CONVEYOR_JWT_ALGORITHMS", default_value = "RS256,ES256")]
+    pub jwt_algorithms: String,
+    /// The claim naming the caller's tenant.
+    #[arg(long, env = "CONVEYOR_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+    /// TLS for the gRPC port: the certificate chain (PEM). Needs `--tls-key`.
+    #[arg(long, env = "CONVEYOR_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS: the private key (PEM).
+    #[arg(long, env = "CONVEYOR_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// mTLS: the CA (PEM) whose client certificates are accepted. A certificate's name maps to
+    /// a tenant or a worker with `conveyor keys create --cert NAME`; callers without a
+    /// certificate may still use keys.
+    #[arg(long, env = "CONVEYOR_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Submits per second per tenant, per tier FREE,PRO,PREMIUM,ENTERPRISE, as RATE/BURST or
+    /// `unlimited`; over it, RESOURCE_EXHAUSTED with a retry delay.
+    #[arg(long, env = "CONVEYOR_SUBMIT_RATE", value_parser = parse_rates,
+          default_value = "100/1000,200/2000,500/5000,1000/10000")]
+    pub submit_rate: [Option<Rate>; 4],
+    /// Open WatchJob streams per tenant (per replica).
+    #[arg(long, env = "CONVEYOR_MAX_WATCHES", default_value_t = 1000)]
+    pub max_watches: usize,
+    /// Most labels on one job.
+    #[arg(long, env = "CONVEYOR_MAX_LABELS", default_value_t = 64)]
+    pub max_labels: usize,
+    /// Most jobs in flight on one worker stream (its announced concurrency).
+    #[arg(long, env = "CONVEYOR_MAX_WORKER_SLOTS", default_value_t = 1000)]
+    pub max_worker_slots: u32,
+    /// Largest gRPC metadata (all headers) of one request, in bytes.
+    #[arg(long, env = "CONVEYOR_MAX_METADATA", default_value_t = 16 * 1024)]
+    pub max_metadata: u32,
     /// Threads of the server's runtime; one per core when unset. Where Redis shares the cores
     /// (a small machine), 1 does the same work with less CPU: fewer wake-ups across threads.
     #[arg(long, env = "CONVEYOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -154,7 +217,8 @@ pub struct Config {
 }
 
 impl Config {
-    /// The defaults, pointing at `redis_url`; what tests and `conveyor dev` start from.
+    /// The defaults, pointing at `redis_url`, with authentication off; what tests, `demo` and
+    /// `conveyor dev` start from.
     pub fn with_redis(redis_url: impl Into<String>) -> Self {
         use clap::Parser;
         #[derive(clap::Parser)]
@@ -164,6 +228,7 @@ impl Config {
         }
         let mut config = Defaults::parse_from(["conveyor"]).config;
         config.redis_url = Some(redis_url.into());
+        config.insecure = true;
         config
     }
 
@@ -210,7 +275,32 @@ impl Config {
     pub fn limits(&self) -> api::Limits {
         api::Limits {
             max_payload: self.max_payload,
+            max_labels: self.max_labels,
+            max_worker_slots: self.max_worker_slots,
         }
+    }
+
+    pub fn quotas(&self) -> api::Quotas {
+        api::Quotas::new(self.submit_rate, self.max_watches)
+    }
+
+    /// The JWT settings when an issuer is configured; an error names what is missing.
+    pub fn jwt(&self) -> Result<Option<jwt::Options>, String> {
+        let Some(issuer) = &self.jwt_issuer else {
+            return Ok(None);
+        };
+        let (Some(audience), Some(jwks)) = (&self.jwt_audience, &self.jwt_jwks) else {
+            return Err(
+                "CONVEYOR_JWT_ISSUER needs CONVEYOR_JWT_AUDIENCE and CONVEYOR_JWT_JWKS".into(),
+            );
+        };
+        Ok(Some(jwt::Options {
+            issuer: issuer.clone(),
+            audience: audience.clone(),
+            jwks: jwks.clone(),
+            algorithms: jwt::parse_algorithms(&self.jwt_algorithms)?,
+            tenant_claim: self.jwt_tenant_claim.clone(),
+        }))
     }
 }
 

@@ -42,7 +42,7 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
     }));
     let (stop_worker, worker_stopped) = oneshot::channel::<()>();
     let options = worker::Options {
-        addr: addr.clone(),
+        server: crate::client::Target::new(addr.clone()),
         queues: vec!["render".into()],
         concurrency: 2,
         command: vec!["sh".into(), "-c".into(), RENDER.into()],
@@ -53,7 +53,13 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         let _ = worker_stopped.await;
     }));
 
-    let client = ClientArgs { addr };
+    let client = ClientArgs {
+        addr,
+        key: None,
+        ca_cert: None,
+        client_cert: None,
+        client_key: None,
+    };
     let mut jobs = client.jobs().await?;
     let request = proto::SubmitJobRequest {
         queue: "render".into(),

@@ -139,7 +139,7 @@ pub async fn run(
                         None => (text.to_string(), None),
                     };
                     let _ = signals.send(Signal::Wake { queue, due_ms: due }).await;
-                } else {
+                } else if channel == keys::EVENTS_CHANNEL {
                     match Event::parse_many(payload) {
                         Ok(events) => {
                             for event in &events {

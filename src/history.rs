@@ -105,11 +105,35 @@ async fn connect_with(url: &str, options: &Options) -> Result<DatabaseConnection
 /// Runs the pending migrations, one replica at a time: replicas that start together wait for
 /// the first, then find nothing left to do.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), Error> {
+    let mut tries = 0;
+    loop {
+        match migrate_once(db).await {
+            // SQLite: a transaction that read before another replica's migration committed
+            // cannot write after it (SQLITE_BUSY at once, no waiting); start over.
+            Err(Error::Db(e))
+                if db.get_database_backend() == DbBackend::Sqlite
+                    && e.to_string().contains("database is locked")
+                    && tries < 50 =>
+            {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(20 + rand::random_range(0..30))).await;
+            }
+            result => return result,
+        }
+    }
+}
+
+async fn migrate_once(db: &DatabaseConnection) -> Result<(), Error> {
     let backend = db.get_database_backend();
     let lock = match backend {
         DbBackend::Postgres => format!("SELECT pg_advisory_xact_lock({MIGRATION_LOCK})"),
         // A first write takes SQLite's write lock for the transaction; others wait for it.
-        _ => "CREATE TABLE IF NOT EXISTS conveyor_migration_lock (id INTEGER)".to_string(),
+        _ => {
+            let table = "CREATE TABLE IF NOT EXISTS conveyor_migration_lock (id INTEGER)";
+            db.execute_raw(Statement::from_string(backend, table))
+                .await?;
+            "DELETE FROM conveyor_migration_lock".to_string()
+        }
     };
     let txn = db.begin().await?;
     txn.execute_raw(Statement::from_string(backend, lock))
@@ -136,6 +160,11 @@ impl Store {
             commits,
             writer,
         })
+    }
+
+    /// The connection pool, for the other tables of the schema (credentials).
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
     }
 
     pub fn backend(&self) -> DbBackend {

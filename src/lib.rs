@@ -2,8 +2,10 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod auth;
 pub mod bench;
 pub mod cli;
+pub mod client;
 pub mod config;
 pub mod demo;
 pub mod dev;

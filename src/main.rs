@@ -48,6 +48,8 @@ enum Command {
         #[arg(long, value_parser = conveyor::config::parse_duration)]
         older_than: std::time::Duration,
     },
+    /// Create, list and revoke API keys and worker tokens (in the database; no server needed).
+    Keys(cli::keys::KeysArgs),
     /// Show the whole loop in one command: private Redis, server, worker, one job watched to its result.
     Demo {
         /// Where the demo's redis-server keeps its data.
@@ -133,6 +135,12 @@ async fn run(cli: Cli) -> ExitCode {
             data_dir,
         } => {
             init_logging("info");
+            config.insecure = true;
+            eprintln!(
+                "\n  conveyor dev: AUTHENTICATION IS OFF. Every caller is the tenant `default` and \
+                 may do everything.\n  Use `conveyor serve` with API keys (`conveyor keys create`) \
+                 or OIDC tokens anywhere others can reach.\n"
+            );
             async {
                 let _redis = match config.redis_url {
                     Some(_) => None,
@@ -176,6 +184,7 @@ async fn client(command: Command) -> ExitCode {
             database_url,
             older_than,
         } => cli::database::cleanup(&database_url, older_than).await,
+        Command::Keys(args) => cli::keys::run(args).await,
         Command::Bench(args) => conveyor::bench::run(args).await,
         Command::BenchWorker(args) => conveyor::bench::worker::run(args).await,
         Command::Worker(args) => cli::worker::run(args).await,

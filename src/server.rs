@@ -1,19 +1,20 @@
 //! The server: `run(config, listener, shutdown)` wires Redis, the scheduler, the event hub, the
 //! dispatcher and the gRPC services, and serves until `shutdown` resolves.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
-use crate::{api, dispatcher, events, history, proto, scheduler};
+use crate::{api, auth, dispatcher, events, history, proto, scheduler};
 
 /// How long shutdown waits for open streams after telling workers to drain.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
@@ -34,6 +35,68 @@ pub enum Error {
     History(#[from] history::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("{0}")]
+    Auth(String),
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+/// Who may call: nobody is checked with `insecure`; otherwise API keys (with a database) and
+/// JWTs (when configured), and the server refuses to start when no credential could pass.
+async fn authenticator(
+    config: &Config,
+    store: Option<&history::Store>,
+) -> Result<auth::Authenticator, Error> {
+    if config.insecure {
+        tracing::warn!(
+            "AUTHENTICATION IS OFF: anyone who reaches {} may submit, read, watch and cancel \
+             every job, and connect as a worker for any queue",
+            config.listen
+        );
+        return Ok(auth::Authenticator::Off);
+    }
+    let jwt = match config.jwt().map_err(Error::Auth)? {
+        Some(options) => Some(Arc::new(
+            auth::jwt::Verifier::new(options)
+                .await
+                .map_err(Error::Auth)?,
+        )),
+        None => None,
+    };
+    let keys = store.map(|s| auth::keys::Keys::new(s.db().clone()));
+    let usable_keys = match store {
+        Some(store) => auth::keys::any_usable(store.db())
+            .await
+            .map_err(|e| Error::History(e.into()))?,
+        None => false,
+    };
+    if jwt.is_none() && !usable_keys {
+        return Err(Error::Auth(
+            "no credentials: create an API key first (`conveyor keys create --tenant NAME \
+             --scopes submit,read,watch,cancel` with the same DATABASE_URL), or configure \
+             CONVEYOR_JWT_ISSUER/AUDIENCE/JWKS; `--insecure` serves without authentication"
+                .into(),
+        ));
+    }
+    Ok(auth::Authenticator::On { keys, jwt })
+}
+
+/// The TLS settings of the gRPC port, from PEM files; `None` serves plaintext.
+fn tls(config: &Config) -> Result<Option<ServerTlsConfig>, Error> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))
+    };
+    let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
+        return Ok(None);
+    };
+    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
+    if let Some(ca) = &config.tls_client_ca {
+        // Optional: callers without a certificate may still present a key or a token.
+        tls = tls
+            .client_ca_root(Certificate::from_pem(read(ca)?))
+            .client_auth_optional(true);
+    }
+    Ok(Some(tls))
 }
 
 async fn connect(
@@ -75,8 +138,11 @@ pub async fn run(
     let (redis, subscriber) = connect(config.redis_url(), config.redis_timeout).await?;
     let mut scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
     let mut background = Vec::new();
+    let mut store = None;
     if let Some(url) = config.database() {
-        let store = history::Store::open(url, config.history()).await?;
+        let opened = history::Store::open(url, config.history()).await?;
+        store = Some(opened.clone());
+        let store = opened;
         tracing::info!(backend = ?store.backend(), "job history in the database");
         scheduler = scheduler.with_history(store.clone());
         // Long enough for every replica's writer to flush what it holds (capped: with a very
@@ -95,6 +161,14 @@ pub async fn run(
             config.history_retention,
         )));
     }
+    let authenticator = authenticator(&config, store.as_ref()).await?;
+    if let auth::Authenticator::On {
+        keys: Some(keys), ..
+    } = &authenticator
+    {
+        background.push(tokio::spawn(keys.clone().follow(subscriber.clone())));
+    }
+    let tls = tls(&config)?;
     let hub = events::Handle::default();
     let (signals_tx, signals_rx) = mpsc::channel(1024);
     let dispatcher = dispatcher::spawn(scheduler.clone(), config.dispatcher(), signals_rx);
@@ -115,13 +189,19 @@ pub async fn run(
         scheduler.clone(),
         hub,
         config.limits(),
+        Arc::new(config.quotas()),
         stopping,
     ))
     .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message)
     .accept_compressed(CompressionEncoding::Gzip);
-    let workers = WorkerServiceServer::new(api::Workers::new(dispatcher.clone()))
-        .max_decoding_message_size(max_message)
-        .accept_compressed(CompressionEncoding::Gzip);
+    let workers = WorkerServiceServer::new(api::Workers::new(
+        dispatcher.clone(),
+        config.max_worker_slots,
+    ))
+    .max_decoding_message_size(max_message)
+    .max_encoding_message_size(max_message)
+    .accept_compressed(CompressionEncoding::Gzip);
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<api::Jobs>>().await;
     health
@@ -137,12 +217,19 @@ pub async fn run(
     // TCP_NODELAY, small messages (an assignment, a report's answer) wait for the peer's
     // delayed ACK, tens of milliseconds.
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(tls)?;
+    }
+    let server = builder
         // Dead peers are noticed within seconds even when no message is due.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
-        .add_service(InterceptedService::new(jobs, api::identify))
-        .add_service(InterceptedService::new(workers, api::identify))
+        .http2_max_header_list_size(Some(config.max_metadata))
+        // Every service sits behind authentication (health and reflection pass through).
+        .layer(auth::Layer::new(authenticator))
+        .add_service(jobs)
+        .add_service(workers)
         .add_service(health_service)
         .add_service(reflection)
         .serve_with_incoming_shutdown(incoming, stopped);

@@ -11,15 +11,14 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
-use tonic::transport::Endpoint;
 
 use crate::proto::{self, worker_message::Msg as Out};
 use command::{Event, Outcome};
 
 #[derive(Clone, Debug)]
 pub struct Options {
-    /// The server to dial, e.g. `http://127.0.0.1:50051`.
-    pub addr: String,
+    /// The server to dial (`http://127.0.0.1:50051`) and the worker token to show it.
+    pub server: crate::client::Target,
     pub queues: Vec<String>,
     /// Jobs run at once.
     pub concurrency: u32,
@@ -32,7 +31,7 @@ pub struct Options {
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{0}: not a server address like http://127.0.0.1:50051")]
+    #[error("{0}")]
     Address(String),
     #[error("give a command to run per job after `--`")]
     NoCommand,
@@ -84,8 +83,10 @@ pub async fn run(
     if options.command.is_empty() {
         return Err(Error::NoCommand);
     }
-    let endpoint = Endpoint::from_shared(options.addr.clone())
-        .map_err(|_| Error::Address(options.addr.clone()))?
+    let endpoint = options
+        .server
+        .endpoint()
+        .map_err(Error::Address)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_timeout(Duration::from_secs(5))
@@ -125,7 +126,7 @@ pub async fn run(
                     backoff = MIN_BACKOFF;
                 }
                 let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-                tracing::info!(retry_in = ?wait, "connection to {}: {why}", worker.options.addr);
+                tracing::info!(retry_in = ?wait, "connection to {}: {why}", worker.options.server.addr);
                 if worker.idle_for(wait, &mut stop).await {
                     return Ok(());
                 }

@@ -4,12 +4,16 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_history;
+mod m20261125_000002_credentials;
 
 pub struct Migrator;
 
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20261124_000001_history::Migration)]
+        vec![
+            Box::new(m20261124_000001_history::Migration),
+            Box::new(m20261125_000002_credentials::Migration),
+        ]
     }
 }

@@ -1,6 +1,7 @@
 //! JobService: submit, read, list, cancel and watch jobs.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures_util::Stream;
 use tokio::sync::watch;
@@ -8,10 +9,10 @@ use tokio_stream::StreamExt;
 use tonic::{Request, Response, Status};
 
 use super::status::{Error, invalid};
-use super::{Limits, convert, tenant, validate};
+use super::{Limits, Quotas, caller, convert, validate};
 use crate::events::{self, Item};
 use crate::proto::{self, job_service_server::JobService};
-use crate::scheduler;
+use crate::scheduler::{self, Tier};
 
 /// Most jobs one SubmitJobs call may carry.
 const MAX_BATCH: usize = 1000;
@@ -20,6 +21,7 @@ pub struct Jobs {
     scheduler: scheduler::Handle,
     hub: events::Handle,
     limits: Limits,
+    quotas: Arc<Quotas>,
     /// Turns true when the server shuts down; open watches then end with UNAVAILABLE.
     stopping: watch::Receiver<bool>,
 }
@@ -29,15 +31,29 @@ impl Jobs {
         scheduler: scheduler::Handle,
         hub: events::Handle,
         limits: Limits,
+        quotas: Arc<Quotas>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
             scheduler,
             hub,
             limits,
+            quotas,
             stopping,
         }
     }
+}
+
+/// How many of a call's jobs fall in each tier (what the submit rate counts).
+fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
+    let mut counts: Vec<(Tier, usize)> = Vec::new();
+    for tier in tiers {
+        match counts.iter_mut().find(|(t, _)| *t == tier) {
+            Some((_, n)) => *n += 1,
+            None => counts.push((tier, 1)),
+        }
+    }
+    counts
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
@@ -48,8 +64,11 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let job = validate::submit(request.into_inner(), &self.limits)?;
+        self.quotas
+            .submit(&tenant, &[(job.tier, 1)])
+            .map_err(Error::RateLimited)?;
         let (job, created) = self
             .scheduler
             .submit(&tenant, job)
@@ -65,7 +84,7 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let requests = request.into_inner().jobs;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             let n = requests.len();
@@ -83,6 +102,9 @@ impl JobService for Jobs {
                 validate::submit(r, &self.limits).map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
             batch.push(job);
         }
+        self.quotas
+            .submit(&tenant, &per_tier(batch.iter().map(|j| j.tier)))
+            .map_err(Error::RateLimited)?;
         let results = self
             .scheduler
             .submit_many(&tenant, batch)
@@ -102,7 +124,7 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::GetJobRequest>,
     ) -> Result<Response<proto::GetJobResponse>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let id = request.into_inner().job_id;
         validate::job_id(&id)?;
         let job = self
@@ -119,7 +141,7 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::ListJobsRequest>,
     ) -> Result<Response<proto::ListJobsResponse>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let scheduler = &self.scheduler;
         let (filter, page_size, token) =
             validate::list(request.into_inner(), scheduler.history().is_some(), |t| {
@@ -140,7 +162,7 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::CancelJobRequest>,
     ) -> Result<Response<proto::CancelJobResponse>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let id = request.into_inner().job_id;
         validate::job_id(&id)?;
         let job = self
@@ -159,9 +181,15 @@ impl JobService for Jobs {
         &self,
         request: Request<proto::WatchJobRequest>,
     ) -> Result<Response<EventStream>, Status> {
-        let tenant = tenant(&request);
+        let tenant = caller(&request)?.tenant;
         let r = request.into_inner();
         validate::job_id(&r.job_id)?;
+        let permit = self.quotas.watch(&tenant).ok_or_else(|| {
+            let cap = self.quotas.max_watches();
+            Error::Exhausted(format!(
+                "this tenant already has {cap} open watch streams; close some first"
+            ))
+        })?;
         let items = events::watch(
             self.hub.clone(),
             self.scheduler.clone(),
@@ -172,7 +200,8 @@ impl JobService for Jobs {
         )
         .await
         .map_err(Error::from)?;
-        let events = items.map(|item| match item {
+        // The permit goes with the stream, and is given back when it ends.
+        let events = items.map(move |item| match (&permit, item).1 {
             Ok(Item::Snapshot(job)) => Ok(convert::snapshot(*job)),
             Ok(Item::Event(event)) => Ok(convert::event(&event)),
             Ok(Item::Stopping) => Err(Status::unavailable(

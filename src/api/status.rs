@@ -1,8 +1,11 @@
 //! The api's errors, and the one place any error becomes a gRPC status.
 
-use tonic::Status;
+use std::time::Duration;
 
-use crate::{dispatcher, scheduler};
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::{auth, dispatcher, scheduler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -10,6 +13,14 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    #[error("{0}")]
+    PermissionDenied(String),
+    /// Over a cap (watch streams and the like).
+    #[error("{0}")]
+    Exhausted(String),
+    /// Over the tenant's submit rate; the caller may retry after the delay.
+    #[error("over this tenant's submit rate; retry in {0:?}")]
+    RateLimited(Duration),
     #[error(transparent)]
     Scheduler(#[from] scheduler::Error),
     #[error(transparent)]
@@ -25,6 +36,13 @@ impl From<Error> for Status {
         match e {
             Error::InvalidArgument(m) => Status::invalid_argument(m),
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
+            Error::PermissionDenied(m) => Status::permission_denied(m),
+            Error::Exhausted(m) => Status::resource_exhausted(m),
+            e @ Error::RateLimited(delay) => {
+                // google.rpc.RetryInfo in grpc-status-details-bin: clients back off that long.
+                let details = ErrorDetails::with_retry_info(Some(delay));
+                Status::with_error_details(Code::ResourceExhausted, e.to_string(), details)
+            }
             Error::Scheduler(e) => e.into(),
             Error::Dispatcher(dispatcher::Error::Scheduler(e)) => e.into(),
             Error::Dispatcher(e @ dispatcher::Error::ShuttingDown) => {
@@ -52,6 +70,21 @@ impl From<scheduler::Error> for Status {
             scheduler::Error::Corrupt(m) => {
                 tracing::error!(detail = %m, "unexpected data in redis");
                 Status::internal("internal error")
+            }
+        }
+    }
+}
+
+impl From<auth::Error> for Status {
+    fn from(e: auth::Error) -> Status {
+        match e {
+            e @ (auth::Error::Missing | auth::Error::Unauthenticated(_)) => {
+                Status::unauthenticated(e.to_string())
+            }
+            auth::Error::Denied(m) => Status::permission_denied(m),
+            auth::Error::Unavailable(detail) => {
+                tracing::warn!(detail, "credentials could not be checked");
+                Status::unavailable("cannot check credentials now; retry shortly")
             }
         }
     }

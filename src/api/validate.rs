@@ -115,10 +115,11 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
             "priority: {priority} is outside 1 (most urgent) ..= 9"
         )));
     }
-    if r.labels.len() > MAX_LABELS {
+    if r.labels.len() > limits.max_labels {
         return Err(invalid(format!(
-            "labels: {} labels is over the limit of {MAX_LABELS}",
-            r.labels.len()
+            "labels: {} labels is over the limit of {}",
+            r.labels.len(),
+            limits.max_labels
         )));
     }
     for (k, v) in &r.labels {

@@ -9,13 +9,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 
 use super::status::Error;
-use super::{convert, validate};
+use super::{caller, convert, validate};
+use crate::auth::Principal;
 use crate::dispatcher::{self, Applied, Link};
 use crate::proto::{self, worker_message::Msg, worker_service_server::WorkerService};
 use crate::scheduler::{Progress, Report};
 
-/// Most slots one worker stream may announce.
-const MAX_CONCURRENCY: u32 = 1000;
 /// A worker stream is dead after this many heartbeat intervals of silence.
 const MISSED_HEARTBEATS: u32 = 3;
 /// Reports waiting for the batch in flight; past this the stream is not read (HTTP/2 flow
@@ -24,11 +23,16 @@ const MAX_PENDING: usize = 4096;
 
 pub struct Workers {
     dispatcher: dispatcher::Handle,
+    /// Most slots one worker stream may announce.
+    max_slots: u32,
 }
 
 impl Workers {
-    pub fn new(dispatcher: dispatcher::Handle) -> Self {
-        Self { dispatcher }
+    pub fn new(dispatcher: dispatcher::Handle, max_slots: u32) -> Self {
+        Self {
+            dispatcher,
+            max_slots,
+        }
     }
 }
 
@@ -42,6 +46,7 @@ impl WorkerService for Workers {
         &self,
         request: Request<Streaming<proto::WorkerMessage>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
+        let principal = caller(&request)?;
         let mut inbound = request.into_inner();
         let heartbeat = self.dispatcher.options().heartbeat;
         let first = tokio::time::timeout(heartbeat * MISSED_HEARTBEATS, inbound.message())
@@ -62,7 +67,7 @@ impl WorkerService for Workers {
                 ));
             }
         };
-        let hello = check_hello(hello)?;
+        let hello = check_hello(hello, &principal, self.max_slots)?;
         let (link, welcome) = self.dispatcher.connect(hello).await.map_err(Error::from)?;
         let (tx, rx) = mpsc::channel(64);
         let welcome = proto::Welcome {
@@ -85,7 +90,11 @@ fn message(msg: proto::server_message::Msg) -> proto::ServerMessage {
 }
 
 #[allow(clippy::result_large_err)]
-fn check_hello(h: proto::Hello) -> Result<dispatcher::Hello, Status> {
+fn check_hello(
+    h: proto::Hello,
+    principal: &Principal,
+    max_slots: u32,
+) -> Result<dispatcher::Hello, Status> {
     if h.queues.is_empty() {
         return Err(Status::invalid_argument(
             "hello.queues: name at least one queue",
@@ -93,10 +102,14 @@ fn check_hello(h: proto::Hello) -> Result<dispatcher::Hello, Status> {
     }
     for q in &h.queues {
         validate::queue(q)?;
+        if !principal.may_serve(q) {
+            let message = format!("hello.queues: this worker token may not serve queue {q:?}");
+            return Err(Error::PermissionDenied(message).into());
+        }
     }
-    if !(1..=MAX_CONCURRENCY).contains(&h.concurrency) {
+    if !(1..=max_slots).contains(&h.concurrency) {
         return Err(Status::invalid_argument(format!(
-            "hello.concurrency: must be 1..={MAX_CONCURRENCY}"
+            "hello.concurrency: must be 1..={max_slots}"
         )));
     }
     for lease in &h.held {

@@ -5,10 +5,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use tokio_stream::StreamExt;
-use tonic::transport::Channel;
 
 use super::{ClientArgs, Outcome, exit};
-use crate::proto::{self, JobState, job_event::Kind, job_service_client::JobServiceClient};
+use crate::proto::{self, JobState, job_event::Kind};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WatchArgs {
@@ -31,7 +30,7 @@ const RESUMES: u32 = 10;
 /// Watches until the terminal event, resuming after a broken stream; the exit code is the
 /// job's final state.
 pub async fn follow(
-    jobs: &mut JobServiceClient<Channel>,
+    jobs: &mut crate::client::Jobs,
     job_id: &str,
     mut after_seq: Option<u64>,
 ) -> Outcome {

@@ -41,7 +41,7 @@ async fn shutdown() {
 
 pub async fn run(args: WorkerArgs) -> Outcome {
     let options = worker::Options {
-        addr: args.client.addr,
+        server: args.client.target(),
         queues: args.queues,
         concurrency: args.concurrency,
         command: args.command,

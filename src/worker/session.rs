@@ -30,7 +30,8 @@ impl Worker {
                 msg: Some(self.hello()),
             })
             .await;
-        let mut client = proto::worker_service_client::WorkerServiceClient::new(channel);
+        let bearer = self.options.server.bearer().map_err(Error::Address)?;
+        let mut client = crate::client::workers(channel, bearer);
         let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) if is_refusal(&s) => return Err(Error::Refused(s)),

@@ -1,5 +1,6 @@
 //! Integration tests: real redis-server, real Conveyor servers, generated gRPC clients.
 
+mod auth;
 mod bad_inputs;
 mod batches;
 mod cost;
@@ -10,4 +11,6 @@ mod jobs;
 mod process;
 mod replicas;
 mod standard;
+mod tls;
+mod tokens;
 mod workers;

@@ -279,6 +279,7 @@ async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
     // A server whose history writer would wait an hour before writing.
     let mut server = Command::new(BIN)
         .arg("serve")
+        .env("CONVEYOR_INSECURE", "true")
         .env("REDIS_URL", redis.url())
         .env("DATABASE_URL", &url)
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))

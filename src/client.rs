@@ -1,0 +1,92 @@
+//! How a client reaches a server: the address, TLS when it is `https://` (a CA to trust, and a
+//! client certificate for mTLS), and a credential sent as `authorization: Bearer` on every call.
+//! The CLI, the worker runtime and the demo connect through here.
+
+use std::path::PathBuf;
+
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+use crate::proto::job_service_client::JobServiceClient;
+use crate::proto::worker_service_client::WorkerServiceClient;
+
+#[derive(Clone, Debug, Default)]
+pub struct Target {
+    /// e.g. `http://127.0.0.1:50051` or `https://conveyor.example.com`.
+    pub addr: String,
+    /// An API key, worker token or JWT.
+    pub token: Option<String>,
+    /// A CA (PEM) to trust for the server's certificate, beside the system's.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and key (PEM), for mTLS.
+    pub identity: Option<(PathBuf, PathBuf)>,
+}
+
+pub type Jobs = JobServiceClient<InterceptedService<Channel, Bearer>>;
+pub type Workers = WorkerServiceClient<InterceptedService<Channel, Bearer>>;
+
+pub fn jobs(channel: Channel, bearer: Bearer) -> Jobs {
+    JobServiceClient::with_interceptor(channel, bearer)
+}
+
+pub fn workers(channel: Channel, bearer: Bearer) -> Workers {
+    WorkerServiceClient::with_interceptor(channel, bearer)
+}
+
+impl Target {
+    pub fn new(addr: impl Into<String>) -> Target {
+        Target {
+            addr: addr.into(),
+            ..Default::default()
+        }
+    }
+
+    /// The endpoint to dial; an error says what is wrong with the address or the files.
+    pub fn endpoint(&self) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(self.addr.clone())
+            .map_err(|_| format!("{}: not an address like http://127.0.0.1:50051", self.addr))?;
+        if !self.addr.starts_with("https://") {
+            return Ok(endpoint);
+        }
+        let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
+        let mut tls = ClientTlsConfig::new().with_enabled_roots();
+        if let Some(ca) = &self.ca {
+            tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+        }
+        if let Some((cert, key)) = &self.identity {
+            tls = tls.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))
+    }
+
+    /// What every call carries.
+    pub fn bearer(&self) -> Result<Bearer, String> {
+        match &self.token {
+            None => Ok(Bearer(None)),
+            Some(token) => format!("Bearer {}", token.trim())
+                .parse()
+                .map(|v| Bearer(Some(v)))
+                .map_err(|_| "the key or token has characters a header cannot carry".to_string()),
+        }
+    }
+}
+
+/// Adds `authorization: Bearer <token>` to every request.
+#[derive(Clone, Debug)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
