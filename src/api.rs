@@ -2,6 +2,8 @@
 //! No scheduling logic and no Redis here.
 
 mod convert;
+#[cfg(test)]
+mod fuzz;
 mod jobs;
 mod status;
 mod validate;

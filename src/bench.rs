@@ -7,6 +7,7 @@
 //! Redis commands per minute while idle. `--smoke` is a seconds-long version (CI);
 //! `--vs-bullmq` alternates this suite with BullMQ's own harness and prints both side by side.
 
+mod auth;
 mod bullmq;
 mod compare;
 mod history;
@@ -28,11 +29,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use crate::cli::{self, Error};
 use crate::dev;
-use crate::proto::job_service_client::JobServiceClient;
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -94,6 +93,10 @@ pub struct BenchArgs {
     /// PostgreSQL (`--postgres`), to show what the durable write costs.
     #[arg(long, conflicts_with = "vs_bullmq")]
     pub history: bool,
+    /// Instead of the suite: the submit scenarios on SQLite without authentication and with an
+    /// API key, to show what checking credentials costs.
+    #[arg(long, conflicts_with_all = ["vs_bullmq", "history"])]
+    pub auth: bool,
     /// The PostgreSQL server `--history` uses.
     #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
     pub postgres: String,
@@ -126,7 +129,7 @@ pub struct Bench {
     args: BenchArgs,
     server: serve::Server,
     redis_port: u16,
-    jobs: JobServiceClient<Channel>,
+    jobs: crate::client::Jobs,
     /// One JSON object per scenario, in the order they ran.
     results: Vec<Value>,
 }
@@ -163,7 +166,10 @@ pub async fn run(args: BenchArgs) -> cli::Outcome {
     if args.history {
         return history::run(&args).await;
     }
-    let results = suite(&args).await?;
+    if args.auth {
+        return auth::run(&args).await;
+    }
+    let results = suite(&args, false).await?;
     print_table(&results);
     Ok(outcome(&results))
 }
@@ -179,7 +185,8 @@ fn outcome(results: &[Value]) -> ExitCode {
 }
 
 /// One run of every scenario on a fresh redis-server and a fresh server; returns the lines.
-async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
+/// `with_key`: the server checks credentials, and the bench's client sends an API key.
+async fn suite(args: &BenchArgs, with_key: bool) -> Result<Vec<Value>, Error> {
     static SUITES: AtomicU32 = AtomicU32::new(0);
     let n = SUITES.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("conveyor-bench-{}-{n}", std::process::id()));
@@ -187,8 +194,22 @@ async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
         .await
         .map_err(usage)?;
     let database = history::database(&args.database, &dir).await?;
-    let server = serve::start(&redis.url, &dir, args.server_threads, database.url()).await?;
-    let jobs = JobServiceClient::new(serve::connect(&server.addr).await?);
+    let token = match with_key {
+        true => Some(auth::key(database.url()).await?),
+        false => None,
+    };
+    let server = serve::Options {
+        threads: args.server_threads,
+        database: database.url(),
+        insecure: token.is_none(),
+    };
+    let server = serve::start(&redis.url, &dir, server).await?;
+    let target = crate::client::Target {
+        token,
+        ..crate::client::Target::new(server.addr.clone())
+    };
+    let bearer = target.bearer().map_err(usage)?;
+    let jobs = crate::client::jobs(serve::connect(&server.addr).await?, bearer);
     let mut b = Bench {
         args: args.clone(),
         server,
@@ -206,8 +227,8 @@ async fn suite(args: &BenchArgs) -> Result<Vec<Value>, Error> {
 }
 
 async fn run_scenarios(b: &mut Bench) {
-    if b.args.history {
-        return history::scenarios(b).await;
+    if b.args.history || b.args.auth {
+        return history::scenarios(b, b.args.history).await;
     }
     let r = submit::one_at_a_time(b).await;
     b.emit("submit_one_at_a_time", r);

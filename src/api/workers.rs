@@ -90,7 +90,7 @@ fn message(msg: proto::server_message::Msg) -> proto::ServerMessage {
 }
 
 #[allow(clippy::result_large_err)]
-fn check_hello(
+pub(super) fn check_hello(
     h: proto::Hello,
     principal: &Principal,
     max_slots: u32,
@@ -159,11 +159,9 @@ async fn serve(
                         break;
                     }
                     Some(Msg::Heartbeat(_)) | None => continue,
-                    Some(Msg::Progress(p)) => progress(p),
-                    Some(Msg::Complete(c)) => Ok(Report::Complete { job_id: c.job_id, token: c.token, result: c.result }),
-                    Some(Msg::Fail(f)) => Ok(Report::Fail { job_id: f.job_id, token: f.token, error: f.error, retryable: f.retryable }),
+                    Some(msg) => report(msg),
                 };
-                match report.and_then(check) {
+                match report {
                     Ok(report) => pending.push(report),
                     Err((id, token, code, text)) => {
                         if tx.send(Ok(result(id, token, code, text))).await.is_err() { break }
@@ -200,7 +198,7 @@ async fn serve(
 }
 
 /// A report refused before it reached the scheduler: (job id, token, code, message).
-type Refusal = (String, u64, Code, String);
+pub(super) type Refusal = (String, u64, Code, String);
 
 /// Tells the worker what became of its Completes and Fails (always) and of refused progress.
 async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
@@ -219,6 +217,29 @@ async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
             .map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// A Progress, Complete or Fail as the scheduler takes it, or why it is refused.
+pub(super) fn report(msg: Msg) -> Result<Report, Refusal> {
+    let report = match msg {
+        Msg::Progress(p) => progress(p)?,
+        Msg::Complete(c) => Report::Complete {
+            job_id: c.job_id,
+            token: c.token,
+            result: c.result,
+        },
+        Msg::Fail(f) => Report::Fail {
+            job_id: f.job_id,
+            token: f.token,
+            error: f.error,
+            retryable: f.retryable,
+        },
+        Msg::Hello(_) | Msg::Heartbeat(_) => {
+            let refusal = "only Progress, Complete and Fail are reports".to_string();
+            return Err((String::new(), 0, Code::FailedPrecondition, refusal));
+        }
+    };
+    check(report)
 }
 
 #[allow(clippy::result_large_err)]

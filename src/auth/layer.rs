@@ -72,7 +72,7 @@ where
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| v.strip_prefix("Bearer ").unwrap_or(v).trim().to_string());
+                .map(bearer);
             let certs = request
                 .extensions()
                 .get::<TlsConnectInfo<TcpConnectInfo>>()
@@ -96,5 +96,25 @@ where
                 }
             }
         })
+    }
+}
+
+/// The credential in an `authorization` value: `Bearer <token>` (the scheme in any case), or
+/// the bare token.
+fn bearer(value: &str) -> String {
+    let value = value.trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim().to_string(),
+        _ => value.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_optional() {
+        assert_eq!(super::bearer("Bearer cvk_a_b"), "cvk_a_b");
+        assert_eq!(super::bearer("bearer  cvk_a_b "), "cvk_a_b");
+        assert_eq!(super::bearer("cvk_a_b"), "cvk_a_b");
     }
 }

@@ -192,7 +192,7 @@ pub async fn run(args: &BenchArgs) -> cli::Outcome {
     let (mut conveyor, mut bullmq, mut errors) = (Vec::new(), Vec::new(), Vec::new());
     for rep in 1..=args.reps {
         eprintln!("== rep {rep}/{}: Conveyor", args.reps);
-        let lines = suite(args).await?;
+        let lines = suite(args, false).await?;
         print_table(&lines);
         conveyor.push(lines);
         eprintln!(

@@ -46,15 +46,24 @@ impl Server {
     }
 }
 
+/// How the server under test runs.
+pub struct Options<'a> {
+    /// Its CONVEYOR_THREADS (unset: its default).
+    pub threads: Option<u16>,
+    /// Its DATABASE_URL.
+    pub database: &'a str,
+    /// Without authentication (the suite measures the scheduler, not the guard in front of it).
+    pub insecure: bool,
+}
+
 /// Starts `<this exe> serve` against `redis_url` on a free loopback port and waits until it
 /// answers a gRPC call. Its log goes to `dir/server.log`.
-/// `threads` sets its CONVEYOR_THREADS (unset: its default); `database` its DATABASE_URL.
-pub async fn start(
-    redis_url: &str,
-    dir: &Path,
-    threads: Option<u16>,
-    database: &str,
-) -> Result<Server, Error> {
+pub async fn start(redis_url: &str, dir: &Path, options: Options<'_>) -> Result<Server, Error> {
+    let Options {
+        threads,
+        database,
+        insecure,
+    } = options;
     let port = StdListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map_err(usage)?
@@ -67,8 +76,7 @@ pub async fn start(
         .env("REDIS_URL", redis_url)
         .env("DATABASE_URL", database)
         .env("CONVEYOR_LISTEN", &listen)
-        // The bench measures the scheduler, not the guards in front of it.
-        .env("CONVEYOR_INSECURE", "true")
+        .env("CONVEYOR_INSECURE", insecure.to_string())
         .env("CONVEYOR_SUBMIT_RATE", "unlimited")
         .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))
         .stdin(Stdio::null())

@@ -5,12 +5,11 @@ use std::time::Instant;
 
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use tonic::transport::Channel;
 
 use super::stats::{latencies, rate};
 use super::{Bench, usage};
 use crate::cli::Error;
-use crate::proto::{self, job_service_client::JobServiceClient};
+use crate::proto;
 
 /// Jobs per SubmitJobs call, the most the server takes (and BullMQ's harness's addBulk chunk).
 pub const CHUNK: u64 = 1000;
@@ -33,7 +32,7 @@ pub fn job(queue: &str, i: u64, mixed: bool) -> proto::SubmitJobRequest {
 /// Submits `n` jobs with single SubmitJob calls, `in_flight` outstanding; returns each call's
 /// latency in ms.
 pub async fn one_by_one(
-    jobs: &JobServiceClient<Channel>,
+    jobs: &crate::client::Jobs,
     queue: &str,
     n: u64,
     in_flight: usize,
@@ -59,7 +58,7 @@ pub async fn one_by_one(
 /// Submits `n` jobs with SubmitJobs calls of up to `CHUNK`, `in_flight` calls outstanding;
 /// returns the new jobs' ids in submit order.
 pub async fn batches(
-    jobs: &JobServiceClient<Channel>,
+    jobs: &crate::client::Jobs,
     queue: &str,
     n: u64,
     in_flight: usize,

@@ -13,6 +13,7 @@ use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_types::StatusExt;
 
+use crate::bad_inputs::dbsize;
 use crate::harness::{self, Redis, Server, eventually, submit};
 
 /// A server with authentication on, and the database its credentials live in.
@@ -150,8 +151,9 @@ async fn every_rpc_answers(s: &Secured, token: Option<&str>, expected: Code) {
 
 /// Row 16: no credentials, a made-up key, a key with a wrong secret, an expired key.
 #[tokio::test]
-async fn missing_unknown_and_expired_credentials_are_unauthenticated() {
+async fn row_16_missing_unknown_or_expired_credentials() {
     let s = secured(|_| {}).await;
+    let keys_before = dbsize(&s.redis).await;
     every_rpc_answers(&s, None, Code::Unauthenticated).await;
     every_rpc_answers(&s, Some("cvk_0123456789abcdef_nope"), Code::Unauthenticated).await;
     every_rpc_answers(&s, Some("not-a-key-at-all"), Code::Unauthenticated).await;
@@ -176,6 +178,11 @@ async fn missing_unknown_and_expired_credentials_are_unauthenticated() {
         .unwrap_err();
     assert_eq!(status.code(), Code::Unauthenticated);
     assert!(status.message().contains("expired"), "{status:?}");
+    assert_eq!(
+        dbsize(&s.redis).await,
+        keys_before,
+        "a refused call changed Redis"
+    );
 
     // The health service stays open for probes.
     let mut health = tonic_health::pb::health_client::HealthClient::new(s.server.channel().await);
@@ -191,7 +198,7 @@ async fn missing_unknown_and_expired_credentials_are_unauthenticated() {
 
 /// Row 16: a revoked key stops working at once, on a server that had just accepted it.
 #[tokio::test]
-async fn a_revoked_key_stops_working_at_once() {
+async fn row_16_a_revoked_key_stops_working_at_once() {
     let s = secured(|_| {}).await;
     let token = key(&s.db, "acme", ALL).await;
     let mut jobs = s.jobs(Some(&token)).await;
@@ -209,14 +216,20 @@ async fn a_revoked_key_stops_working_at_once() {
 /// Row 17 (and 24's "a queue it may not serve"): workers and clients cannot stand in for each
 /// other, and scopes and queues are enforced.
 #[tokio::test]
-async fn workers_and_clients_keep_to_their_own_calls() {
+async fn row_17_workers_and_clients_keep_to_their_own_calls() {
     let s = secured(|_| {}).await;
     let client_key = key(&s.db, "acme", ALL).await;
     let worker = worker_token(&s.db, "render").await;
 
+    let keys_before = dbsize(&s.redis).await;
     let refused = s.connect_worker(Some(&client_key), &["render"]).await;
     assert_eq!(code(refused), Code::PermissionDenied);
     every_rpc_answers_but_connect(&s, &worker, Code::PermissionDenied).await;
+    assert_eq!(
+        dbsize(&s.redis).await,
+        keys_before,
+        "a refused call changed Redis"
+    );
     s.connect_worker(Some(&worker), &["render"])
         .await
         .expect("its own queue");
@@ -268,7 +281,7 @@ async fn every_rpc_answers_but_connect(s: &Secured, token: &str, expected: Code)
 
 /// Row 18: another tenant's job does not exist for you, in Redis or in the history.
 #[tokio::test]
-async fn another_tenants_job_is_not_found_by_any_call() {
+async fn row_18_another_tenants_job_is_not_found_by_any_call() {
     let s = secured(|c| c.retention = Duration::from_millis(300)).await;
     let mut a = s.jobs(Some(&key(&s.db, "tenant-a", ALL).await)).await;
     let mut b = s.jobs(Some(&key(&s.db, "tenant-b", ALL).await)).await;
@@ -325,7 +338,7 @@ async fn another_tenants_job_is_not_found_by_any_call() {
 
 /// Row 26: a burst over the tenant's rate is refused with a retry delay, and passes after it.
 #[tokio::test]
-async fn a_submit_burst_over_the_rate_is_refused_with_a_retry_delay_then_recovers() {
+async fn row_26_a_submit_burst_over_the_rate_waits_for_the_retry_delay() {
     let rate = conveyor::api::Rate::parse("5/3").unwrap();
     let s = secured(|c| c.submit_rate = [rate, None, None, None]).await;
     let mut a = s.jobs(Some(&key(&s.db, "tenant-a", ALL).await)).await;
@@ -333,7 +346,13 @@ async fn a_submit_burst_over_the_rate_is_refused_with_a_retry_delay_then_recover
     for _ in 0..3 {
         submit_as(&mut a, "render").await.unwrap();
     }
+    let keys_before = dbsize(&s.redis).await;
     let status = submit_as(&mut a, "render").await.unwrap_err();
+    assert_eq!(
+        dbsize(&s.redis).await,
+        keys_before,
+        "a refused submit changed Redis"
+    );
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
     let delay = status
         .get_details_retry_info()
@@ -362,7 +381,7 @@ async fn a_submit_burst_over_the_rate_is_refused_with_a_retry_delay_then_recover
 
 /// Row 27: watch streams over the tenant's cap are refused; closing one makes room.
 #[tokio::test]
-async fn watch_streams_over_the_cap_are_refused_until_one_closes() {
+async fn row_27_watch_streams_over_the_cap_until_one_closes() {
     let s = secured(|c| c.max_watches = 2).await;
     let mut a = s.jobs(Some(&key(&s.db, "tenant-a", ALL).await)).await;
     let mut b = s.jobs(Some(&key(&s.db, "tenant-b", ALL).await)).await;
@@ -408,4 +427,55 @@ async fn a_secured_server_does_not_start_without_credentials() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("--insecure"), "{error}");
+}
+
+/// gRPC metadata (HTTP/2 headers) over the cap never reaches a handler; the server goes on.
+#[tokio::test]
+async fn metadata_over_the_cap_is_refused() {
+    let s = secured(|c| c.max_metadata = 8 * 1024).await;
+    let token = key(&s.db, "acme", ALL).await;
+    let mut jobs = s.jobs(Some(&token)).await;
+    let mut request = tonic::Request::new(submit("render", "{}"));
+    let big: tonic::metadata::MetadataValue<_> = "x".repeat(16 * 1024).parse().unwrap();
+    request.metadata_mut().insert("x-padding", big);
+    let keys_before = dbsize(&s.redis).await;
+    let status = jobs.submit_job(request).await.unwrap_err();
+    // hyper answers HTTP 431 before gRPC is involved; gRPC clients map that to UNKNOWN.
+    assert_eq!(status.code(), Code::Unknown, "{status:?}");
+    assert!(status.message().contains("431"), "{status:?}");
+    assert_eq!(dbsize(&s.redis).await, keys_before);
+    submit_as(&mut s.jobs(Some(&token)).await, "render")
+        .await
+        .expect("still serving");
+}
+
+/// The in-flight cap per worker: a Hello announcing more slots than allowed is refused.
+#[tokio::test]
+async fn a_worker_may_not_announce_more_slots_than_the_cap() {
+    let s = secured(|c| c.max_worker_slots = 4).await;
+    let token = worker_token(&s.db, "render").await;
+    let announce = |slots: u32| {
+        let token = token.clone();
+        let s = &s;
+        async move {
+            let target = Target {
+                token: Some(token),
+                ..Target::new(s.server.addr.clone())
+            };
+            let channel = s.server.channel().await;
+            let mut workers = client::workers(channel, target.bearer().unwrap());
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            let hello = harness::hello(&["render"], slots, "");
+            let msg = Some(WorkerMsg::Hello(hello));
+            tx.send(proto::WorkerMessage { msg }).await.unwrap();
+            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
+            workers.connect(stream).await.map(|_| ())
+        }
+    };
+    announce(4).await.expect("at the cap");
+    for slots in [0, 5, 1_000_000] {
+        let status = announce(slots).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{slots}: {status:?}");
+        assert!(status.message().contains("1..=4"), "{status:?}");
+    }
 }

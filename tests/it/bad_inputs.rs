@@ -1,4 +1,5 @@
-//! Bad inputs (the BAD_INPUTS table, rows 1-15, 19-25 and 31): each gets the right status and a
+//! Bad inputs (the BAD_INPUTS table, rows 1-15, 19-25 and 31; rows 16-18, 26 and 27 are in
+//! `auth.rs` and `tokens.rs`): each gets the right status and a
 //! message a person can act on, changes nothing, and leaves the server serving.
 
 use std::future::poll_fn;
@@ -105,7 +106,7 @@ async fn raw_http(server: &Server, encoding: Option<&'static str>, frame: &[u8])
 
 /// How many keys Redis holds, the reconciler's marker aside: a bad request must leave it as it
 /// was.
-async fn dbsize(redis: &Redis) -> String {
+pub async fn dbsize(redis: &Redis) -> String {
     let count = "return redis.call('DBSIZE') - redis.call('EXISTS', 'cv:marker')";
     redis.command(&["EVAL", count, "0"]).await.expect("DBSIZE")
 }

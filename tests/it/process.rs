@@ -324,3 +324,111 @@ async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
     assert_eq!(attempts.len(), 1);
     assert_eq!(attempts[0].outcome.as_deref(), Some("SUCCEEDED"));
 }
+
+/// The security workflow with the real binary: `serve` refuses without credentials, `keys
+/// create` makes a client key and a worker token, `submit --key` and `worker --key` use them, and
+/// `keys revoke` shuts the key out.
+#[tokio::test]
+async fn keys_made_with_the_cli_admit_a_client_and_a_worker_until_revoked() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let url = harness::sqlite_url();
+    let env = |c: &mut Command| {
+        c.env("DATABASE_URL", &url)
+            .env("REDIS_URL", redis.url())
+            .env_remove("CONVEYOR_KEY")
+            .env_remove("CONVEYOR_INSECURE");
+    };
+    let cli = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        env(&mut c);
+        c.args(args).output()
+    };
+    let refused = cli(&["serve", "--listen", "127.0.0.1:0"]).await.unwrap();
+    assert!(!refused.status.success());
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(stderr.contains("conveyor keys create"), "{stderr}");
+
+    let made = cli(&["keys", "create", "--tenant", "acme", "--name", "backend"])
+        .await
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let key = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    assert!(key.starts_with("cvk_"), "{key}");
+    let args = [
+        "keys", "create", "--tenant", "ops", "--worker", "--queues", "render",
+    ];
+    let made = cli(&args).await.unwrap();
+    let token = String::from_utf8(made.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("cvw_"), "{token}");
+    let listed = cli(&["keys", "list"]).await.unwrap();
+    let listed = String::from_utf8(listed.stdout).unwrap();
+    assert!(listed.contains("acme") && listed.contains("render") && listed.contains("active"));
+    let secret = key.rsplit('_').next().unwrap();
+    assert!(!listed.contains(secret), "list shows a secret:\n{listed}");
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut serve = Command::new(BIN);
+    env(&mut serve);
+    let _server = serve
+        .arg("serve")
+        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut worker = Command::new(BIN);
+    let _worker = worker
+        .args([
+            "worker", "--addr", &addr, "--queue", "render", "--key", &token, "--",
+        ])
+        .args(["sh", "-c", r#"echo 'RESULT {"ok":1}'"#])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let submit = |key: String| {
+        let addr = addr.clone();
+        async move {
+            Command::new(BIN)
+                .args([
+                    "submit", "--addr", &addr, "--key", &key, "--queue", "render", "{}",
+                ])
+                .arg("--watch")
+                .output()
+                .await
+                .unwrap()
+        }
+    };
+    let done = eventually("a submit with the key to succeed", || {
+        let submit = submit(key.clone());
+        async move { Some(submit.await).filter(|o| o.status.success()) }
+    })
+    .await;
+    assert!(
+        String::from_utf8_lossy(&done.stderr).contains("SUCCEEDED"),
+        "{done:?}"
+    );
+    let as_worker = submit(token.clone()).await;
+    assert_eq!(as_worker.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&as_worker.stderr).contains("PermissionDenied"));
+
+    let id = key.split('_').nth(1).unwrap();
+    let revoked = cli(&["keys", "revoke", id]).await.unwrap();
+    assert!(revoked.status.success(), "{revoked:?}");
+    let after = submit(key.clone()).await;
+    assert_eq!(after.status.code(), Some(2), "{after:?}");
+    assert!(
+        String::from_utf8_lossy(&after.stderr).contains("Unauthenticated"),
+        "{after:?}"
+    );
+    let listed = cli(&["keys", "list", "--tenant", "acme"]).await.unwrap();
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("revoked"));
+}

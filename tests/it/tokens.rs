@@ -102,7 +102,7 @@ fn refused(result: Result<proto::Job, tonic::Status>, why: &str) -> tonic::Statu
 }
 
 #[tokio::test]
-async fn only_well_signed_current_tokens_for_this_audience_pass() {
+async fn row_16_only_well_signed_current_tokens_for_this_audience_pass() {
     let redis = Redis::start().await;
     let signer = signer("k1");
     let dir = tempfile::tempdir().unwrap();

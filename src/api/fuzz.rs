@@ -1,0 +1,180 @@
+//! Property tests that throw arbitrary requests and worker messages at the validation layer:
+//! whatever arrives, it answers Ok or a refusal, never a panic. Arbitrary bytes are decoded as
+//! the protobuf types too, as the server would. `PROPTEST_CASES=200000 cargo test --lib fuzz`
+//! runs them longer than CI does.
+
+use std::collections::HashMap;
+
+use proptest::prelude::*;
+use prost::Message;
+
+use super::{Limits, validate, workers};
+use crate::auth::{Principal, Queues, Role};
+use crate::proto::{self, worker_message::Msg};
+
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        ".{0,40}",
+        "[a-z0-9:._-]{0,130}",
+        Just(String::new()),
+        Just("0190b5a0-0000-7000-8000-000000000000".to_string()),
+        Just("render".to_string()),
+    ]
+}
+
+fn duration() -> impl Strategy<Value = Option<prost_types::Duration>> {
+    proptest::option::of(
+        (any::<i64>(), any::<i32>())
+            .prop_map(|(seconds, nanos)| prost_types::Duration { seconds, nanos }),
+    )
+}
+
+fn timestamp() -> impl Strategy<Value = Option<prost_types::Timestamp>> {
+    proptest::option::of(
+        (any::<i64>(), any::<i32>())
+            .prop_map(|(seconds, nanos)| prost_types::Timestamp { seconds, nanos }),
+    )
+}
+
+prop_compose! {
+    fn submit_request()(
+        queue in text(),
+        payload in proptest::collection::vec(any::<u8>(), 0..2048),
+        content_type in text(),
+        tier in prop_oneof![-2..6i32, any::<i32>()],
+        priority in proptest::option::of(prop_oneof![-2..12i32, any::<i32>()]),
+        labels in proptest::collection::hash_map(text(), text(), 0..80),
+        run_at in timestamp(),
+        delay in duration(),
+        max_attempts in proptest::option::of(any::<u32>()),
+        backoff_initial in duration(),
+        backoff_max in duration(),
+        timeout in duration(),
+        idempotency_key in text(),
+    ) -> proto::SubmitJobRequest {
+        proto::SubmitJobRequest {
+            queue, payload, content_type, tier, priority, labels, run_at, delay, max_attempts,
+            backoff_initial, backoff_max, timeout, idempotency_key,
+        }
+    }
+}
+
+prop_compose! {
+    fn hello()(
+        queues in proptest::collection::vec(text(), 0..5),
+        concurrency in any::<u32>(),
+        worker_id in text(),
+        held in proptest::collection::vec((text(), any::<u64>()), 0..4),
+    ) -> proto::Hello {
+        proto::Hello {
+            queues,
+            concurrency,
+            labels: HashMap::new(),
+            version: String::new(),
+            worker_id,
+            held: held.into_iter().map(|(job_id, token)| proto::HeldLease { job_id, token }).collect(),
+        }
+    }
+}
+
+fn worker_message() -> impl Strategy<Value = Msg> {
+    let progress = (text(), any::<u64>(), any::<f32>(), text(), text()).prop_map(
+        |(job_id, token, percent, stage, message)| {
+            Msg::Progress(proto::ProgressReport {
+                job_id,
+                token,
+                progress: Some(proto::Progress {
+                    percent,
+                    stage,
+                    message,
+                }),
+            })
+        },
+    );
+    let complete = (text(), any::<u64>(), text()).prop_map(|(job_id, token, result)| {
+        Msg::Complete(proto::Complete {
+            job_id,
+            token,
+            result,
+        })
+    });
+    let fail = (text(), any::<u64>(), text(), any::<bool>()).prop_map(
+        |(job_id, token, error, retryable)| {
+            Msg::Fail(proto::Fail {
+                job_id,
+                token,
+                error,
+                retryable,
+            })
+        },
+    );
+    prop_oneof![
+        progress,
+        complete,
+        fail,
+        hello().prop_map(Msg::Hello),
+        Just(Msg::Heartbeat(proto::Heartbeat {}))
+    ]
+}
+
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(2000)
+}
+
+fn worker() -> Principal {
+    Principal {
+        tenant: "ops".into(),
+        role: Role::Worker(Queues::Only(vec!["render".into()])),
+        credential: "fuzz".into(),
+    }
+}
+
+/// What the server does with one worker message, minus the network.
+fn take(msg: Msg) {
+    match msg {
+        Msg::Hello(h) => {
+            let _ = workers::check_hello(h, &worker(), 1000);
+        }
+        other => {
+            let _ = workers::report(other);
+        }
+    }
+}
+
+proptest! {
+    // 2,000 cases each in CI; PROPTEST_CASES sets more.
+    #![proptest_config(ProptestConfig::with_cases(cases()))]
+
+    #[test]
+    fn submit_requests_never_panic(request in submit_request()) {
+        let limits = Limits { max_payload: 1024, ..Limits::default() };
+        if let Ok(job) = validate::submit(request.clone(), &limits) {
+            // What passes is within the limits.
+            prop_assert!(job.payload.len() <= limits.max_payload);
+            prop_assert!(job.labels.len() <= limits.max_labels);
+            prop_assert!((1..=9).contains(&job.priority));
+            prop_assert!(validate::queue(&job.queue).is_ok());
+        }
+    }
+
+    #[test]
+    fn worker_messages_never_panic(msg in worker_message()) {
+        take(msg);
+    }
+
+    #[test]
+    fn arbitrary_bytes_decoded_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(request) = proto::SubmitJobRequest::decode(bytes.as_slice()) {
+            let _ = validate::submit(request, &Limits::default());
+        }
+        if let Ok(proto::WorkerMessage { msg: Some(msg) }) = proto::WorkerMessage::decode(bytes.as_slice()) {
+            take(msg);
+        }
+        if let Ok(request) = proto::ListJobsRequest::decode(bytes.as_slice()) {
+            let _ = validate::list(request, true, |_| true);
+        }
+    }
+}
