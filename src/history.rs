@@ -8,6 +8,7 @@ mod commit;
 pub mod entity;
 pub mod retention;
 mod sql;
+pub mod stats;
 mod writer;
 
 use std::time::Duration;
@@ -99,22 +100,26 @@ async fn connect_with(url: &str, options: &Options) -> Result<DatabaseConnection
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true)
     });
-    Ok(Database::connect(opts).await?)
+    retry_locked(|| async { Ok(Database::connect(opts.clone()).await?) }).await
 }
 
 /// Runs the pending migrations, one replica at a time: replicas that start together wait for
 /// the first, then find nothing left to do.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), Error> {
+    retry_locked(|| migrate_once(db)).await
+}
+
+/// SQLite answers "database is locked" at once, without waiting, when replicas starting together
+/// race to put a new file in WAL mode, or when a transaction that read before another's commit
+/// tries to write after it. Starting over (a few times, with jitter) is the cure.
+async fn retry_locked<T, Fut>(mut attempt: impl FnMut() -> Fut) -> Result<T, Error>
+where
+    Fut: Future<Output = Result<T, Error>>,
+{
     let mut tries = 0;
     loop {
-        match migrate_once(db).await {
-            // SQLite: a transaction that read before another replica's migration committed
-            // cannot write after it (SQLITE_BUSY at once, no waiting); start over.
-            Err(Error::Db(e))
-                if db.get_database_backend() == DbBackend::Sqlite
-                    && e.to_string().contains("database is locked")
-                    && tries < 50 =>
-            {
+        match attempt().await {
+            Err(Error::Db(e)) if e.to_string().contains("database is locked") && tries < 50 => {
                 tries += 1;
                 tokio::time::sleep(Duration::from_millis(20 + rand::random_range(0..30))).await;
             }
