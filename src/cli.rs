@@ -3,6 +3,7 @@
 
 pub mod database;
 pub mod keys;
+pub mod queues;
 pub mod show;
 pub mod submit;
 pub mod watch;

@@ -73,6 +73,14 @@ enum Command {
     Watch(WatchArgs),
     /// Cancel a job; a running job's worker is told to stop.
     Cancel(CancelArgs),
+    /// List your queues, with what waits and runs in each.
+    Queues(cli::ClientArgs),
+    /// Show a queue's figures: your jobs by state and tier, the oldest wait, the last minute.
+    Stats(cli::queues::QueueArgs),
+    /// Stop leasing from a queue (running jobs finish); needs the admin scope.
+    Pause(cli::queues::QueueArgs),
+    /// Start leasing from a paused queue again; needs the admin scope.
+    Resume(cli::queues::QueueArgs),
 }
 
 fn init_logging(default: &str) {
@@ -193,6 +201,10 @@ async fn client(command: Command) -> ExitCode {
         Command::List(args) => cli::show::list(args).await,
         Command::Watch(args) => cli::watch::run(args).await,
         Command::Cancel(args) => cli::show::cancel(args).await,
+        Command::Queues(args) => cli::queues::list(args).await,
+        Command::Stats(args) => cli::queues::stats(args).await,
+        Command::Pause(args) => cli::queues::pause(args, true).await,
+        Command::Resume(args) => cli::queues::pause(args, false).await,
         Command::Serve(_) | Command::Dev { .. } => unreachable!("handled in main"),
     })
 }

@@ -11,6 +11,7 @@ mod event;
 mod job;
 pub mod keys;
 mod leases;
+mod queues;
 mod reconcile;
 mod scripts;
 mod submit;
@@ -27,6 +28,7 @@ pub use error::Error;
 pub use event::{Event, EventKind};
 pub use job::{Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Report, Verdict};
+pub use queues::{QueueStats, QueueSummary, StateCounts};
 pub use reconcile::{Reconciler, Repaired};
 use scripts::{Scripts, call};
 

@@ -2,7 +2,7 @@
 
 use crate::dispatcher::ToWorker;
 use crate::proto;
-use crate::scheduler::{Event, EventKind, Job, JobState, Progress, Tier};
+use crate::scheduler::{self, Event, EventKind, Job, JobState, Progress, Tier};
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -131,6 +131,43 @@ pub fn to_worker(m: ToWorker) -> proto::ServerMessage {
         ToWorker::Drain => Msg::Drain(proto::Drain {}),
     };
     proto::ServerMessage { msg: Some(msg) }
+}
+
+fn counts(tier: i32, c: &scheduler::StateCounts) -> proto::StateCounts {
+    use scheduler::JobState as S;
+    proto::StateCounts {
+        tier,
+        scheduled: c.get(S::Scheduled),
+        queued: c.get(S::Queued),
+        running: c.get(S::Running),
+        succeeded: c.get(S::Succeeded),
+        failed: c.get(S::Failed),
+        cancelled: c.get(S::Cancelled),
+    }
+}
+
+pub fn queue_stats(s: scheduler::QueueStats) -> proto::QueueStats {
+    let now = scheduler::now_ms();
+    proto::QueueStats {
+        queue: s.queue,
+        paused: s.paused,
+        total: Some(counts(0, &s.total)),
+        tiers: s.tiers.iter().map(|(t, c)| counts(*t as i32, c)).collect(),
+        oldest_waiting: s
+            .oldest_queued_ms
+            .map(|at| duration(std::time::Duration::from_millis((now - at).max(0) as u64))),
+        finished_last_minute: s.finished_last_minute,
+    }
+}
+
+pub fn queue_summary(s: scheduler::QueueSummary) -> proto::QueueSummary {
+    use scheduler::JobState as S;
+    proto::QueueSummary {
+        queue: s.queue,
+        paused: s.paused,
+        waiting: s.counts.get(S::Scheduled) + s.counts.get(S::Queued),
+        running: s.counts.get(S::Running),
+    }
 }
 
 #[cfg(test)]

@@ -211,4 +211,58 @@ impl JobService for Jobs {
         });
         Ok(Response::new(Box::pin(events)))
     }
+
+    async fn pause_queue(
+        &self,
+        request: Request<proto::PauseQueueRequest>,
+    ) -> Result<Response<proto::PauseQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        validate::queue(&queue)?;
+        let changed = self
+            .scheduler
+            .set_paused(&queue, true)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::PauseQueueResponse { changed }))
+    }
+
+    async fn resume_queue(
+        &self,
+        request: Request<proto::ResumeQueueRequest>,
+    ) -> Result<Response<proto::ResumeQueueResponse>, Status> {
+        let queue = request.into_inner().queue;
+        validate::queue(&queue)?;
+        let changed = self
+            .scheduler
+            .set_paused(&queue, false)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::ResumeQueueResponse { changed }))
+    }
+
+    async fn get_queue_stats(
+        &self,
+        request: Request<proto::GetQueueStatsRequest>,
+    ) -> Result<Response<proto::QueueStats>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let queue = request.into_inner().queue;
+        validate::queue(&queue)?;
+        let stats = self
+            .scheduler
+            .queue_stats(&tenant, &queue)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(convert::queue_stats(stats)))
+    }
+
+    async fn list_queues(
+        &self,
+        request: Request<proto::ListQueuesRequest>,
+    ) -> Result<Response<proto::ListQueuesResponse>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let queues = self.scheduler.queues(&tenant).await.map_err(Error::from)?;
+        Ok(Response::new(proto::ListQueuesResponse {
+            queues: queues.into_iter().map(convert::queue_summary).collect(),
+        }))
+    }
 }

@@ -117,9 +117,12 @@ pub fn need(path: &str) -> Need {
         (s, _) if s.starts_with("grpc.reflection.") => Need::Nothing,
         ("conveyor.v1.WorkerService", "Connect") => Need::Worker,
         ("conveyor.v1.JobService", "SubmitJob" | "SubmitJobs") => Need::Client(Scope::Submit),
-        ("conveyor.v1.JobService", "GetJob" | "ListJobs") => Need::Client(Scope::Read),
+        ("conveyor.v1.JobService", "GetJob" | "ListJobs" | "GetQueueStats" | "ListQueues") => {
+            Need::Client(Scope::Read)
+        }
         ("conveyor.v1.JobService", "WatchJob") => Need::Client(Scope::Watch),
         ("conveyor.v1.JobService", "CancelJob") => Need::Client(Scope::Cancel),
+        ("conveyor.v1.JobService", "PauseQueue" | "ResumeQueue") => Need::Client(Scope::Admin),
         _ => Need::Known,
     }
 }

@@ -31,6 +31,11 @@ pub fn all(queue: &str) -> String {
     format!("cv:{{{queue}}}:all")
 }
 
+/// Present while the queue is paused (`pause.lua`).
+pub fn paused(queue: &str) -> String {
+    format!("cv:{{{queue}}}:paused")
+}
+
 /// A new job id: `<queue>:<uuid v7>`. The id names its queue, so any replica finds a job's
 /// keys from its id alone, with no global index (and every key of a job in its queue's slot).
 pub fn new_job_id(queue: &str) -> String {

@@ -22,6 +22,7 @@ pub struct Scripts {
     pub unwatch: Script,
     pub restore: Script,
     pub peek: Script,
+    pub pause: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -45,6 +46,7 @@ impl Scripts {
             unwatch: script(include_str!("scripts/unwatch.lua")),
             restore: script(include_str!("scripts/restore.lua")),
             peek: script(include_str!("scripts/peek.lua")),
+            pause: script(include_str!("scripts/pause.lua")),
         }
     }
 }

@@ -328,6 +328,40 @@ impl Worker {
         Worker::connect_with(server, hello(queues, concurrency, "")).await
     }
 
+    /// Connects presenting `token` (a worker token, or any credential of a role that may).
+    pub async fn connect_with_token(
+        server: &Server,
+        token: &str,
+        queues: &[&str],
+        concurrency: u32,
+    ) -> Worker {
+        let (tx, rx) = mpsc::channel(64);
+        let hello = hello(queues, concurrency, "");
+        tx.send(proto::WorkerMessage {
+            msg: Some(WorkerMsg::Hello(hello)),
+        })
+        .await
+        .unwrap();
+        let target = conveyor::client::Target {
+            token: Some(token.into()),
+            ..conveyor::client::Target::new(server.addr.clone())
+        };
+        let mut client =
+            conveyor::client::workers(server.channel().await, target.bearer().unwrap());
+        let mut rx = client
+            .connect(ReceiverStream::new(rx))
+            .await
+            .expect("connect")
+            .into_inner();
+        let welcome = match rx.next().await {
+            Some(Ok(proto::ServerMessage {
+                msg: Some(ServerMsg::Welcome(w)),
+            })) => w,
+            other => panic!("expected Welcome, got {other:?}"),
+        };
+        Worker { tx, rx, welcome }
+    }
+
     /// Sends heartbeats in the background, as a live worker does, for tests that wait longer
     /// than the server's silence limit.
     pub fn keep_alive(&self) {

@@ -9,6 +9,7 @@ mod harness;
 mod history;
 mod jobs;
 mod process;
+mod queues;
 mod replicas;
 mod standard;
 mod tls;

@@ -53,7 +53,9 @@ if next_due and next_due <= now then
   next_due = first_score(delayed)
 end
 
-if n == 0 then
+local paused = redis.call('EXISTS', prefix .. 'paused') == 1
+
+if n == 0 or paused then
   -- 3. The sweep: drop the ids of expired jobs from the all-jobs index (ListJobs).
   local next_expiry = first_score(expiring)
   if next_expiry and next_expiry <= now then
@@ -62,8 +64,13 @@ if n == 0 then
     redis.call('ZREM', expiring, unpack(gone))
     next_expiry = first_score(expiring)
   end
-  local more = redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2', prefix .. 'ready:3',
-    prefix .. 'ready:4')
+  local more = 0
+  if not paused then
+    more = redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2', prefix .. 'ready:3',
+      prefix .. 'ready:4')
+  end
+  -- Promoted jobs wake nobody while the queue is paused; resuming does.
+  WAKE.ready = WAKE.ready and not paused
   finish(prefix, now, retention)
   -- A lease that may expire, or expired ids to drop, is the next reason to look (due jobs have
   -- their own timer, `next_due`).
