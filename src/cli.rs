@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use tonic::transport::Channel;
 
 use crate::client::{self, Target};
-pub use show::{CancelArgs, GetArgs, ListArgs};
+pub use show::{CancelArgs, GetArgs, ListArgs, RetryArgs};
 pub use submit::SubmitArgs;
 pub use watch::WatchArgs;
 pub use worker::WorkerArgs;

@@ -225,6 +225,24 @@ impl Store {
             .await?)
     }
 
+    /// A FAILED job's row back to QUEUED (RetryJob), written at once rather than behind: its
+    /// `updated_ms` of `at` makes any older write still on its way (the FAILED itself, from some
+    /// replica's writer) lose to it.
+    pub async fn reopen(&self, id: &str, max_attempts: u32, at: i64) -> Result<(), Error> {
+        use sea_orm::sea_query::Expr;
+        jobs::Entity::update_many()
+            .col_expr(jobs::Column::State, Expr::value("QUEUED"))
+            .col_expr(jobs::Column::MaxAttempts, Expr::value(max_attempts as i32))
+            .col_expr(jobs::Column::FinishedMs, Expr::value(Option::<i64>::None))
+            .col_expr(jobs::Column::Result, Expr::value(""))
+            .col_expr(jobs::Column::UpdatedMs, Expr::value(at))
+            .filter(jobs::Column::Id.eq(id))
+            .filter(jobs::Column::UpdatedMs.lte(at))
+            .exec(&self.db)
+            .await?;
+        Ok(())
+    }
+
     /// The attempts of a job, first first.
     pub async fn attempts(&self, id: &str) -> Result<Vec<attempts::Model>, Error> {
         Ok(attempts::Entity::find()

@@ -73,6 +73,9 @@ enum Command {
     Watch(WatchArgs),
     /// Cancel a job; a running job's worker is told to stop.
     Cancel(CancelArgs),
+    /// Put FAILED jobs back in their queue with a fresh budget of attempts: one by id, or every
+    /// one of a queue (matching --tier and --label).
+    Retry(cli::RetryArgs),
     /// List your queues, with what waits and runs in each.
     Queues(cli::ClientArgs),
     /// Show a queue's figures: your jobs by state and tier, the oldest wait, the last minute.
@@ -201,6 +204,7 @@ async fn client(command: Command) -> ExitCode {
         Command::List(args) => cli::show::list(args).await,
         Command::Watch(args) => cli::watch::run(args).await,
         Command::Cancel(args) => cli::show::cancel(args).await,
+        Command::Retry(args) => cli::show::retry(args).await,
         Command::Queues(args) => cli::queues::list(args).await,
         Command::Stats(args) => cli::queues::stats(args).await,
         Command::Pause(args) => cli::queues::pause(args, true).await,

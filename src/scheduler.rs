@@ -13,6 +13,7 @@ pub mod keys;
 mod leases;
 mod queues;
 mod reconcile;
+mod retry;
 mod scripts;
 mod submit;
 
@@ -30,6 +31,7 @@ pub use job::{Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Report, Verdict};
 pub use queues::{QueueStats, QueueSummary, StateCounts};
 pub use reconcile::{Reconciler, Repaired};
+pub use retry::MAX_BULK as MAX_RETRY_BULK;
 use scripts::{Scripts, call};
 
 use crate::history;

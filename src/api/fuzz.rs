@@ -1,7 +1,7 @@
 //! Property tests that throw arbitrary requests and worker messages at the validation layer:
 //! whatever arrives, it answers Ok or a refusal, never a panic. Arbitrary bytes are decoded as
-//! the protobuf types too, as the server would. `PROPTEST_CASES=200000 cargo test --lib fuzz`
-//! runs them longer than CI does.
+//! the protobuf types too (SubmitJob, worker messages, ListJobs, RetryJob), as the server
+//! would. `PROPTEST_CASES=200000 cargo test --lib fuzz` runs them longer than CI does.
 
 use std::collections::HashMap;
 
@@ -175,6 +175,9 @@ proptest! {
         }
         if let Ok(request) = proto::ListJobsRequest::decode(bytes.as_slice()) {
             let _ = validate::list(request, true, |_| true);
+        }
+        if let Ok(request) = proto::RetryJobRequest::decode(bytes.as_slice()) {
+            let _ = validate::retry(request);
         }
     }
 }

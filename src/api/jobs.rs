@@ -265,4 +265,30 @@ impl JobService for Jobs {
             queues: queues.into_iter().map(convert::queue_summary).collect(),
         }))
     }
+
+    async fn retry_job(
+        &self,
+        request: Request<proto::RetryJobRequest>,
+    ) -> Result<Response<proto::RetryJobResponse>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let (jobs, more) = match validate::retry(request.into_inner())? {
+            validate::RetryTarget::One(id) => {
+                let job = self
+                    .scheduler
+                    .retry(&tenant, &id)
+                    .await
+                    .map_err(Error::from)?;
+                (vec![job], false)
+            }
+            validate::RetryTarget::Failed(filter) => self
+                .scheduler
+                .retry_failed(&tenant, &filter, scheduler::MAX_RETRY_BULK)
+                .await
+                .map_err(Error::from)?,
+        };
+        Ok(Response::new(proto::RetryJobResponse {
+            jobs: jobs.into_iter().map(convert::job).collect(),
+            more,
+        }))
+    }
 }

@@ -184,6 +184,42 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
     })
 }
 
+/// What a RetryJob names: one job, or the FAILED jobs of a queue matching a filter.
+pub enum RetryTarget {
+    One(String),
+    Failed(ListFilter),
+}
+
+pub fn retry(r: proto::RetryJobRequest) -> Result<RetryTarget, Error> {
+    match (r.job_id.is_empty(), r.queue.is_empty()) {
+        (false, true) => {
+            let filtered = r.tier != 0
+                || !r.labels.is_empty()
+                || r.created_from.is_some()
+                || r.created_before.is_some();
+            if filtered {
+                return Err(invalid("filters go with a queue, not with a job_id"));
+            }
+            job_id(&r.job_id)?;
+            Ok(RetryTarget::One(r.job_id))
+        }
+        (true, false) => {
+            // The same filters as ListJobs, on FAILED jobs.
+            let as_list = proto::ListJobsRequest {
+                queue: r.queue,
+                tier: r.tier,
+                labels: r.labels,
+                created_from: r.created_from,
+                created_before: r.created_before,
+                ..Default::default()
+            };
+            let (filter, _, _) = list(as_list, true, |_| false)?;
+            Ok(RetryTarget::Failed(filter))
+        }
+        _ => Err(invalid("name either a job_id or a queue")),
+    }
+}
+
 pub const DEFAULT_PAGE: u32 = 50;
 pub const MAX_PAGE: u32 = 500;
 

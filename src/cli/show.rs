@@ -1,4 +1,4 @@
-//! `conveyor get`, `list` and `cancel`: read and change jobs, printed for people.
+//! `conveyor get`, `list`, `cancel` and `retry`: read and change jobs, printed for people.
 
 use std::process::ExitCode;
 
@@ -41,6 +41,22 @@ pub struct CancelArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     pub job_id: String,
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The FAILED job to put back; or leave it out and give --queue.
+    #[arg(required_unless_present = "queue", conflicts_with = "queue")]
+    pub job_id: Option<String>,
+    /// Put back every FAILED job of yours in this queue (that matches --tier and --label).
+    #[arg(long, short)]
+    pub queue: Option<String>,
+    #[arg(long, value_parser = super::submit::parse_tier, requires = "queue")]
+    pub tier: Option<i32>,
+    #[arg(long = "label", value_parser = super::submit::parse_label, requires = "queue")]
+    pub labels: Vec<(String, String)>,
 }
 
 fn parse_state(s: &str) -> Result<i32, String> {
@@ -150,5 +166,38 @@ pub async fn cancel(args: CancelArgs) -> Outcome {
         .job
         .unwrap_or_default();
     println!("{} {}", job.id, state(job.state));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Puts FAILED jobs back; a bulk retry calls again while the server says more match.
+pub async fn retry(args: RetryArgs) -> Outcome {
+    let mut jobs = args.client.jobs().await?;
+    let request = proto::RetryJobRequest {
+        job_id: args.job_id.unwrap_or_default(),
+        queue: args.queue.unwrap_or_default(),
+        tier: args.tier.unwrap_or_default(),
+        labels: args.labels.into_iter().collect(),
+        ..Default::default()
+    };
+    let mut total = 0;
+    loop {
+        let answer = jobs.retry_job(request.clone()).await?.into_inner();
+        for job in &answer.jobs {
+            println!(
+                "{} {} (attempt {}/{})",
+                job.id,
+                state(job.state),
+                job.attempt,
+                job.max_attempts
+            );
+        }
+        total += answer.jobs.len();
+        if !answer.more || answer.jobs.is_empty() {
+            break;
+        }
+    }
+    if request.job_id.is_empty() {
+        eprintln!("{total} jobs put back");
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -245,23 +245,27 @@ impl Reconciler {
 
     /// Runs `restore.lua` per queue; the answers follow the rows' order within each queue.
     async fn restore(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
+        self.scheduler.restore_rows(rows).await
+    }
+}
+
+impl Handle {
+    /// Puts rows back in Redis (`restore.lua`, per queue): 0 left alone (Redis has the job), 1
+    /// restored as it was, 2 requeued from RUNNING. The answers follow the rows' order within
+    /// each queue.
+    pub(super) async fn restore_rows(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
         let mut answers = Vec::new();
         for (queue, chunk) in per_call(rows) {
             let mut args = vec![
                 s(keys::prefix(&queue)),
                 Value::Integer(now_ms()),
-                Value::Integer(self.scheduler.options.retention.as_millis() as i64),
+                Value::Integer(self.options.retention.as_millis() as i64),
             ];
             for row in &chunk {
                 args.extend(restore_args(row));
             }
-            let replies: Vec<i64> = call(
-                &self.scheduler.redis,
-                &self.scheduler.scripts.restore,
-                keys::all(&queue),
-                args,
-            )
-            .await?;
+            let replies: Vec<i64> =
+                call(&self.redis, &self.scripts.restore, keys::all(&queue), args).await?;
             // A lost lease ended its attempt; the history says so.
             let requeued = chunk
                 .iter()
@@ -277,7 +281,7 @@ impl Reconciler {
                     )
                 })
                 .collect();
-            self.scheduler.record(requeued);
+            self.record(requeued);
             answers.extend(replies);
         }
         Ok(answers)

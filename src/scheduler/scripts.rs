@@ -23,6 +23,7 @@ pub struct Scripts {
     pub restore: Script,
     pub peek: Script,
     pub pause: Script,
+    pub retry: Script,
 }
 
 fn script(body: &str) -> Script {
@@ -47,6 +48,7 @@ impl Scripts {
             restore: script(include_str!("scripts/restore.lua")),
             peek: script(include_str!("scripts/peek.lua")),
             pause: script(include_str!("scripts/pause.lua")),
+            retry: script(include_str!("scripts/retry.lua")),
         }
     }
 }

@@ -519,3 +519,51 @@ async fn row_31_cancel_of_a_finished_job() {
     }
     unharmed(&redis, &server, &keys).await;
 }
+
+#[tokio::test]
+async fn row_32_retry_of_a_job_that_is_not_failed() {
+    let (redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let (mut worker, a, succeeded) = running(&server, "q", "w1").await;
+    finish(&mut worker, &a).await;
+    let queued = submit_job(&mut jobs, submit("q2", "x")).await;
+    let cancelled = submit_job(&mut jobs, submit("q3", "x")).await;
+    cancel(&mut jobs, &cancelled.id).await.expect("cancel");
+    let keys = dbsize(&redis).await;
+    for (id, state) in [
+        (&succeeded.id, "SUCCEEDED"),
+        (&queued.id, "QUEUED"),
+        (&cancelled.id, "CANCELLED"),
+    ] {
+        let before = get(&mut jobs, id).await;
+        let retry = proto::RetryJobRequest {
+            job_id: id.clone(),
+            ..Default::default()
+        };
+        assert_status(jobs.retry_job(retry).await, Code::FailedPrecondition, state);
+        assert_eq!(get(&mut jobs, id).await, before);
+    }
+    // A job id and a queue at once, neither, or a malformed id.
+    let both = proto::RetryJobRequest {
+        job_id: queued.id.clone(),
+        queue: "q2".into(),
+        ..Default::default()
+    };
+    assert_status(jobs.retry_job(both).await, Code::InvalidArgument, "either");
+    let neither = proto::RetryJobRequest::default();
+    assert_status(
+        jobs.retry_job(neither).await,
+        Code::InvalidArgument,
+        "either",
+    );
+    let malformed = proto::RetryJobRequest {
+        job_id: "not an id".into(),
+        ..Default::default()
+    };
+    assert_status(
+        jobs.retry_job(malformed).await,
+        Code::InvalidArgument,
+        "job_id",
+    );
+    unharmed(&redis, &server, &keys).await;
+}

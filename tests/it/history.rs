@@ -15,7 +15,7 @@ use tokio_stream::StreamExt;
 use crate::harness::{self, Redis, Server, Worker, eventually, get, submit, watch_all};
 
 #[derive(Clone, Copy, Debug)]
-enum Backend {
+pub enum Backend {
     Sqlite,
     Postgres,
 }
@@ -62,7 +62,7 @@ async fn drop_leftovers(db: &sea_orm::DatabaseConnection) {
 }
 
 /// Redis plus a server on a fresh database of `backend`, with a short Redis retention.
-async fn start(backend: Backend) -> (Redis, Server, String) {
+pub async fn start(backend: Backend) -> (Redis, Server, String) {
     harness::logs();
     let redis = Redis::start().await;
     let url = fresh(backend).await;
@@ -96,7 +96,10 @@ on_both!(
     every_job_succeeds_once_when_redis_restarts_empty,
     retention_deletes_only_old_finished_jobs,
     idempotency_keys_and_waiting_jobs_survive_a_redis_loss,
+    a_dead_letter_redis_let_go_comes_back_from_the_history,
 );
+
+use crate::retry::a_dead_letter_redis_let_go_comes_back_from_the_history;
 
 async fn tables(db: &sea_orm::DatabaseConnection) -> Vec<&'static str> {
     let mut present = Vec::new();

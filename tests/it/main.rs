@@ -11,6 +11,7 @@ mod jobs;
 mod process;
 mod queues;
 mod replicas;
+mod retry;
 mod standard;
 mod tls;
 mod tokens;
