@@ -51,10 +51,11 @@ prop_compose! {
         backoff_max in duration(),
         timeout in duration(),
         idempotency_key in text(),
+        fairness_key in text(),
     ) -> proto::SubmitJobRequest {
         proto::SubmitJobRequest {
             queue, payload, content_type, tier, priority, labels, run_at, delay, max_attempts,
-            backoff_initial, backoff_max, timeout, idempotency_key,
+            backoff_initial, backoff_max, timeout, idempotency_key, fairness_key,
         }
     }
 }

@@ -15,6 +15,7 @@ pub const MAX_LABEL_VALUE: usize = 256;
 pub const MAX_ATTEMPTS: u32 = 100;
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const MAX_IDEMPOTENCY_KEY: usize = 256;
+pub const MAX_FAIRNESS_KEY: usize = 128;
 const MAX_DELAY_MS: i64 = 365 * 24 * 3600 * 1000;
 const MAX_CONTENT_TYPE: usize = 128;
 
@@ -168,6 +169,11 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
             "content_type: over {MAX_CONTENT_TYPE} bytes"
         )));
     }
+    if r.fairness_key.len() > MAX_FAIRNESS_KEY || r.fairness_key.chars().any(char::is_control) {
+        return Err(invalid(format!(
+            "fairness_key: at most {MAX_FAIRNESS_KEY} bytes, no control characters"
+        )));
+    }
     Ok(NewJob {
         queue: r.queue,
         tier,
@@ -181,6 +187,7 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
         timeout_ms,
         run_at_ms,
         idempotency_key: r.idempotency_key,
+        fairness_key: r.fairness_key,
     })
 }
 

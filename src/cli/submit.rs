@@ -48,6 +48,9 @@ pub struct SubmitArgs {
     /// A second submit with the same key returns the first job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
+    /// Whom the job is for (an end user or account): within a tier, keys take turns.
+    #[arg(long)]
+    pub fairness_key: Option<String>,
     /// Follow the job to its end with a progress bar; exit with its outcome.
     #[arg(long)]
     pub watch: bool,
@@ -104,6 +107,7 @@ pub async fn run(args: SubmitArgs) -> Outcome {
         timeout: args.timeout.map(duration),
         backoff_initial: args.backoff.map(duration),
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        fairness_key: args.fairness_key.clone().unwrap_or_default(),
         ..Default::default()
     };
     let mut jobs = args.client.jobs().await?;

@@ -89,6 +89,8 @@ pub struct NewJob {
     /// Unix ms; `None` or a past time means now.
     pub run_at_ms: Option<i64>,
     pub idempotency_key: String,
+    /// Whom the job is for; within a tier and priority, keys take turns. Empty: the tenant.
+    pub fairness_key: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]

@@ -129,12 +129,16 @@ fn is_no_queue(reply: &Value) -> bool {
     matches!(reply, Value::Array(items) if items.first().and_then(Value::as_str).as_deref() == Some("NO_QUEUE"))
 }
 
-/// The job `submit.lua` will create from `job` (defaults applied), and its 12 script arguments.
-fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 12]) {
+/// The job `submit.lua` will create from `job` (defaults applied), and its 13 script arguments.
+fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 13]) {
     let millis = |ms: Option<u64>, default: Option<Duration>| {
         ms.unwrap_or(default.unwrap_or_default().as_millis() as u64)
     };
     let run_at = job.run_at_ms.unwrap_or(0);
+    let fairness_key = match job.fairness_key.is_empty() {
+        true => tenant.to_string(),
+        false => job.fairness_key,
+    };
     let (state, run_at_ms) = match run_at > now {
         true => (JobState::Scheduled, run_at),
         false => (JobState::Queued, now),
@@ -180,6 +184,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         Value::Integer(created.timeout_ms as i64),
         s(created.idempotency_key.as_str()),
         Value::Integer(run_at),
+        s(fairness_key),
     ];
     (created, args)
 }

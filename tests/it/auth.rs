@@ -479,3 +479,29 @@ async fn a_worker_may_not_announce_more_slots_than_the_cap() {
         assert!(status.message().contains("1..=4"), "{status:?}");
     }
 }
+
+/// Without a fairness key, the tenant is the key: one tenant's backlog does not starve another.
+#[tokio::test]
+async fn tenants_take_turns_within_a_tier_by_default() {
+    let s = secured(|_| {}).await;
+    let mut a = s.jobs(Some(&key(&s.db, "tenant-a", ALL).await)).await;
+    let mut b = s.jobs(Some(&key(&s.db, "tenant-b", ALL).await)).await;
+    let backlog = proto::SubmitJobsRequest {
+        jobs: vec![submit("render", "a"); 200],
+    };
+    a.submit_jobs(backlog).await.unwrap();
+    let theirs = submit_as(&mut b, "render").await.unwrap();
+    let token = worker_token(&s.db, "render").await;
+    let mut worker = harness::Worker::connect_with_token(&s.server, &token, &["render"], 1).await;
+    let mut order = Vec::new();
+    for _ in 0..4 {
+        let a = worker.assignment().await;
+        let id = a.job.unwrap().id;
+        worker.complete(&id, a.token, "ok").await;
+        order.push(id);
+    }
+    assert!(
+        order.contains(&theirs.id),
+        "tenant B waited behind A's backlog"
+    );
+}

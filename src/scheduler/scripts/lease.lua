@@ -117,6 +117,21 @@ local out, deadlines = {}, {}
 for t = 4, 1, -1 do
   if take[t] > 0 then
     local popped = redis.call('ZPOPMIN', prefix .. 'ready:' .. t, take[t])
+    -- The place last leased per priority moves on (see submit.lua's fairness).
+    local leased_to = {}
+    for k = 2, #popped, 2 do
+      local score = tonumber(popped[k])
+      local priority = math.floor(score / 1099511627776)
+      local spot = score - priority * 1099511627776
+      if (leased_to[priority] or 0) < spot then leased_to[priority] = spot end
+    end
+    local fair = prefix .. 'fair:' .. t
+    for priority, spot in pairs(leased_to) do
+      local vfield = 'v:' .. priority
+      if (tonumber(redis.call('HGET', fair, vfield)) or 0) < spot then
+        redis.call('HSET', fair, vfield, spot)
+      end
+    end
     for k = 1, #popped, 2 do
       local id = popped[k]
       local jkey = prefix .. 'job:' .. id

@@ -48,7 +48,7 @@ for i = 4, #ARGV, PER_JOB do
       'backoff_initial', ARGV[i + 10], 'backoff_max', ARGV[i + 11], 'timeout', ARGV[i + 12],
       'idem', idem, 'created', ARGV[i + 14], 'run_at', ARGV[i + 15], 'started', ARGV[i + 16],
       'finished', finished, 'pct', ARGV[i + 18], 'stage', ARGV[i + 19], 'msg', ARGV[i + 20],
-      'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', rank,
+      'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', '0',
       'w', '0')
     if take_key then redis.call('SET', ikey, id) end
     redis.call('ZADD', KEYS[1], rank, id)
@@ -57,7 +57,9 @@ for i = 4, #ARGV, PER_JOB do
       if take_key then redis.call('PEXPIRE', ikey, ttl) end
       redis.call('ZADD', prefix .. 'expiring', now + ttl, id)
     elseif state == 'QUEUED' then
-      enqueue(prefix, id, tier, priority, rank)
+      -- Place 0: jobs that waited before the loss go ahead of those submitted since (among
+      -- themselves, in id order, which is submission order).
+      enqueue(prefix, id, tier, priority, 0)
     else
       redis.call('ZADD', prefix .. 'delayed', run_at, id)
       wake_at(run_at)

@@ -5,13 +5,17 @@
 -- 1 (the caller saw the reconciler's marker, or runs without a database) and by restore.lua. An
 -- empty Redis has neither, so a submit cannot slip in before the restore and miss an
 -- idempotency key the database still holds.
+-- Within a tier and priority, jobs of different fairness keys take turns (start-time fair
+-- queueing): a job's place in the ready set (`rank`) is one past the later of its key's last
+-- place and the place last leased there (`v:<priority>`, advanced by lease.lua), so a key that
+-- was idle starts at the front of the line instead of banking turns. One key alone is FIFO.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix tenant now create(0|1), then 12 per job: id tier priority payload ctype labels
---   max_attempts backoff_initial backoff_max timeout idem run_at
+-- ARGV prefix tenant now create(0|1), then 13 per job: id tier priority payload ctype labels
+--   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key
 -- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message} | {'NO_QUEUE'}, an answer per job:
 --   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local PER_JOB = 12
+local PER_JOB = 13
 local queue = string.sub(prefix, 5, -3)
 if ARGV[4] ~= '1' and redis.call('EXISTS', prefix .. 'ok') == 0 then return { 'NO_QUEUE' } end
 
@@ -45,6 +49,29 @@ for i = 5, #ARGV, PER_JOB do
   if not first[i] then fresh = fresh + 1 end
 end
 
+-- A job's place among its tier and priority: see the top. `fair[tier]` caches the tier's
+-- `fair` hash fields this call read or wrote; the writes go out in one HSET per tier.
+local fair, fair_dirty = {}, {}
+local function place(tier, priority, key)
+  local hkey = prefix .. 'fair:' .. tier
+  local h = fair[hkey]
+  if not h then
+    h = {}
+    fair[hkey] = h
+    fair_dirty[hkey] = {}
+  end
+  local vfield, kfield = 'v:' .. priority, priority .. ':' .. key
+  if h[vfield] == nil or h[kfield] == nil then
+    local v = redis.call('HMGET', hkey, vfield, kfield)
+    if h[vfield] == nil then h[vfield] = tonumber(v[1]) or 0 end
+    if h[kfield] == nil then h[kfield] = tonumber(v[2]) or 0 end
+  end
+  local p = math.max(h[vfield], h[kfield]) + 1
+  h[kfield] = p
+  fair_dirty[hkey][kfield] = p
+  return p
+end
+
 -- 2. The new jobs: one HSET each; index and queue entries in one ZADD per set.
 if ARGV[4] == '1' then redis.call('SET', prefix .. 'ok', '1') end
 local rank = 0
@@ -57,6 +84,7 @@ for i = 5, #ARGV, PER_JOB do
   else
     rank = rank + 1
     local id, tier, priority, idem = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 10]
+    local spot = place(tier, priority, ARGV[i + 12])
     -- Times go in as the caller's strings: Redis would format Lua numbers with printf.
     local run_at, state = ARGV[i + 11], 'QUEUED'
     if tonumber(run_at) > now then state = 'SCHEDULED' else run_at = ARGV[3] end
@@ -64,14 +92,14 @@ for i = 5, #ARGV, PER_JOB do
       'state', state, 'payload', ARGV[i + 3], 'ctype', ARGV[i + 4], 'labels', ARGV[i + 5],
       'attempt', '0', 'max_attempts', ARGV[i + 6], 'backoff_initial', ARGV[i + 7],
       'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', ARGV[3],
-      'run_at', run_at, 'token', '0', 'seq', '0', 'rank', rank }
+      'run_at', run_at, 'token', '0', 'seq', '0', 'rank', spot }
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
     all[#all + 1] = rank
     all[#all + 1] = id
     if state == 'QUEUED' then
       ready[tier] = ready[tier] or {}
-      table.insert(ready[tier], ready_score(priority, rank))
+      table.insert(ready[tier], ready_score(priority, spot))
       table.insert(ready[tier], id)
     else
       delayed[#delayed + 1] = run_at
@@ -87,5 +115,13 @@ for tier, entries in pairs(ready) do
   WAKE.ready = true
 end
 if #delayed > 0 then redis.call('ZADD', prefix .. 'delayed', unpack(delayed)) end
+for hkey, fields in pairs(fair_dirty) do
+  local args = {}
+  for f, p in pairs(fields) do
+    args[#args + 1] = f
+    args[#args + 1] = p
+  end
+  if #args > 0 then redis.call('HSET', hkey, unpack(args)) end
+end
 finish(prefix, now, 0)
 return { 'OK', out }
