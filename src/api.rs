@@ -39,6 +39,8 @@ pub struct Limits {
     pub max_labels: usize,
     /// Most slots (jobs in flight) one worker stream may announce. Default 1000.
     pub max_worker_slots: u32,
+    /// What callback URLs may name; `None` when webhooks are off.
+    pub webhooks: Option<std::sync::Arc<crate::webhooks::Allow>>,
 }
 
 impl Default for Limits {
@@ -47,6 +49,7 @@ impl Default for Limits {
             max_payload: 1 << 20,
             max_labels: validate::MAX_LABELS,
             max_worker_slots: 1000,
+            webhooks: None,
         }
     }
 }

@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::api::Rate;
 use crate::auth::jwt;
 use crate::scheduler::QueueDefaults;
-use crate::{api, dispatcher, history, scheduler};
+use crate::{api, dispatcher, history, scheduler, webhooks};
 
 /// Parses `500ms`, `30s`, `5m`, `2h`, `1d` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -80,9 +80,11 @@ fn parse_queue_defaults(text: &str) -> Result<(String, QueueDefaults), String> {
             "backoff" => d.backoff_initial = Some(parse_duration(value)?),
             "backoff_max" => d.backoff_max = Some(parse_duration(value)?),
             "timeout" => d.timeout = Some(parse_duration(value)?),
+            // Checked against the webhook allowlist at start (`Config::webhooks`).
+            "webhook" => d.webhook = Some(value.to_string()),
             other => {
                 return Err(format!(
-                    "{other:?}: use attempts, backoff, backoff_max or timeout"
+                    "{other:?}: use attempts, backoff, backoff_max, timeout or webhook"
                 ));
             }
         }
@@ -210,6 +212,16 @@ pub struct Config {
     /// Largest gRPC metadata (all headers) of one request, in bytes.
     #[arg(long, env = "CONVEYOR_MAX_METADATA", default_value_t = 16 * 1024)]
     pub max_metadata: u32,
+    /// The secret webhook signatures are made with (HMAC-SHA256); webhooks are off without it.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Internal hosts and networks callback URLs may name anyway, e.g. `hooks.internal,10.0.0.0/8`.
+    #[arg(long, env = "CONVEYOR_WEBHOOK_ALLOW", default_value = "")]
+    pub webhook_allow: String,
+    /// Tries per webhook delivery (backoff from 1 s, doubling, up to 5 min).
+    #[arg(long, env = "CONVEYOR_WEBHOOK_ATTEMPTS", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub webhook_attempts: u32,
     /// Threads of the server's runtime; one per core when unset. Where Redis shares the cores
     /// (a small machine), 1 does the same work with less CPU: fewer wake-ups across threads.
     #[arg(long, env = "CONVEYOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
@@ -277,7 +289,33 @@ impl Config {
             max_payload: self.max_payload,
             max_labels: self.max_labels,
             max_worker_slots: self.max_worker_slots,
+            webhooks: self.webhooks().ok().flatten().map(|w| w.allow),
         }
+    }
+
+    /// The webhook settings when a secret is set; queue webhooks are checked against the
+    /// allowlist here, so a bad one stops the server at start.
+    pub fn webhooks(&self) -> Result<Option<webhooks::Options>, String> {
+        let allow = webhooks::Allow::parse(&self.webhook_allow)?;
+        let Some(secret) = &self.webhook_secret else {
+            if self.queue_defaults.iter().any(|(_, d)| d.webhook.is_some()) {
+                return Err("a queue has a webhook but CONVEYOR_WEBHOOK_SECRET is not set".into());
+            }
+            return Ok(None);
+        };
+        if secret.len() < 16 {
+            return Err("CONVEYOR_WEBHOOK_SECRET: use at least 16 bytes".into());
+        }
+        for (queue, d) in &self.queue_defaults {
+            if let Some(url) = &d.webhook {
+                webhooks::check_url(url, &allow).map_err(|e| format!("{queue}: webhook: {e}"))?;
+            }
+        }
+        Ok(Some(webhooks::Options {
+            secret: secret.clone(),
+            allow: std::sync::Arc::new(allow),
+            attempts: self.webhook_attempts,
+        }))
     }
 
     pub fn quotas(&self) -> api::Quotas {

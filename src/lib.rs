@@ -14,6 +14,7 @@ pub mod events;
 pub mod history;
 pub mod scheduler;
 pub mod server;
+pub mod webhooks;
 pub mod worker;
 
 /// Code generated from `proto/conveyor/v1/*.proto`.

@@ -64,6 +64,8 @@ pub struct QueueDefaults {
     pub backoff_initial: Option<Duration>,
     pub backoff_max: Option<Duration>,
     pub timeout: Option<Duration>,
+    /// Where the ends of this queue's jobs are POSTed unless a job names its own URL.
+    pub webhook: Option<String>,
 }
 
 impl Options {
@@ -75,6 +77,7 @@ impl Options {
             backoff_initial: q.backoff_initial.or(Some(self.backoff_initial)),
             backoff_max: q.backoff_max.or(Some(self.backoff_max)),
             timeout: q.timeout.or(Some(self.timeout)),
+            webhook: q.webhook,
         }
     }
 }
@@ -119,6 +122,8 @@ pub struct Handle {
     scripts: Arc<Scripts>,
     options: Arc<Options>,
     history: Option<history::Store>,
+    /// Told of every job that ends, for its webhook.
+    webhooks: Option<crate::webhooks::Handle>,
 }
 
 pub fn now_ms() -> i64 {
@@ -173,6 +178,7 @@ impl Handle {
             scripts: Arc::new(Scripts::new()),
             options: Arc::new(options),
             history: None,
+            webhooks: None,
         }
     }
 
@@ -180,6 +186,31 @@ impl Handle {
     pub fn with_history(mut self, store: history::Store) -> Self {
         self.history = Some(store);
         self
+    }
+
+    /// From now on, every job that ends is reported to `webhooks`.
+    pub fn with_webhooks(mut self, webhooks: crate::webhooks::Handle) -> Self {
+        self.webhooks = Some(webhooks);
+        self
+    }
+
+    /// A job by id whatever its tenant, for the server's own use (webhooks); `None` once it is
+    /// gone from Redis and the history alike.
+    pub async fn job_for_webhook(&self, id: &str) -> Result<Option<Job>, Error> {
+        let queue = self.locate(id)?;
+        let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
+        let empty = match &fields {
+            Value::Array(a) => a.is_empty(),
+            Value::Map(m) => m.is_empty(),
+            other => other.is_null(),
+        };
+        if !empty {
+            return Job::from_fields(fields).map(Some);
+        }
+        match &self.history {
+            Some(store) => store.get(id).await?.map(durable::job).transpose(),
+            None => Ok(None),
+        }
     }
 
     pub fn options(&self) -> &Options {

@@ -37,6 +37,8 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("{0}")]
     Auth(String),
+    #[error("{0}")]
+    Config(String),
     #[error("TLS: {0}")]
     Tls(String),
 }
@@ -160,6 +162,10 @@ pub async fn run(
             store,
             config.history_retention,
         )));
+    }
+    if let Some(options) = config.webhooks().map_err(Error::Config)? {
+        let webhooks = crate::webhooks::spawn(scheduler.clone(), options);
+        scheduler = scheduler.with_webhooks(webhooks);
     }
     let authenticator = authenticator(&config, store.as_ref()).await?;
     if let auth::Authenticator::On {

@@ -5,6 +5,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20261124_000001_history;
 mod m20261125_000002_credentials;
+mod m20261125_000003_callback_url;
 
 pub struct Migrator;
 
@@ -14,6 +15,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20261124_000001_history::Migration),
             Box::new(m20261125_000002_credentials::Migration),
+            Box::new(m20261125_000003_callback_url::Migration),
         ]
     }
 }

@@ -72,6 +72,7 @@ pub fn job(j: Job) -> proto::Job {
         finished_at: j.finished_ms.map(timestamp),
         timeout: Some(duration_ms(j.timeout_ms)),
         idempotency_key: j.idempotency_key,
+        callback_url: j.callback_url,
     }
 }
 

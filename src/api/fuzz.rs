@@ -52,10 +52,11 @@ prop_compose! {
         timeout in duration(),
         idempotency_key in text(),
         fairness_key in text(),
+        callback_url in prop_oneof![text(), Just("http://169.254.169.254/".to_string()), Just("https://hooks.example.com/x".to_string())],
     ) -> proto::SubmitJobRequest {
         proto::SubmitJobRequest {
             queue, payload, content_type, tier, priority, labels, run_at, delay, max_attempts,
-            backoff_initial, backoff_max, timeout, idempotency_key, fairness_key,
+            backoff_initial, backoff_max, timeout, idempotency_key, fairness_key, callback_url,
         }
     }
 }
@@ -151,7 +152,11 @@ proptest! {
 
     #[test]
     fn submit_requests_never_panic(request in submit_request()) {
-        let limits = Limits { max_payload: 1024, ..Limits::default() };
+        let limits = Limits {
+            max_payload: 1024,
+            webhooks: Some(std::sync::Arc::new(crate::webhooks::Allow::default())),
+            ..Limits::default()
+        };
         if let Ok(job) = validate::submit(request.clone(), &limits) {
             // What passes is within the limits.
             prop_assert!(job.payload.len() <= limits.max_payload);

@@ -174,6 +174,15 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
             "fairness_key: at most {MAX_FAIRNESS_KEY} bytes, no control characters"
         )));
     }
+    if !r.callback_url.is_empty() {
+        let Some(allow) = &limits.webhooks else {
+            return Err(Error::FailedPrecondition(
+                "callback_url: webhooks are off on this server (CONVEYOR_WEBHOOK_SECRET)".into(),
+            ));
+        };
+        crate::webhooks::check_url(&r.callback_url, allow)
+            .map_err(|e| invalid(format!("callback_url: {e}")))?;
+    }
     Ok(NewJob {
         queue: r.queue,
         tier,
@@ -188,6 +197,7 @@ pub fn submit(r: proto::SubmitJobRequest, limits: &Limits) -> Result<NewJob, Err
         run_at_ms,
         idempotency_key: r.idempotency_key,
         fairness_key: r.fairness_key,
+        callback_url: r.callback_url,
     })
 }
 

@@ -51,6 +51,9 @@ pub struct SubmitArgs {
     /// Whom the job is for (an end user or account): within a tier, keys take turns.
     #[arg(long)]
     pub fairness_key: Option<String>,
+    /// POST the job here when it ends (webhooks; see the README).
+    #[arg(long)]
+    pub callback_url: Option<String>,
     /// Follow the job to its end with a progress bar; exit with its outcome.
     #[arg(long)]
     pub watch: bool,
@@ -108,6 +111,7 @@ pub async fn run(args: SubmitArgs) -> Outcome {
         backoff_initial: args.backoff.map(duration),
         idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
         fairness_key: args.fairness_key.clone().unwrap_or_default(),
+        callback_url: args.callback_url.clone().unwrap_or_default(),
         ..Default::default()
     };
     let mut jobs = args.client.jobs().await?;

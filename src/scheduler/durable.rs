@@ -54,6 +54,7 @@ pub(super) fn row(job: &Job) -> jobs::Model {
         error: job.error.clone(),
         worker: job.worker.clone(),
         updated_ms: job.created_ms,
+        callback_url: job.callback_url.clone(),
     }
 }
 
@@ -83,6 +84,7 @@ pub(super) fn job(row: jobs::Model) -> Result<Job, Error> {
         payload: row.payload,
         content_type: row.content_type,
         idempotency_key: row.idempotency_key,
+        callback_url: row.callback_url,
         created_ms: row.created_ms,
         run_at_ms: row.run_at_ms,
         started_ms: row.started_ms,
@@ -109,6 +111,15 @@ fn parse_cursor(token: &str) -> Option<Cursor> {
 impl Handle {
     /// Hands transitions Redis accepted to the history writer, if there is a database.
     pub(super) fn record(&self, changes: Vec<Change>) {
+        if let Some(webhooks) = &self.webhooks {
+            for change in &changes {
+                if let Change::Ended { id, state, .. } = change
+                    && matches!(*state, "SUCCEEDED" | "FAILED" | "CANCELLED")
+                {
+                    webhooks.notify(id);
+                }
+            }
+        }
         if let Some(store) = &self.history {
             store.record(changes);
         }

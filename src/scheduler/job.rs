@@ -91,6 +91,8 @@ pub struct NewJob {
     pub idempotency_key: String,
     /// Whom the job is for; within a tier and priority, keys take turns. Empty: the tenant.
     pub fairness_key: String,
+    /// Where the job's end is POSTed; empty: the queue's webhook, if any.
+    pub callback_url: String,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +113,8 @@ pub struct Job {
     pub backoff_max_ms: u64,
     pub timeout_ms: u64,
     pub idempotency_key: String,
+    /// Where the job's end is POSTed (empty: nowhere).
+    pub callback_url: String,
     pub created_ms: i64,
     pub run_at_ms: i64,
     pub started_ms: Option<i64>,
@@ -165,7 +169,7 @@ struct Raw {
 }
 
 /// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
-const TEXT_FIELDS: [&str; 26] = [
+const TEXT_FIELDS: [&str; 27] = [
     "id",
     "queue",
     "tenant",
@@ -192,6 +196,7 @@ const TEXT_FIELDS: [&str; 26] = [
     "worker",
     "token",
     "seq",
+    "cb",
 ];
 
 fn field_index(name: &[u8]) -> Option<usize> {
@@ -242,6 +247,7 @@ impl Raw {
             backoff_max_ms: int(take("backoff_max")) as u64,
             timeout_ms: int(take("timeout")) as u64,
             idempotency_key: take("idem"),
+            callback_url: take("cb"),
             created_ms: int(take("created")),
             run_at_ms: int(take("run_at")),
             started_ms: opt(take("started")),

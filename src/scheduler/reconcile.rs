@@ -356,7 +356,7 @@ fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
 }
 
 /// The 23 arguments of one job for `restore.lua`.
-fn restore_args(row: &jobs::Model) -> [Value; 23] {
+fn restore_args(row: &jobs::Model) -> [Value; 24] {
     let opt = |v: Option<i64>| s(v.map(|v| v.to_string()).unwrap_or_default());
     [
         s(row.id.as_str()),
@@ -382,5 +382,6 @@ fn restore_args(row: &jobs::Model) -> [Value; 23] {
         s(row.progress_message.as_str()),
         s(row.result.as_str()),
         s(row.error.as_str()),
+        s(row.callback_url.as_str()),
     ]
 }

@@ -129,8 +129,8 @@ fn is_no_queue(reply: &Value) -> bool {
     matches!(reply, Value::Array(items) if items.first().and_then(Value::as_str).as_deref() == Some("NO_QUEUE"))
 }
 
-/// The job `submit.lua` will create from `job` (defaults applied), and its 13 script arguments.
-fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 13]) {
+/// The job `submit.lua` will create from `job` (defaults applied), and its 14 script arguments.
+fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 14]) {
     let millis = |ms: Option<u64>, default: Option<Duration>| {
         ms.unwrap_or(default.unwrap_or_default().as_millis() as u64)
     };
@@ -158,6 +158,10 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         backoff_max_ms: millis(job.backoff_max_ms, d.backoff_max),
         timeout_ms: millis(job.timeout_ms, d.timeout),
         idempotency_key: job.idempotency_key,
+        callback_url: match job.callback_url.is_empty() {
+            true => d.webhook.clone().unwrap_or_default(),
+            false => job.callback_url,
+        },
         created_ms: now,
         run_at_ms,
         started_ms: None,
@@ -185,6 +189,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         s(created.idempotency_key.as_str()),
         Value::Integer(run_at),
         s(fairness_key),
+        s(created.callback_url.as_str()),
     ];
     (created, args)
 }

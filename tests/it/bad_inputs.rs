@@ -1,6 +1,7 @@
-//! Bad inputs (the BAD_INPUTS table, rows 1-15, 19-25 and 31; rows 16-18, 26 and 27 are in
-//! `auth.rs` and `tokens.rs`): each gets the right status and a
-//! message a person can act on, changes nothing, and leaves the server serving.
+//! Bad inputs (the BAD_INPUTS table, rows 1-15, 19-25, 31 and 32; rows 16-18, 26 and 27 are in
+//! `auth.rs` and `tokens.rs`, row 28 in `webhooks.rs`; rows 29 and 30 wait for artifacts and
+//! gRPC-Web): each gets the right status and a message a person can act on, changes nothing,
+//! and leaves the server serving.
 
 use std::future::poll_fn;
 use std::pin::Pin;

@@ -15,4 +15,5 @@ mod retry;
 mod standard;
 mod tls;
 mod tokens;
+mod webhooks;
 mod workers;

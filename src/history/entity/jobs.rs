@@ -33,6 +33,8 @@ pub struct Model {
     pub error: String,
     pub worker: String,
     pub updated_ms: i64,
+    /// Where the job's end is POSTed; empty: nowhere.
+    pub callback_url: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

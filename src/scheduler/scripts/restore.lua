@@ -7,12 +7,12 @@
 -- and its next lease is a new attempt. A finished job comes back only for the rest of its
 -- retention, so its idempotency key keeps answering.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix now retention, then 23 per job: id tenant tier priority state payload ctype labels
+-- ARGV prefix now retention, then 24 per job: id tenant tier priority state payload ctype labels
 --   attempt max_attempts backoff_initial backoff_max timeout idem created run_at started
---   finished pct stage msg result error
+--   finished pct stage msg result error callback_url
 -- Returns one answer per job: 0 left alone, 1 restored as it was, 2 requeued from RUNNING.
 local prefix, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local PER_JOB = 23
+local PER_JOB = 24
 local queue = string.sub(prefix, 5, -3)
 local LOST = 'lease lost: Redis lost its data while the job ran'
 
@@ -50,6 +50,7 @@ for i = 4, #ARGV, PER_JOB do
       'finished', finished, 'pct', ARGV[i + 18], 'stage', ARGV[i + 19], 'msg', ARGV[i + 20],
       'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', '0',
       'w', '0')
+    if ARGV[i + 23] ~= '' then redis.call('HSET', jkey, 'cb', ARGV[i + 23]) end
     if take_key then redis.call('SET', ikey, id) end
     redis.call('ZADD', KEYS[1], rank, id)
     if ttl then

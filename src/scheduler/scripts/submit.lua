@@ -10,12 +10,12 @@
 -- place and the place last leased there (`v:<priority>`, advanced by lease.lua), so a key that
 -- was idle starts at the front of the line instead of banking turns. One key alone is FIFO.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix tenant now create(0|1), then 13 per job: id tier priority payload ctype labels
---   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key
+-- ARGV prefix tenant now create(0|1), then 14 per job: id tier priority payload ctype labels
+--   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key callback_url
 -- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message} | {'NO_QUEUE'}, an answer per job:
 --   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local PER_JOB = 13
+local PER_JOB = 14
 local queue = string.sub(prefix, 5, -3)
 if ARGV[4] ~= '1' and redis.call('EXISTS', prefix .. 'ok') == 0 then return { 'NO_QUEUE' } end
 
@@ -93,6 +93,11 @@ for i = 5, #ARGV, PER_JOB do
       'attempt', '0', 'max_attempts', ARGV[i + 6], 'backoff_initial', ARGV[i + 7],
       'backoff_max', ARGV[i + 8], 'timeout', ARGV[i + 9], 'idem', idem, 'created', ARGV[3],
       'run_at', run_at, 'token', '0', 'seq', '0', 'rank', spot }
+    -- Most jobs have no webhook: no field for them.
+    if ARGV[i + 13] ~= '' then
+      fields[#fields + 1] = 'cb'
+      fields[#fields + 1] = ARGV[i + 13]
+    end
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
     all[#all + 1] = rank
