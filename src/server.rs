@@ -139,12 +139,17 @@ pub async fn run(
 ) -> Result<(), Error> {
     let (redis, subscriber) = connect(config.redis_url(), config.redis_timeout).await?;
     let mut scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
+    let store = match config.database() {
+        Some(url) => Some(history::Store::open(url, config.history()).await?),
+        None => None,
+    };
+    // Everything that can refuse the configuration does so before anything starts.
+    let authenticator = authenticator(&config, store.as_ref()).await?;
+    let tls = tls(&config)?;
+    let webhooks = config.webhooks().map_err(Error::Config)?;
+
     let mut background = Vec::new();
-    let mut store = None;
-    if let Some(url) = config.database() {
-        let opened = history::Store::open(url, config.history()).await?;
-        store = Some(opened.clone());
-        let store = opened;
+    if let Some(store) = store {
         tracing::info!(backend = ?store.backend(), "job history in the database");
         scheduler = scheduler.with_history(store.clone());
         // Long enough for every replica's writer to flush what it holds (capped: with a very
@@ -163,18 +168,16 @@ pub async fn run(
             config.history_retention,
         )));
     }
-    if let Some(options) = config.webhooks().map_err(Error::Config)? {
+    if let Some(options) = webhooks {
         let webhooks = crate::webhooks::spawn(scheduler.clone(), options);
         scheduler = scheduler.with_webhooks(webhooks);
     }
-    let authenticator = authenticator(&config, store.as_ref()).await?;
     if let auth::Authenticator::On {
         keys: Some(keys), ..
     } = &authenticator
     {
         background.push(tokio::spawn(keys.clone().follow(subscriber.clone())));
     }
-    let tls = tls(&config)?;
     let hub = events::Handle::default();
     let (signals_tx, signals_rx) = mpsc::channel(1024);
     let dispatcher = dispatcher::spawn(scheduler.clone(), config.dispatcher(), signals_rx);

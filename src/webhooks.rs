@@ -24,7 +24,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::scheduler::{self, Job};
 
-/// Deliveries in flight at once per replica.
+/// POSTs in flight at once per replica.
 const IN_FLIGHT: usize = 64;
 /// One POST may take this long.
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -205,14 +205,8 @@ pub fn spawn(scheduler: scheduler::Handle, options: Options) -> Handle {
                     continue;
                 }
             };
-            let Ok(slot) = slots.clone().acquire_owned().await else {
-                return;
-            };
-            let options = options.clone();
-            tokio::spawn(async move {
-                deliver(&job, &options).await;
-                drop(slot);
-            });
+            let (options, slots) = (options.clone(), slots.clone());
+            tokio::spawn(async move { deliver(&job, &options, &slots).await });
         }
     });
     Handle { tx }
@@ -244,12 +238,19 @@ fn body(job: &Job) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap_or_default()
 }
 
-async fn deliver(job: &Job, options: &Options) {
+/// Tries `job`'s delivery until it is taken, refused for good, or out of attempts. A slot is
+/// held only while a POST is in flight, not while waiting to retry.
+async fn deliver(job: &Job, options: &Options, slots: &Semaphore) {
     let body = body(job);
     let delivery = uuid::Uuid::now_v7().to_string();
     let mut wait = FIRST_RETRY;
     for attempt in 1..=options.attempts {
-        match post(job, &body, &delivery, options).await {
+        let Ok(slot) = slots.acquire().await else {
+            return;
+        };
+        let outcome = post(job, &body, &delivery, options).await;
+        drop(slot);
+        match outcome {
             Ok(()) => {
                 tracing::debug!(job = job.id, attempt, "webhook delivered");
                 return;
