@@ -16,6 +16,7 @@ mod reconcile;
 mod retry;
 mod scripts;
 mod submit;
+mod waiting;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,6 +34,7 @@ pub use queues::{QueueStats, QueueSummary, StateCounts};
 pub use reconcile::{Reconciler, Repaired};
 pub use retry::MAX_BULK as MAX_RETRY_BULK;
 use scripts::{Scripts, call};
+pub use waiting::Waiting;
 
 use crate::history;
 
@@ -233,6 +235,7 @@ impl Handle {
     pub async fn get(&self, tenant: &str, id: &str) -> Result<Job, Error> {
         match self.get_redis(tenant, id).await {
             Err(Error::NotFound) => self.get_from_history(tenant, id).await,
+            Ok(job) => self.explain(job).await,
             other => other,
         }
     }
@@ -268,7 +271,10 @@ impl Handle {
         )
         .await?;
         match accept(reply) {
-            Ok(reply) => Job::from_fields(reply.into_iter().next().unwrap_or(Value::Null)),
+            Ok(reply) => {
+                let job = Job::from_fields(reply.into_iter().next().unwrap_or(Value::Null))?;
+                self.explain(job).await
+            }
             // Gone from Redis: a finished job from the database is the whole story.
             Err(Error::NotFound) => match self.get_from_history(tenant, id).await? {
                 job if job.state.is_terminal() => Ok(job),

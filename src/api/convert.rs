@@ -73,6 +73,17 @@ pub fn job(j: Job) -> proto::Job {
         timeout: Some(duration_ms(j.timeout_ms)),
         idempotency_key: j.idempotency_key,
         callback_url: j.callback_url,
+        blocked_reason: j
+            .waiting
+            .as_ref()
+            .map(|w| w.reason.clone())
+            .unwrap_or_default(),
+        eligible_at: j
+            .waiting
+            .as_ref()
+            .and_then(|w| w.eligible_at_ms)
+            .map(timestamp),
+        jobs_ahead: j.waiting.as_ref().and_then(|w| w.ahead),
     }
 }
 

@@ -91,6 +91,16 @@ fn print_job(job: &proto::Job) {
     println!("id:        {}", job.id);
     println!("queue:     {}", job.queue);
     println!("state:     {}", state(job.state));
+    if !job.blocked_reason.is_empty() {
+        let mut why = job.blocked_reason.clone();
+        if job.eligible_at.is_some() {
+            why.push_str(&format!(" until {}", time(&job.eligible_at)));
+        }
+        if let Some(n) = job.jobs_ahead {
+            why.push_str(&format!(", {n} ahead in its tier"));
+        }
+        println!("waiting:   {why}");
+    }
     println!("tier:      {}", tier(job.tier));
     println!("priority:  {}", job.priority);
     println!("attempt:   {}/{}", job.attempt, job.max_attempts);

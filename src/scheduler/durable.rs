@@ -78,6 +78,7 @@ pub(super) fn job(row: jobs::Model) -> Result<Job, Error> {
         },
         token: 0,
         seq: 0,
+        waiting: None,
         id: row.id,
         queue: row.queue,
         tenant: row.tenant,

@@ -127,6 +127,8 @@ pub struct Job {
     pub token: u64,
     /// The sequence number of the job's last event.
     pub seq: u64,
+    /// Why it waits, when it does and was asked (GetJob, a WatchJob snapshot); never stored.
+    pub waiting: Option<super::Waiting>,
 }
 
 impl Job {
@@ -262,6 +264,7 @@ impl Raw {
             worker: take("worker"),
             token: int(take("token")) as u64,
             seq: int(take("seq")) as u64,
+            waiting: None,
             id,
         })
     }

@@ -172,6 +172,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         worker: String::new(),
         token: 0,
         seq: 0,
+        waiting: None,
         queue: job.queue,
     };
     let labels = serde_json::to_string(&created.labels).unwrap_or_else(|_| "{}".into());

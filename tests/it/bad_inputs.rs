@@ -269,10 +269,11 @@ async fn row_14_idempotency_key_reused_with_another_payload() {
     let (redis, server) = harness::start().await;
     let mut jobs = server.jobs().await;
     let first = submit_job(&mut jobs, req(|r| r.idempotency_key = "order-7".into())).await;
+    let before = get(&mut jobs, &first.id).await;
     let keys = dbsize(&redis).await;
     let other = req(|r| (r.idempotency_key, r.payload) = ("order-7".into(), b"y".into()));
     assert_status(jobs.submit_job(other).await, Code::AlreadyExists, &first.id);
-    assert_eq!(get(&mut jobs, &first.id).await, first);
+    assert_eq!(get(&mut jobs, &first.id).await, before);
     unharmed(&redis, &server, &keys).await;
 }
 

@@ -293,3 +293,59 @@ async fn the_cli_pauses_resumes_and_shows_figures() {
     let out = run(&["resume", "render"]).await;
     assert_eq!(String::from_utf8_lossy(&out.stdout), "render: resumed\n");
 }
+
+#[tokio::test]
+async fn a_waiting_job_says_why_and_where_it_stands() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            submit_job(&mut jobs, submit("render", &i.to_string()))
+                .await
+                .id,
+        );
+    }
+    let third = harness::get(&mut jobs, &ids[2]).await;
+    assert_eq!(third.blocked_reason, "waiting for a worker");
+    assert_eq!(third.jobs_ahead, Some(2));
+    let mut later = submit("render", "later");
+    later.delay = Some(prost_types::Duration {
+        seconds: 60,
+        nanos: 0,
+    });
+    let scheduled = submit_job(&mut jobs, later).await;
+    let shown = harness::get(&mut jobs, &scheduled.id).await;
+    assert_eq!(shown.blocked_reason, "scheduled");
+    assert_eq!(shown.eligible_at, scheduled.run_at);
+
+    let pause = proto::PauseQueueRequest {
+        queue: "render".into(),
+    };
+    jobs.pause_queue(pause).await.unwrap();
+    let first = harness::get(&mut jobs, &ids[0]).await;
+    assert_eq!(
+        (first.blocked_reason.as_str(), first.jobs_ahead),
+        ("queue paused", Some(0))
+    );
+    // The WatchJob snapshot says the same.
+    let watch = proto::WatchJobRequest {
+        job_id: ids[0].clone(),
+        after_seq: None,
+    };
+    let mut stream = jobs.watch_job(watch).await.unwrap().into_inner();
+    let snapshot = stream.message().await.unwrap().unwrap().job.unwrap();
+    assert_eq!(snapshot.blocked_reason, "queue paused");
+    // Running and finished jobs wait for nothing.
+    let resume = proto::ResumeQueueRequest {
+        queue: "render".into(),
+    };
+    jobs.resume_queue(resume).await.unwrap();
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    let a = worker.assignment().await;
+    let running = harness::get(&mut jobs, &a.job.unwrap().id).await;
+    assert_eq!(
+        (running.blocked_reason.as_str(), running.jobs_ahead),
+        ("", None)
+    );
+}
