@@ -148,3 +148,19 @@ async fn a_key_that_was_idle_takes_turns_from_now_on_without_banking() {
     let next = lease_order(&mut worker, 2).await;
     assert!(next.contains(&"early-99".to_string()), "{next:?}");
 }
+
+#[tokio::test]
+async fn keys_with_nothing_left_in_line_are_forgotten() {
+    let (redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    for i in 0..50 {
+        submit_job(&mut jobs, for_key(&format!("user-{i}"), i)).await;
+    }
+    // Tier FREE (1), priority 5: one member per key (the mark comes with the first lease).
+    let zset = "cv:{upload}:fair:1:5";
+    assert_eq!(redis.command(&["ZCARD", zset]).await.unwrap(), ":50\r\n");
+    let mut worker = Worker::connect(&server, &["upload"], 1).await;
+    lease_order(&mut worker, 50).await;
+    // Only the mark remains.
+    assert_eq!(redis.command(&["ZCARD", zset]).await.unwrap(), ":1\r\n");
+}

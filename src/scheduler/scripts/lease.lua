@@ -125,11 +125,13 @@ for t = 4, 1, -1 do
       local spot = score - priority * 1099511627776
       if (leased_to[priority] or 0) < spot then leased_to[priority] = spot end
     end
-    local fair = prefix .. 'fair:' .. t
     for priority, spot in pairs(leased_to) do
-      local vfield = 'v:' .. priority
-      if (tonumber(redis.call('HGET', fair, vfield)) or 0) < spot then
-        redis.call('HSET', fair, vfield, spot)
+      local zkey = prefix .. 'fair:' .. t .. ':' .. priority
+      -- Keys whose last place is not past the new mark would start right after it anyway:
+      -- forget them (and the old mark), so the set holds only keys with jobs further back.
+      if spot > (tonumber(redis.call('ZSCORE', zkey, '\0v')) or 0) then
+        redis.call('ZREMRANGEBYSCORE', zkey, '-inf', spot)
+        redis.call('ZADD', zkey, spot, '\0v')
       end
     end
     for k = 1, #popped, 2 do

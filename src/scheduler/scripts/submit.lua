@@ -7,8 +7,8 @@
 -- idempotency key the database still holds.
 -- Within a tier and priority, jobs of different fairness keys take turns (start-time fair
 -- queueing): a job's place in the ready set (`rank`) is one past the later of its key's last
--- place and the place last leased there (`v:<priority>`, advanced by lease.lua), so a key that
--- was idle starts at the front of the line instead of banking turns. One key alone is FIFO.
+-- place and the place last leased there (advanced by lease.lua), so a key that was idle starts
+-- at the front of the line instead of banking turns. One key alone is FIFO.
 -- KEYS[1] the queue's all-jobs index
 -- ARGV prefix tenant now create(0|1), then 14 per job: id tier priority payload ctype labels
 --   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key callback_url
@@ -49,26 +49,23 @@ for i = 5, #ARGV, PER_JOB do
   if not first[i] then fresh = fresh + 1 end
 end
 
--- A job's place among its tier and priority: see the top. `fair[tier]` caches the tier's
--- `fair` hash fields this call read or wrote; the writes go out in one HSET per tier.
-local fair, fair_dirty = {}, {}
+-- A job's place among its tier and priority: see the top. Per tier and priority, one sorted
+-- set holds each key's last place and, as member `\0v`, the place last leased; `fair` caches
+-- what this call read or wrote, and the writes go out in one ZADD per set.
+local fair = {}
 local function place(tier, priority, key)
-  local hkey = prefix .. 'fair:' .. tier
-  local h = fair[hkey]
-  if not h then
-    h = {}
-    fair[hkey] = h
-    fair_dirty[hkey] = {}
+  local zkey = prefix .. 'fair:' .. tier .. ':' .. priority
+  local z = fair[zkey]
+  if not z then
+    local scores = redis.call('ZMSCORE', zkey, '\0v', key)
+    z = { v = tonumber(scores[1]) or 0, places = { [key] = tonumber(scores[2]) or 0 }, dirty = {} }
+    fair[zkey] = z
+  elseif z.places[key] == nil then
+    z.places[key] = tonumber(redis.call('ZSCORE', zkey, key)) or 0
   end
-  local vfield, kfield = 'v:' .. priority, priority .. ':' .. key
-  if h[vfield] == nil or h[kfield] == nil then
-    local v = redis.call('HMGET', hkey, vfield, kfield)
-    if h[vfield] == nil then h[vfield] = tonumber(v[1]) or 0 end
-    if h[kfield] == nil then h[kfield] = tonumber(v[2]) or 0 end
-  end
-  local p = math.max(h[vfield], h[kfield]) + 1
-  h[kfield] = p
-  fair_dirty[hkey][kfield] = p
+  local p = math.max(z.v, z.places[key]) + 1
+  z.places[key] = p
+  z.dirty[key] = p
   return p
 end
 
@@ -120,13 +117,13 @@ for tier, entries in pairs(ready) do
   WAKE.ready = true
 end
 if #delayed > 0 then redis.call('ZADD', prefix .. 'delayed', unpack(delayed)) end
-for hkey, fields in pairs(fair_dirty) do
+for zkey, z in pairs(fair) do
   local args = {}
-  for f, p in pairs(fields) do
-    args[#args + 1] = f
+  for key, p in pairs(z.dirty) do
     args[#args + 1] = p
+    args[#args + 1] = key
   end
-  if #args > 0 then redis.call('HSET', hkey, unpack(args)) end
+  if #args > 0 then redis.call('ZADD', zkey, unpack(args)) end
 end
 finish(prefix, now, 0)
 return { 'OK', out }
