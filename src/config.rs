@@ -80,11 +80,16 @@ fn parse_queue_defaults(text: &str) -> Result<(String, QueueDefaults), String> {
             "backoff" => d.backoff_initial = Some(parse_duration(value)?),
             "backoff_max" => d.backoff_max = Some(parse_duration(value)?),
             "timeout" => d.timeout = Some(parse_duration(value)?),
+            "concurrency" => {
+                let n = value.parse().ok().filter(|n| *n >= 1);
+                d.concurrency =
+                    Some(n.ok_or_else(|| format!("concurrency={value}: expected 1 or more"))?);
+            }
             // Checked against the webhook allowlist at start (`Config::webhooks`).
             "webhook" => d.webhook = Some(value.to_string()),
             other => {
                 return Err(format!(
-                    "{other:?}: use attempts, backoff, backoff_max, timeout or webhook"
+                    "{other:?}: use attempts, backoff, backoff_max, timeout, concurrency or webhook"
                 ));
             }
         }
@@ -141,8 +146,9 @@ pub struct Config {
     /// How long one attempt may run unless the submit says otherwise.
     #[arg(long, env = "CONVEYOR_TIMEOUT", default_value = "1h", value_parser = parse_duration)]
     pub timeout: Duration,
-    /// One queue's own job defaults, e.g. `render:attempts=5,timeout=2h` (repeatable; in the
-    /// environment, separate queues with `;`).
+    /// One queue's own settings, e.g. `render:attempts=5,timeout=2h,concurrency=3` (attempts,
+    /// backoff, backoff_max, timeout, concurrency: most running at once across all workers,
+    /// webhook: a URL; repeatable; in the environment, separate queues with `;`).
     #[arg(long = "queue-default", env = "CONVEYOR_QUEUE_DEFAULTS", value_delimiter = ';',
           value_parser = parse_queue_defaults)]
     pub queue_defaults: Vec<(String, QueueDefaults)>,

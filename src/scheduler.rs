@@ -68,6 +68,8 @@ pub struct QueueDefaults {
     pub timeout: Option<Duration>,
     /// Where the ends of this queue's jobs are POSTed unless a job names its own URL.
     pub webhook: Option<String>,
+    /// Most jobs of this queue running at once, across every worker and replica.
+    pub concurrency: Option<u32>,
 }
 
 impl Options {
@@ -80,6 +82,7 @@ impl Options {
             backoff_max: q.backoff_max.or(Some(self.backoff_max)),
             timeout: q.timeout.or(Some(self.timeout)),
             webhook: q.webhook,
+            concurrency: q.concurrency,
         }
     }
 }

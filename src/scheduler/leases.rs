@@ -107,6 +107,7 @@ impl Handle {
         worker: &str,
     ) -> Result<Leased, Error> {
         let w = self.options.tier_weights;
+        let cap = self.options.defaults(queue).concurrency.unwrap_or(0);
         let args = vec![
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
@@ -120,6 +121,7 @@ impl Handle {
             Value::Integer(w[1] as i64),
             Value::Integer(w[2] as i64),
             Value::Integer(w[3] as i64),
+            Value::Integer(cap as i64),
         ];
         let reply: Vec<Value> =
             call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;

@@ -364,7 +364,7 @@ impl Worker {
 
     /// Sends heartbeats in the background, as a live worker does, for tests that wait longer
     /// than the server's silence limit.
-    pub fn keep_alive(&self) {
+    pub fn keep_alive(&self) -> JoinHandle<()> {
         let tx = self.tx.clone();
         tokio::spawn(async move {
             let beat = || proto::WorkerMessage {
@@ -373,7 +373,7 @@ impl Worker {
             while tx.send(beat()).await.is_ok() {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        });
+        })
     }
 
     pub async fn send(&self, msg: WorkerMsg) {

@@ -349,3 +349,93 @@ async fn a_waiting_job_says_why_and_where_it_stands() {
         ("", None)
     );
 }
+
+/// Assignments that reach `worker` within `quiet` (after the first, each within `quiet`).
+async fn assignments(worker: &mut Worker, quiet: Duration) -> Vec<proto::Assignment> {
+    let mut got = Vec::new();
+    while let Ok(m) = tokio::time::timeout(quiet, worker.recv()).await {
+        if let ServerMsg::Assignment(a) = m {
+            got.push(a);
+        }
+    }
+    got
+}
+
+#[tokio::test]
+async fn a_queue_cap_holds_across_workers_and_every_end_frees_a_slot() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let mut config = harness::config(&redis);
+    let capped = conveyor::scheduler::QueueDefaults {
+        concurrency: Some(2),
+        ..Default::default()
+    };
+    config.queue_defaults = vec![("render".into(), capped)];
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    for i in 0..8 {
+        submit_job(&mut jobs, submit("render", &i.to_string())).await;
+    }
+    // What runs, as Redis has it: the queue's leased set.
+    let running = || async {
+        let reply = redis
+            .command(&["ZCARD", "cv:{render}:leased"])
+            .await
+            .unwrap();
+        reply.trim_start_matches(':').trim().parse::<u32>().unwrap()
+    };
+    let mut workers = [
+        Worker::connect_with(&server, harness::hello(&["render"], 3, "one")).await,
+        Worker::connect_with(&server, harness::hello(&["render"], 3, "two")).await,
+    ];
+    let beats: Vec<_> = workers.iter().map(|w| w.keep_alive()).collect();
+    let quiet = Duration::from_millis(400);
+    // (worker, assignment) of every job handed out and not yet ended.
+    let mut held = Vec::new();
+    for (i, w) in workers.iter_mut().enumerate() {
+        held.extend(assignments(w, quiet).await.into_iter().map(|a| (i, a)));
+    }
+    assert_eq!(held.len(), 2, "the cap is 2 across both workers");
+    assert_eq!(running().await, 2);
+
+    // A success, then a final failure: each frees its slot for exactly one more job.
+    for ends in ["complete", "fail"] {
+        let (i, a) = held.remove(0);
+        let id = a.job.unwrap().id;
+        match ends {
+            "complete" => workers[i].complete(&id, a.token, "ok").await,
+            _ => workers[i].fail(&id, a.token, "broken", false).await,
+        };
+        let mut more = Vec::new();
+        for (i, w) in workers.iter_mut().enumerate() {
+            more.extend(assignments(w, quiet).await.into_iter().map(|a| (i, a)));
+        }
+        assert_eq!(
+            more.len(),
+            1,
+            "after a {ends}: one slot freed, one job leased"
+        );
+        held.extend(more);
+        assert_eq!(running().await, 2);
+    }
+
+    // A worker that goes away for good: after the grace period its jobs go back, and the
+    // other worker takes them, two at a time at most.
+    let [one, mut two] = workers;
+    let leaving = held.iter().filter(|(i, _)| *i == 0).count();
+    beats[0].abort();
+    drop(one);
+    let mut taken = 0;
+    let deadline = tokio::time::Instant::now() + harness::DEADLINE;
+    while taken < leaving {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the jobs did not move"
+        );
+        taken += assignments(&mut two, Duration::from_millis(200))
+            .await
+            .len();
+        assert!(running().await <= 2);
+    }
+    assert!(running().await <= 2);
+}

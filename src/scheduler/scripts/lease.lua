@@ -4,12 +4,14 @@
 -- the all-jobs index, and says when the queue next needs a look.
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now n ttl session worker retention jitter w_free w_pro w_premium w_enterprise
+--   cap (most RUNNING at once in the queue, across workers and replicas; 0 = no cap)
 -- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, ENDED (see common.lua),
 --   {job field, value...}...} (the leased jobs' fields an assignment needs)
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local session, worker = ARGV[5], ARGV[6]
 local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
 local weights = { tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]) }
+local cap = tonumber(ARGV[13]) or 0
 local leased, delayed, expiring = KEYS[1], prefix .. 'delayed', prefix .. 'expiring'
 
 -- The score of a sorted set's first entry, or nil when it is empty.
@@ -54,6 +56,17 @@ if next_due and next_due <= now then
 end
 
 local paused = redis.call('EXISTS', prefix .. 'paused') == 1
+-- A queue-wide cap counts what runs now: the leased set, less what step 1 just took out of it.
+-- Derived, not counted, so no terminal path can leak a slot.
+local capped, full = false, false
+if cap > 0 and n > 0 then
+  local free = cap - (redis.call('ZCARD', leased) - #UNLEASED)
+  if free <= n then
+    n = math.max(free, 0)
+    full = true -- after this call nothing more fits, whatever is left waiting
+  end
+  capped = n == 0
+end
 
 if n == 0 or paused then
   -- 3. The sweep: drop the ids of expired jobs from the all-jobs index (ListJobs).
@@ -65,7 +78,7 @@ if n == 0 or paused then
     next_expiry = first_score(expiring)
   end
   local more = 0
-  if not paused then
+  if not paused and not capped then
     more = redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2', prefix .. 'ready:3',
       prefix .. 'ready:4')
   end
@@ -174,6 +187,7 @@ end
 
 local more = 0
 for t = 1, 4 do if sizes[t] > 0 then more = 1 end end
+if full then more = 0 end
 -- Promoted jobs this call did not take are news for the other replicas' workers.
 WAKE.ready = WAKE.ready and more == 1
 finish(prefix, now, retention)
