@@ -1,4 +1,4 @@
-//! JobService: submit, read, list, cancel and watch jobs.
+//! JobService: submit, read, list, cancel, watch and retry jobs; pause, resume and count queues.
 
 use std::pin::Pin;
 use std::sync::Arc;
