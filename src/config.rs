@@ -85,11 +85,32 @@ fn parse_queue_defaults(text: &str) -> Result<(String, QueueDefaults), String> {
                 d.concurrency =
                     Some(n.ok_or_else(|| format!("concurrency={value}: expected 1 or more"))?);
             }
+            // `rate=N/PERIOD`: N leases per PERIOD, N at once unless `burst` says otherwise.
+            "rate" => {
+                let bad = || format!("rate={value}: expected N/PERIOD like 1/5m or 10/1s");
+                let (n, period) = value.split_once('/').ok_or_else(bad)?;
+                let n: u32 = n.parse().ok().filter(|n| *n >= 1).ok_or_else(bad)?;
+                let period = parse_duration(period)?;
+                let burst = d.rate.map(|(_, b)| b).unwrap_or(n);
+                d.rate = Some((period / n, burst));
+            }
+            "burst" => {
+                let b: u32 = value
+                    .parse()
+                    .ok()
+                    .filter(|b| *b >= 1)
+                    .ok_or_else(|| format!("burst={value}: expected 1 or more"))?;
+                let per = d
+                    .rate
+                    .map(|(p, _)| p)
+                    .ok_or("burst needs a rate before it")?;
+                d.rate = Some((per, b));
+            }
             // Checked against the webhook allowlist at start (`Config::webhooks`).
             "webhook" => d.webhook = Some(value.to_string()),
             other => {
                 return Err(format!(
-                    "{other:?}: use attempts, backoff, backoff_max, timeout, concurrency or webhook"
+                    "{other:?}: use attempts, backoff, backoff_max, timeout, concurrency, rate, burst or webhook"
                 ));
             }
         }
@@ -148,7 +169,8 @@ pub struct Config {
     pub timeout: Duration,
     /// One queue's own settings, e.g. `render:attempts=5,timeout=2h,concurrency=3` (attempts,
     /// backoff, backoff_max, timeout, concurrency: most running at once across all workers,
-    /// webhook: a URL; repeatable; in the environment, separate queues with `;`).
+    /// rate=N/PERIOD and burst=B: leases per period, webhook: a URL; repeatable; in the
+    /// environment, separate queues with `;`).
     #[arg(long = "queue-default", env = "CONVEYOR_QUEUE_DEFAULTS", value_delimiter = ';',
           value_parser = parse_queue_defaults)]
     pub queue_defaults: Vec<(String, QueueDefaults)>,
@@ -370,5 +392,13 @@ mod tests {
                 && parse_queue_defaults("r:attempts=0").is_err()
         );
         assert!(parse_queue_defaults("r:colour=blue").is_err());
+        let (_, d) = parse_queue_defaults("upload:rate=1/5m").unwrap();
+        assert_eq!(d.rate, Some((Duration::from_secs(300), 1)));
+        let (_, d) = parse_queue_defaults("api:rate=10/1s,burst=20").unwrap();
+        assert_eq!(d.rate, Some((Duration::from_millis(100), 20)));
+        assert!(
+            parse_queue_defaults("x:burst=2").is_err()
+                && parse_queue_defaults("x:rate=0/1s").is_err()
+        );
     }
 }

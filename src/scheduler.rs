@@ -70,6 +70,9 @@ pub struct QueueDefaults {
     pub webhook: Option<String>,
     /// Most jobs of this queue running at once, across every worker and replica.
     pub concurrency: Option<u32>,
+    /// At most one lease per this long, up to the second number at once (GCRA), across every
+    /// worker and replica.
+    pub rate: Option<(Duration, u32)>,
 }
 
 impl Options {
@@ -83,6 +86,7 @@ impl Options {
             timeout: q.timeout.or(Some(self.timeout)),
             webhook: q.webhook,
             concurrency: q.concurrency,
+            rate: q.rate,
         }
     }
 }

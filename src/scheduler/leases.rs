@@ -107,7 +107,13 @@ impl Handle {
         worker: &str,
     ) -> Result<Leased, Error> {
         let w = self.options.tier_weights;
-        let cap = self.options.defaults(queue).concurrency.unwrap_or(0);
+        let defaults = self.options.defaults(queue);
+        let cap = defaults.concurrency.unwrap_or(0);
+        // One lease per `period` ms, `burst` at once; a period of 0 is no rate.
+        let (period, burst) = defaults
+            .rate
+            .map(|(period, burst)| (period.as_millis().max(1) as i64, burst as i64))
+            .unwrap_or((0, 1));
         let args = vec![
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
@@ -122,6 +128,8 @@ impl Handle {
             Value::Integer(w[2] as i64),
             Value::Integer(w[3] as i64),
             Value::Integer(cap as i64),
+            Value::Integer(period),
+            Value::Integer(burst),
         ];
         let reply: Vec<Value> =
             call(&self.redis, &self.scripts.lease, keys::leased(queue), args).await?;

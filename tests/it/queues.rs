@@ -439,3 +439,39 @@ async fn a_queue_cap_holds_across_workers_and_every_end_frees_a_slot() {
     }
     assert!(running().await <= 2);
 }
+
+#[tokio::test]
+async fn a_queue_rate_spaces_its_leases_and_wakes_exactly_when_the_next_fits() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let mut config = harness::config(&redis);
+    // One lease per 300 ms, none saved up; a long sweep, so only the rate's own timer can
+    // explain a lease on time.
+    let limited = conveyor::scheduler::QueueDefaults {
+        rate: Some((Duration::from_millis(300), 1)),
+        ..Default::default()
+    };
+    config.queue_defaults = vec![("upload".into(), limited)];
+    config.sweep = Duration::from_secs(10);
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    for i in 0..4 {
+        submit_job(&mut jobs, submit("upload", &i.to_string())).await;
+    }
+    let mut worker = Worker::connect(&server, &["upload"], 4).await;
+    worker.keep_alive();
+    let mut at = Vec::new();
+    for _ in 0..4 {
+        let a = worker.assignment().await;
+        at.push(tokio::time::Instant::now());
+        worker.complete(&a.job.unwrap().id, a.token, "ok").await;
+    }
+    for pair in at.windows(2) {
+        let gap = pair[1] - pair[0];
+        assert!(gap >= Duration::from_millis(280), "leases {gap:?} apart");
+        assert!(
+            gap < Duration::from_millis(900),
+            "woke {gap:?} later, not when the next fit"
+        );
+    }
+}

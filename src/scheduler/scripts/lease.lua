@@ -5,6 +5,8 @@
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now n ttl session worker retention jitter w_free w_pro w_premium w_enterprise
 --   cap (most RUNNING at once in the queue, across workers and replicas; 0 = no cap)
+--   period burst (a queue-wide rate: one lease per `period` ms, up to `burst` at once, by GCRA;
+--   period 0 = no rate)
 -- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, ENDED (see common.lua),
 --   {job field, value...}...} (the leased jobs' fields an assignment needs)
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
@@ -12,6 +14,7 @@ local session, worker = ARGV[5], ARGV[6]
 local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
 local weights = { tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11]), tonumber(ARGV[12]) }
 local cap = tonumber(ARGV[13]) or 0
+local period, burst = tonumber(ARGV[14]) or 0, tonumber(ARGV[15]) or 1
 local leased, delayed, expiring = KEYS[1], prefix .. 'delayed', prefix .. 'expiring'
 
 -- The score of a sorted set's first entry, or nil when it is empty.
@@ -67,6 +70,25 @@ if cap > 0 and n > 0 then
   end
   capped = n == 0
 end
+-- A queue-wide rate (GCRA): `tat` is when the budget would be back to full; each lease spends
+-- `period` of it. When it runs out, `rate_next` is when the next lease fits, and the dispatcher
+-- is told to come back exactly then (as for a delayed job), not to poll.
+local tat, rate_next = nil, nil
+if period > 0 and n > 0 then
+  tat = math.max(tonumber(redis.call('GET', prefix .. 'rate')) or 0, now)
+  local allowed = math.floor((now + burst * period - tat) / period)
+  if allowed <= n then
+    n = math.max(allowed, 0)
+    full = true
+    rate_next = tat + (n + 1) * period - burst * period
+  end
+  capped = capped or n == 0
+end
+-- The earliest a caller should look again: a due delayed job, or the rate's next opening.
+local function next_look(due)
+  if rate_next and (due == nil or rate_next < due) then return rate_next end
+  return due
+end
 
 if n == 0 or paused then
   -- 3. The sweep: drop the ids of expired jobs from the all-jobs index (ListJobs).
@@ -90,7 +112,12 @@ if n == 0 or paused then
   if next_lease == false then next_lease = first_score(leased) end
   local next_check = next_lease
   if next_check == nil or (next_expiry and next_expiry < next_check) then next_check = next_expiry end
-  return { next_due or -1, more > 0 and 1 or 0, next_check or -1, ENDED }
+  -- The rate's opening matters only to jobs that wait.
+  if rate_next and (paused or redis.call('EXISTS', prefix .. 'ready:1', prefix .. 'ready:2',
+      prefix .. 'ready:3', prefix .. 'ready:4') == 0) then
+    rate_next = nil
+  end
+  return { next_look(next_due) or -1, more > 0 and 1 or 0, next_check or -1, ENDED }
 end
 
 -- 4. Stride scheduling: each tier has a pass that grows by 1/weight per lease; the non-empty
@@ -184,11 +211,22 @@ if #deadlines > 0 then redis.call('ZADD', leased, unpack(deadlines)) end
 if planned > 0 then
   redis.call('HSET', stride_key, 'p1', pass[1], 'p2', pass[2], 'p3', pass[3], 'p4', pass[4], 'vt', vt)
 end
+if tat then
+  local leased_now = #deadlines / 2
+  if leased_now > 0 then
+    redis.call('SET', prefix .. 'rate', tat + leased_now * period, 'PX', burst * period + period)
+  end
+  -- Spent what it had: the next lease fits one period after the budget allows.
+  rate_next = tat + (leased_now + 1) * period - burst * period
+  if rate_next <= now then rate_next = nil end
+end
 
 local more = 0
 for t = 1, 4 do if sizes[t] > 0 then more = 1 end end
+local left = more -- jobs still waiting, whether or not this replica may take more now
 if full then more = 0 end
 -- Promoted jobs this call did not take are news for the other replicas' workers.
 WAKE.ready = WAKE.ready and more == 1
 finish(prefix, now, retention)
-return { next_due or -1, more, -1, ENDED, unpack(out) }
+if left == 0 then rate_next = nil end
+return { next_look(next_due) or -1, more, -1, ENDED, unpack(out) }
