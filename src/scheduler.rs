@@ -206,15 +206,8 @@ impl Handle {
     /// A job by id whatever its tenant, for the server's own use (webhooks); `None` once it is
     /// gone from Redis and the history alike.
     pub async fn job_for_webhook(&self, id: &str) -> Result<Option<Job>, Error> {
-        let queue = self.locate(id)?;
-        let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
-        let empty = match &fields {
-            Value::Array(a) => a.is_empty(),
-            Value::Map(m) => m.is_empty(),
-            other => other.is_null(),
-        };
-        if !empty {
-            return Job::from_fields(fields).map(Some);
+        if let Some(job) = self.load(id).await? {
+            return Ok(Some(job));
         }
         match &self.history {
             Some(store) => store.get(id).await?.map(durable::job).transpose(),
@@ -248,6 +241,14 @@ impl Handle {
     }
 
     async fn get_redis(&self, tenant: &str, id: &str) -> Result<Job, Error> {
+        match self.load(id).await? {
+            Some(job) if job.tenant == tenant => Ok(job),
+            _ => Err(Error::NotFound),
+        }
+    }
+
+    /// The job's hash as Redis has it, whatever its tenant; `None` when Redis has no such job.
+    async fn load(&self, id: &str) -> Result<Option<Job>, Error> {
         let queue = self.locate(id)?;
         let fields: Value = self.redis.hgetall(keys::job(&queue, id)).await?;
         let empty = match &fields {
@@ -256,13 +257,9 @@ impl Handle {
             other => other.is_null(),
         };
         if empty {
-            return Err(Error::NotFound);
+            return Ok(None);
         }
-        let job = Job::from_fields(fields)?;
-        if job.tenant != tenant {
-            return Err(Error::NotFound);
-        }
-        Ok(job)
+        Job::from_fields(fields).map(Some)
     }
 
     /// Opens a watch: from now on the job's events are published. Returns the job as it is now

@@ -31,6 +31,11 @@ pub fn all(queue: &str) -> String {
     format!("cv:{{{queue}}}:all")
 }
 
+/// The QUEUED jobs of one tier (`ready:<tier>` in the scripts).
+pub fn ready(queue: &str, tier: i32) -> String {
+    format!("cv:{{{queue}}}:ready:{tier}")
+}
+
 /// Present while the queue is paused (`pause.lua`).
 pub fn paused(queue: &str) -> String {
     format!("cv:{{{queue}}}:paused")

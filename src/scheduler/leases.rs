@@ -107,11 +107,12 @@ impl Handle {
         worker: &str,
     ) -> Result<Leased, Error> {
         let w = self.options.tier_weights;
-        let defaults = self.options.defaults(queue);
-        let cap = defaults.concurrency.unwrap_or(0);
+        // The queue's own cap and rate, read in place: this runs on every lease.
+        let own = self.options.queues.get(queue);
+        let cap = own.and_then(|q| q.concurrency).unwrap_or(0);
         // One lease per `period` ms, `burst` at once; a period of 0 is no rate.
-        let (period, burst) = defaults
-            .rate
+        let (period, burst) = own
+            .and_then(|q| q.rate)
             .map(|(period, burst)| (period.as_millis().max(1) as i64, burst as i64))
             .unwrap_or((0, 1));
         let args = vec![

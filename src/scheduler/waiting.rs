@@ -31,23 +31,19 @@ impl Handle {
                 ahead: None,
             }),
             JobState::Queued => {
-                let ready = format!("{}ready:{}", keys::prefix(&job.queue), job.tier as i32);
+                let ready = keys::ready(&job.queue, job.tier as i32);
                 let pipeline = self.redis.pipeline();
                 let _: () = pipeline.exists(keys::paused(&job.queue)).await?;
                 let _: () = pipeline.zrank(ready, job.id.as_str(), false).await?;
                 let (paused, rank): (i64, Value) = pipeline.all().await?;
-                let ahead = rank.as_u64();
-                Some(match paused {
-                    1 => Waiting {
-                        reason: "queue paused".into(),
-                        eligible_at_ms: None,
-                        ahead,
-                    },
-                    _ => Waiting {
-                        reason: "waiting for a worker".into(),
-                        eligible_at_ms: None,
-                        ahead,
-                    },
+                let reason = match paused {
+                    1 => "queue paused",
+                    _ => "waiting for a worker",
+                };
+                Some(Waiting {
+                    reason: reason.into(),
+                    eligible_at_ms: None,
+                    ahead: rank.as_u64(),
                 })
             }
             _ => None,

@@ -87,22 +87,9 @@ impl Secured {
         token: Option<&str>,
         queues: &[&str],
     ) -> Result<(), tonic::Status> {
-        let target = Target {
-            token: token.map(str::to_string),
-            ..Target::new(self.server.addr.clone())
-        };
-        let mut workers = client::workers(self.server.channel().await, target.bearer().unwrap());
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let hello = harness::hello(queues, 1, "");
-        tx.send(proto::WorkerMessage {
-            msg: Some(WorkerMsg::Hello(hello)),
-        })
-        .await
-        .unwrap();
-        let mut inbound = workers
-            .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
-            .await?
-            .into_inner();
+        let hello = WorkerMsg::Hello(harness::hello(queues, 1, ""));
+        let (_tx, mut inbound) =
+            harness::Worker::open_on(self.server.channel().await, token, hello).await?;
         match inbound.next().await {
             Some(Ok(_)) => Ok(()),
             Some(Err(status)) => Err(status),
@@ -458,18 +445,11 @@ async fn a_worker_may_not_announce_more_slots_than_the_cap() {
         let token = token.clone();
         let s = &s;
         async move {
-            let target = Target {
-                token: Some(token),
-                ..Target::new(s.server.addr.clone())
-            };
+            let hello = WorkerMsg::Hello(harness::hello(&["render"], slots, ""));
             let channel = s.server.channel().await;
-            let mut workers = client::workers(channel, target.bearer().unwrap());
-            let (tx, rx) = tokio::sync::mpsc::channel(4);
-            let hello = harness::hello(&["render"], slots, "");
-            let msg = Some(WorkerMsg::Hello(hello));
-            tx.send(proto::WorkerMessage { msg }).await.unwrap();
-            let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-            workers.connect(stream).await.map(|_| ())
+            harness::Worker::open_on(channel, Some(&token), hello)
+                .await
+                .map(|_| ())
         }
     };
     announce(4).await.expect("at the cap");

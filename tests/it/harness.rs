@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use conveyor::config::Config;
 use conveyor::proto::job_service_client::JobServiceClient;
-use conveyor::proto::worker_service_client::WorkerServiceClient;
 use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -18,6 +17,9 @@ use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
+
+/// What a worker stream receives.
+pub type Streaming = tonic::Streaming<proto::ServerMessage>;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -37,7 +39,7 @@ where
     }
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -295,26 +297,32 @@ impl Worker {
     pub async fn open(
         server: &Server,
         first: WorkerMsg,
-    ) -> Result<
-        (
-            mpsc::Sender<proto::WorkerMessage>,
-            tonic::Streaming<proto::ServerMessage>,
-        ),
-        tonic::Status,
-    > {
+    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, Streaming), tonic::Status> {
+        Worker::open_on(server.channel().await, None, first).await
+    }
+
+    /// Opens a stream on `channel`, presenting `token` when given, whose first message is
+    /// `first`; the server's refusal, if it refuses the call.
+    pub async fn open_on(
+        channel: Channel,
+        token: Option<&str>,
+        first: WorkerMsg,
+    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, Streaming), tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
         tx.send(proto::WorkerMessage { msg: Some(first) })
             .await
             .unwrap();
-        let mut client = WorkerServiceClient::new(server.channel().await);
+        let target = conveyor::client::Target {
+            token: token.map(str::to_string),
+            ..Default::default()
+        };
+        let mut client = conveyor::client::workers(channel, target.bearer().unwrap());
         let response = client.connect(ReceiverStream::new(rx)).await?;
         Ok((tx, response.into_inner()))
     }
 
-    pub async fn connect_with(server: &Server, hello: proto::Hello) -> Worker {
-        let (tx, mut rx) = Worker::open(server, WorkerMsg::Hello(hello))
-            .await
-            .expect("connect");
+    /// The worker once its Welcome has arrived.
+    async fn welcomed(tx: mpsc::Sender<proto::WorkerMessage>, mut rx: Streaming) -> Worker {
         let welcome = match rx.next().await {
             Some(Ok(proto::ServerMessage {
                 msg: Some(ServerMsg::Welcome(w)),
@@ -322,6 +330,13 @@ impl Worker {
             other => panic!("expected Welcome, got {other:?}"),
         };
         Worker { tx, rx, welcome }
+    }
+
+    pub async fn connect_with(server: &Server, hello: proto::Hello) -> Worker {
+        let (tx, rx) = Worker::open(server, WorkerMsg::Hello(hello))
+            .await
+            .expect("connect");
+        Worker::welcomed(tx, rx).await
     }
 
     pub async fn connect(server: &Server, queues: &[&str], concurrency: u32) -> Worker {
@@ -335,31 +350,11 @@ impl Worker {
         queues: &[&str],
         concurrency: u32,
     ) -> Worker {
-        let (tx, rx) = mpsc::channel(64);
-        let hello = hello(queues, concurrency, "");
-        tx.send(proto::WorkerMessage {
-            msg: Some(WorkerMsg::Hello(hello)),
-        })
-        .await
-        .unwrap();
-        let target = conveyor::client::Target {
-            token: Some(token.into()),
-            ..conveyor::client::Target::new(server.addr.clone())
-        };
-        let mut client =
-            conveyor::client::workers(server.channel().await, target.bearer().unwrap());
-        let mut rx = client
-            .connect(ReceiverStream::new(rx))
+        let hello = WorkerMsg::Hello(hello(queues, concurrency, ""));
+        let (tx, rx) = Worker::open_on(server.channel().await, Some(token), hello)
             .await
-            .expect("connect")
-            .into_inner();
-        let welcome = match rx.next().await {
-            Some(Ok(proto::ServerMessage {
-                msg: Some(ServerMsg::Welcome(w)),
-            })) => w,
-            other => panic!("expected Welcome, got {other:?}"),
-        };
-        Worker { tx, rx, welcome }
+            .expect("connect");
+        Worker::welcomed(tx, rx).await
     }
 
     /// Sends heartbeats in the background, as a live worker does, for tests that wait longer

@@ -270,11 +270,7 @@ async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
     harness::logs();
     let redis = harness::Redis::start().await;
     let url = harness::sqlite_url();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let addr = format!("http://127.0.0.1:{port}");
     // A server whose history writer would wait an hour before writing.
     let mut server = Command::new(BIN)
@@ -367,11 +363,7 @@ async fn keys_made_with_the_cli_admit_a_client_and_a_worker_until_revoked() {
     let secret = key.rsplit('_').next().unwrap();
     assert!(!listed.contains(secret), "list shows a secret:\n{listed}");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = harness::free_port();
     let addr = format!("http://127.0.0.1:{port}");
     let mut serve = Command::new(BIN);
     env(&mut serve);

@@ -159,19 +159,10 @@ async fn client_certificates_map_to_tenants_and_workers() {
     // The render node's certificate connects as a worker, and gets the job.
     let node_target = files.target(&addr, &ca, Some(("node", &node)));
     let channel = node_target.endpoint().unwrap().connect().await.unwrap();
-    let mut workers = client::workers(channel, node_target.bearer().unwrap());
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let hello = harness::hello(&["render"], 1, "node-1");
-    tx.send(proto::WorkerMessage {
-        msg: Some(WorkerMsg::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut inbound = workers
-        .connect(tokio_stream::wrappers::ReceiverStream::new(rx))
+    let hello = WorkerMsg::Hello(harness::hello(&["render"], 1, "node-1"));
+    let (_tx, mut inbound) = harness::Worker::open_on(channel, None, hello)
         .await
-        .expect("the node connects")
-        .into_inner();
+        .expect("the node connects");
     let mut assigned = None;
     while let Some(Ok(message)) = inbound.next().await {
         if let Some(proto::server_message::Msg::Assignment(a)) = message.msg {
