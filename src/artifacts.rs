@@ -9,20 +9,39 @@ use std::time::Duration;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::presigning::PresigningConfig;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+
+use crate::scheduler::Artifact;
 
 /// Longest artifact name, in bytes.
 pub const MAX_NAME: usize = 255;
+/// Most artifacts one job may have.
+pub const MAX_ARTIFACTS: usize = 256;
+/// Files larger than this are uploaded in parts.
+pub const MULTIPART_ABOVE: u64 = 64 << 20;
+/// The smallest part; S3 wants at least 5 MiB for every part but the last.
+const MIN_PART: u64 = 16 << 20;
+/// S3's limits: 10,000 parts of at most 5 GiB, so 5 TiB at most.
+const MAX_PARTS: u64 = 10_000;
+pub const MAX_SIZE: u64 = 5 << 40;
+/// What an object is stored as when its uploader does not say.
+pub const DEFAULT_TYPE: &str = "application/octet-stream";
 /// SigV4 presigned URLs last at most a week.
 const MAX_EXPIRY: Duration = Duration::from_secs(7 * 24 * 3600);
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    #[error("artifacts are off on this server (CONVEYOR_S3_BUCKET is not set)")]
+    Off,
     #[error("artifact storage: {0}")]
     Config(String),
     #[error("artifact name: {0}")]
     Name(String),
     #[error("artifact storage: {0}")]
     Store(String),
+    /// The store answered, and said no (a bad part list, an unknown upload id).
+    #[error("the artifact store refused: {0}")]
+    Rejected(String),
 }
 
 /// Where artifacts go and how clients reach them.
@@ -100,17 +119,119 @@ impl Storage {
         &self.options
     }
 
-    /// A URL that PUTs the object `key` until it expires.
-    pub async fn upload_url(&self, key: &str) -> Result<String, Error> {
+    /// A URL that PUTs the object `key` until it expires. With a `content_type` the PUT must
+    /// send that Content-Type (it is signed); without, the PUT's own is stored.
+    pub async fn upload_url(&self, key: &str, content_type: Option<&str>) -> Result<String, Error> {
         let presigned = self
             .client
             .put_object()
             .bucket(&self.options.bucket)
             .key(key)
+            .set_content_type(content_type.map(str::to_string))
             .presigned(presigning(self.options.upload_expiry)?)
             .await
-            .map_err(|e| Error::Store(e.to_string()))?;
+            .map_err(store)?;
         Ok(presigned.uri().to_string())
+    }
+
+    /// Starts a multipart upload of `size` bytes to `key`: its upload id, part size and one PUT
+    /// URL per part.
+    pub async fn multipart(
+        &self,
+        key: &str,
+        content_type: &str,
+        size: u64,
+    ) -> Result<Multipart, Error> {
+        let part_size = part_size(size);
+        let parts = size.div_ceil(part_size).max(1);
+        let created = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.options.bucket)
+            .key(key)
+            .content_type(content_type)
+            .send()
+            .await
+            .map_err(store)?;
+        let upload_id = created
+            .upload_id
+            .ok_or_else(|| Error::Store("the store gave no upload id".into()))?;
+        let mut part_urls = Vec::with_capacity(parts as usize);
+        for number in 1..=parts {
+            let presigned = self
+                .client
+                .upload_part()
+                .bucket(&self.options.bucket)
+                .key(key)
+                .upload_id(&upload_id)
+                .part_number(number as i32)
+                .presigned(presigning(self.options.upload_expiry)?)
+                .await
+                .map_err(store)?;
+            part_urls.push(presigned.uri().to_string());
+        }
+        Ok(Multipart {
+            upload_id,
+            part_size,
+            part_urls,
+        })
+    }
+
+    /// Assembles a multipart upload from its parts' ETags, in part order.
+    pub async fn finish_multipart(
+        &self,
+        key: &str,
+        upload_id: &str,
+        etags: &[String],
+    ) -> Result<(), Error> {
+        let parts = etags
+            .iter()
+            .enumerate()
+            .map(|(i, etag)| {
+                CompletedPart::builder()
+                    .part_number(i as i32 + 1)
+                    .e_tag(etag)
+                    .build()
+            })
+            .collect();
+        self.client
+            .complete_multipart_upload()
+            .bucket(&self.options.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| match e.as_service_error() {
+                Some(refusal) => Error::Rejected(refusal.to_string()),
+                None => store(e),
+            })?;
+        Ok(())
+    }
+
+    /// What the store has at `key` (as artifact `name`), or `None` when it has nothing there.
+    pub async fn head(&self, key: &str, name: &str) -> Result<Option<Artifact>, Error> {
+        let head = self
+            .client
+            .head_object()
+            .bucket(&self.options.bucket)
+            .key(key)
+            .send()
+            .await;
+        match head {
+            Ok(h) => Ok(Some(Artifact {
+                name: name.to_string(),
+                size: h.content_length.unwrap_or(0).max(0) as u64,
+                content_type: h.content_type.unwrap_or_else(|| DEFAULT_TYPE.into()),
+                checksum: h.e_tag.unwrap_or_default().trim_matches('"').to_string(),
+            })),
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
+            Err(e) => Err(store(e)),
+        }
     }
 
     /// A URL that GETs the object `key` for `expiry` (the configured default when `None`).
@@ -123,9 +244,35 @@ impl Storage {
             .key(key)
             .presigned(presigning(expiry)?)
             .await
-            .map_err(|e| Error::Store(e.to_string()))?;
+            .map_err(store)?;
         Ok(presigned.uri().to_string())
     }
+}
+
+/// A multipart upload the worker fills part by part.
+#[derive(Clone, Debug)]
+pub struct Multipart {
+    pub upload_id: String,
+    pub part_size: u64,
+    pub part_urls: Vec<String>,
+}
+
+/// Parts of at least `MIN_PART`, few enough to stay within `MAX_PARTS`, whole MiBs.
+fn part_size(size: u64) -> u64 {
+    let mib = 1 << 20;
+    (size.div_ceil(MAX_PARTS).div_ceil(mib) * mib).max(MIN_PART)
+}
+
+/// The whole error chain: the SDK's own Display says only "service error".
+fn store(e: impl std::error::Error) -> Error {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    Error::Store(text)
 }
 
 fn presigning(expiry: Duration) -> Result<PresigningConfig, Error> {
@@ -159,6 +306,23 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     Ok(())
 }
 
+/// What a worker may say an upload is: `MAX_SIZE` bytes at most, a content type of printable
+/// ASCII (it becomes a header).
+pub fn check_upload(size: u64, content_type: &str) -> Result<(), Error> {
+    if size > MAX_SIZE {
+        return Err(Error::Name(format!(
+            "size {size} is above {MAX_SIZE} bytes"
+        )));
+    }
+    if content_type.len() > 255 || !content_type.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        return Err(Error::Name(format!(
+            "content type {:?} is not a header value (printable ASCII, at most 255 bytes)",
+            truncate(content_type)
+        )));
+    }
+    Ok(())
+}
+
 fn truncate(s: &str) -> String {
     s.chars().take(64).collect()
 }
@@ -188,6 +352,12 @@ mod tests {
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }
+        assert_eq!(part_size(200 << 20), MIN_PART);
+        assert_eq!(
+            part_size(MAX_SIZE).div_ceil(1 << 20) * (1 << 20),
+            part_size(MAX_SIZE)
+        );
+        assert!(MAX_SIZE.div_ceil(part_size(MAX_SIZE)) <= MAX_PARTS);
         assert_eq!(
             object_key("acme", "render:0190", 2, "out/video.mp4"),
             "tenant/acme/jobs/render:0190/attempt-2/out/video.mp4"

@@ -48,6 +48,7 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         command: vec!["sh".into(), "-c".into(), RENDER.into()],
         worker_id: None,
         labels: Default::default(),
+        output_root: None,
     };
     let worker = tokio::spawn(worker::run(options, async {
         let _ = worker_stopped.await;

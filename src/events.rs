@@ -186,6 +186,7 @@ mod tests {
             result: String::new(),
             error: String::new(),
             time_ms: 0,
+            artifacts: Vec::new(),
         }
     }
 

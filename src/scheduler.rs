@@ -29,7 +29,7 @@ use rand::Rng;
 pub use durable::ListFilter;
 pub use error::Error;
 pub use event::{Event, EventKind};
-pub use job::{Flow, Job, JobState, NewJob, Progress, Tier};
+pub use job::{Artifact, Flow, Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Holder, Report, Verdict};
 pub use queues::{QueueStats, QueueSummary, StateCounts};
 pub use reconcile::{Reconciler, Repaired};

@@ -211,6 +211,7 @@ pub async fn run(
         hub,
         config.limits(),
         Arc::new(config.quotas()),
+        storage.clone(),
         stopping,
     ))
     .max_decoding_message_size(max_message)

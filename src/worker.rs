@@ -4,6 +4,7 @@
 mod command;
 mod line;
 mod session;
+mod upload;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,8 +13,8 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::proto::{self, worker_message::Msg as Out};
-use command::{Event, Outcome};
+use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use command::{Event, Outcome, Setup};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -27,6 +28,9 @@ pub struct Options {
     /// Stable across reconnects so the server can re-attach running jobs; made up when `None`.
     pub worker_id: Option<String>,
     pub labels: HashMap<String, String>,
+    /// Where each attempt gets its output folder (`CONVEYOR_OUTPUT_DIR`); a folder under the
+    /// system's temporary one when `None`.
+    pub output_root: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +41,8 @@ pub enum Error {
     NoCommand,
     #[error("the server refused this worker: {0}")]
     Refused(tonic::Status),
+    #[error("{0}")]
+    Setup(String),
 }
 
 /// Reconnect delays: from this, doubling, up to `MAX_BACKOFF`, with jitter.
@@ -56,6 +62,10 @@ struct Worker {
     options: Options,
     worker_id: String,
     running: HashMap<String, Running>,
+    setup: std::sync::Arc<Setup>,
+    /// Upload questions sent on the current stream, by (job id, artifact name), waiting for
+    /// the server's answer.
+    asks: HashMap<(String, String), tokio::sync::oneshot::Sender<In>>,
     /// Completions and failures not yet answered by the server, resent after a reconnect.
     outbox: HashMap<String, Out>,
     /// Outbox entries the server could not store yet (UNAVAILABLE); resent on the next tick.
@@ -96,10 +106,25 @@ pub async fn run(
         .worker_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    // reqwest is built without a default crypto provider; rustls uses ring here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;
+    let setup = std::sync::Arc::new(Setup {
+        command: options.command.clone(),
+        output_root: options.output_root.clone().unwrap_or_else(|| {
+            std::env::temp_dir().join(format!("conveyor-worker-{}", std::process::id()))
+        }),
+        http,
+    });
     let mut worker = Worker {
         options,
         worker_id,
         running: HashMap::new(),
+        setup,
+        asks: HashMap::new(),
         outbox: HashMap::new(),
         retry: Vec::new(),
         events_tx,
@@ -175,6 +200,8 @@ impl Worker {
         }
     }
 
+    /// While disconnected: ends are kept for the next stream, questions go unanswered (the
+    /// uploader asks again) and progress is dropped.
     fn finished_offline(&mut self, event: Event) {
         if let Event::Finished {
             job_id,
@@ -192,10 +219,11 @@ impl Worker {
 /// The message that tells the server how an attempt ended.
 fn report(job_id: String, token: u64, outcome: Outcome) -> Out {
     match outcome {
-        Outcome::Succeeded { result } => Out::Complete(proto::Complete {
+        Outcome::Succeeded { result, artifacts } => Out::Complete(proto::Complete {
             job_id,
             token,
             result,
+            artifacts,
         }),
         Outcome::Failed { error, retryable } => Out::Fail(proto::Fail {
             job_id,

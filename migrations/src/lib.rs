@@ -8,6 +8,7 @@ mod m20261125_000002_credentials;
 mod m20261125_000003_callback_url;
 mod m20261126_000004_limit_key;
 mod m20261126_000005_flows;
+mod m20261127_000006_artifacts;
 
 pub struct Migrator;
 
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261125_000003_callback_url::Migration),
             Box::new(m20261126_000004_limit_key::Migration),
             Box::new(m20261126_000005_flows::Migration),
+            Box::new(m20261127_000006_artifacts::Migration),
         ]
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::dispatcher::ToWorker;
 use crate::proto;
-use crate::scheduler::{self, Event, EventKind, Job, JobState, Progress, Tier};
+use crate::scheduler::{self, Artifact, Event, EventKind, Job, JobState, Progress, Tier};
 
 pub fn timestamp(ms: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
@@ -65,6 +65,7 @@ pub fn job(j: Job) -> proto::Job {
         max_attempts: j.max_attempts,
         progress: Some(progress(j.progress)),
         result: j.result,
+        artifacts: j.artifacts.into_iter().map(artifact).collect(),
         error: j.error,
         worker_id: j.worker,
         created_at: Some(timestamp(j.created_ms)),
@@ -107,6 +108,15 @@ fn follow_ups(on_success: &[u8]) -> u32 {
     }
 }
 
+pub fn artifact(a: Artifact) -> proto::Artifact {
+    proto::Artifact {
+        name: a.name,
+        size: a.size,
+        content_type: a.content_type,
+        checksum: a.checksum,
+    }
+}
+
 pub fn snapshot(j: Job) -> proto::JobEvent {
     proto::JobEvent {
         job_id: j.id.clone(),
@@ -128,6 +138,7 @@ pub fn event(e: &Event) -> proto::JobEvent {
         result: e.result.clone(),
         error: e.error.clone(),
         time: Some(timestamp(e.time_ms)),
+        artifacts: e.artifacts.iter().cloned().map(artifact).collect(),
         ..Default::default()
     };
     match &e.kind {

@@ -119,13 +119,20 @@ fn worker_message() -> impl Strategy<Value = Msg> {
             })
         },
     );
-    let complete = (text(), any::<u64>(), text()).prop_map(|(job_id, token, result)| {
-        Msg::Complete(proto::Complete {
-            job_id,
-            token,
-            result,
-        })
-    });
+    let complete = (
+        text(),
+        any::<u64>(),
+        text(),
+        proptest::collection::vec(text(), 0..4),
+    )
+        .prop_map(|(job_id, token, result, artifacts)| {
+            Msg::Complete(proto::Complete {
+                job_id,
+                token,
+                result,
+                artifacts,
+            })
+        });
     let fail = (text(), any::<u64>(), text(), any::<bool>()).prop_map(
         |(job_id, token, error, retryable)| {
             Msg::Fail(proto::Fail {
@@ -136,18 +143,39 @@ fn worker_message() -> impl Strategy<Value = Msg> {
             })
         },
     );
-    let upload = (text(), any::<u64>(), text()).prop_map(|(job_id, token, name)| {
-        Msg::Upload(proto::UploadRequest {
-            job_id,
-            token,
-            name,
-        })
-    });
+    let upload = (text(), any::<u64>(), text(), any::<u64>(), text()).prop_map(
+        |(job_id, token, name, size, content_type)| {
+            Msg::Upload(proto::UploadRequest {
+                job_id,
+                token,
+                name,
+                size,
+                content_type,
+            })
+        },
+    );
+    let upload_done = (
+        text(),
+        any::<u64>(),
+        text(),
+        text(),
+        proptest::collection::vec(text(), 0..3),
+    )
+        .prop_map(|(job_id, token, name, upload_id, part_etags)| {
+            Msg::UploadDone(proto::UploadDone {
+                job_id,
+                token,
+                name,
+                upload_id,
+                part_etags,
+            })
+        });
     prop_oneof![
         progress,
         complete,
         fail,
         upload,
+        upload_done,
         hello().prop_map(Msg::Hello),
         Just(Msg::Heartbeat(proto::Heartbeat {}))
     ]
@@ -174,10 +202,19 @@ fn take(msg: Msg) {
         Msg::Hello(h) => {
             let _ = workers::check_hello(h, &worker(), 1000);
         }
-        // What an upload request is checked against before any lookup.
+        // What upload messages and a Complete naming artifacts are checked against before
+        // any lookup.
         Msg::Upload(u) => {
             let _ = validate::job_id(&u.job_id);
             let _ = crate::artifacts::check_name(&u.name);
+            let _ = crate::artifacts::check_upload(u.size, &u.content_type);
+        }
+        Msg::UploadDone(d) => {
+            let _ = validate::job_id(&d.job_id);
+            let _ = crate::artifacts::check_name(&d.name);
+        }
+        Msg::Complete(c) if !c.artifacts.is_empty() => {
+            let _ = super::uploads::check_names(&c.artifacts);
         }
         other => {
             let _ = workers::report(other);

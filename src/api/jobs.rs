@@ -10,6 +10,7 @@ use tonic::{Request, Response, Status};
 
 use super::status::{Error, invalid};
 use super::{Limits, Quotas, caller, convert, validate};
+use crate::artifacts::{self, Storage};
 use crate::events::{self, Item};
 use crate::proto::{self, job_service_server::JobService};
 use crate::scheduler::{self, NewJob, Tier};
@@ -22,6 +23,8 @@ pub struct Jobs {
     hub: events::Handle,
     limits: Limits,
     quotas: Arc<Quotas>,
+    /// Where artifacts are; `None`: artifacts are off.
+    storage: Option<Storage>,
     /// Turns true when the server shuts down; open watches then end with UNAVAILABLE.
     stopping: watch::Receiver<bool>,
 }
@@ -32,6 +35,7 @@ impl Jobs {
         hub: events::Handle,
         limits: Limits,
         quotas: Arc<Quotas>,
+        storage: Option<Storage>,
         stopping: watch::Receiver<bool>,
     ) -> Self {
         Self {
@@ -39,6 +43,7 @@ impl Jobs {
             hub,
             limits,
             quotas,
+            storage,
             stopping,
         }
     }
@@ -153,6 +158,46 @@ impl JobService for Jobs {
             .map_err(Error::from)?;
         Ok(Response::new(proto::GetJobResponse {
             job: Some(convert::job(job)),
+        }))
+    }
+
+    async fn get_artifact_url(
+        &self,
+        request: Request<proto::GetArtifactUrlRequest>,
+    ) -> Result<Response<proto::GetArtifactUrlResponse>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let r = request.into_inner();
+        validate::job_id(&r.job_id)?;
+        artifacts::check_name(&r.name).map_err(Error::from)?;
+        let expiry = validate::url_expiry(r.expiry.as_ref())?;
+        let Some(storage) = &self.storage else {
+            return Err(Error::from(artifacts::Error::Off).into());
+        };
+        let job = self
+            .scheduler
+            .lookup(&r.job_id)
+            .await
+            .map_err(Error::from)?
+            .filter(|job| job.tenant == tenant)
+            .ok_or(Error::from(scheduler::Error::NotFound))?;
+        let Some(artifact) = job.artifacts.iter().find(|a| a.name == r.name) else {
+            return Err(Status::not_found(format!(
+                "job {} has no artifact {:?}",
+                job.id, r.name
+            )));
+        };
+        let key = artifacts::object_key(&job.tenant, &job.id, job.attempt, &artifact.name);
+        let expiry = expiry.unwrap_or(storage.options().download_expiry);
+        let url = storage
+            .download_url(&key, Some(expiry))
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(proto::GetArtifactUrlResponse {
+            url,
+            expires_at: Some(convert::timestamp(
+                scheduler::now_ms() + expiry.as_millis() as i64,
+            )),
+            artifact: Some(convert::artifact(artifact.clone())),
         }))
     }
 

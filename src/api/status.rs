@@ -5,7 +5,7 @@ use std::time::Duration;
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
-use crate::{auth, dispatcher, scheduler};
+use crate::{artifacts, auth, dispatcher, scheduler};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -25,6 +25,8 @@ pub enum Error {
     Scheduler(#[from] scheduler::Error),
     #[error(transparent)]
     Dispatcher(#[from] dispatcher::Error),
+    #[error(transparent)]
+    Artifacts(#[from] artifacts::Error),
 }
 
 pub fn invalid(message: impl Into<String>) -> Error {
@@ -48,6 +50,16 @@ impl From<Error> for Status {
             Error::Dispatcher(e @ dispatcher::Error::ShuttingDown) => {
                 Status::unavailable(e.to_string())
             }
+            Error::Artifacts(e) => match e {
+                artifacts::Error::Name(_) => Status::invalid_argument(e.to_string()),
+                artifacts::Error::Off | artifacts::Error::Rejected(_) => {
+                    Status::failed_precondition(e.to_string())
+                }
+                artifacts::Error::Config(_) | artifacts::Error::Store(_) => {
+                    tracing::warn!(error = %e, "artifact store call failed");
+                    Status::unavailable("the artifact store is unavailable; retry shortly")
+                }
+            },
         }
     }
 }

@@ -86,6 +86,12 @@ fn duration(name: &str, d: &prost_types::Duration) -> Result<Duration, Error> {
     Ok(Duration::new(d.seconds as u64, d.nanos as u32))
 }
 
+/// A presigned download's lifetime: 1 s to 7 days (SigV4's longest).
+pub fn url_expiry(d: Option<&prost_types::Duration>) -> Result<Option<Duration>, Error> {
+    let week = Duration::from_secs(7 * 24 * 3600);
+    Ok(bounded("expiry", d, Duration::from_secs(1), week)?.map(Duration::from_millis))
+}
+
 fn bounded(
     name: &str,
     d: Option<&prost_types::Duration>,

@@ -150,6 +150,8 @@ async fn serve(
     let mut pending: Vec<Report> = Vec::new();
     let mut applying: Option<JoinHandle<Applied>> = None;
     let asking = std::sync::Arc::new(tokio::sync::Semaphore::new(UPLOADS_IN_FLIGHT));
+    // Completes naming artifacts, back from the store check (`Uploads::complete`).
+    let (checked_tx, mut checked) = mpsc::channel::<Result<Report, Refusal>>(UPLOADS_IN_FLIGHT);
     loop {
         if applying.is_none() && !pending.is_empty() {
             let batch = link.batch(std::mem::take(&mut pending));
@@ -167,24 +169,36 @@ async fn serve(
                     Some(Msg::Heartbeat(_)) | None => continue,
                     // Answered on the side, so presigning does not hold up the reports; a worker
                     // with UPLOADS_IN_FLIGHT requests unanswered is not read until one is.
-                    Some(Msg::Upload(request)) => {
+                    Some(msg @ (Msg::Upload(_) | Msg::UploadDone(_))) => {
                         let Ok(permit) = asking.clone().acquire_owned().await else { break };
                         let (uploads, tx, worker) = (uploads.clone(), tx.clone(), link.worker_id.clone());
                         tokio::spawn(async move {
-                            let answer = uploads.answer(&worker, request).await;
+                            let answer = match msg {
+                                Msg::Upload(r) => uploads.answer(&worker, r).await,
+                                Msg::UploadDone(d) => uploads.finish(&worker, d).await,
+                                _ => unreachable!("matched above"),
+                            };
                             let _ = tx.send(Ok(message(answer))).await;
+                            drop(permit);
+                        });
+                        continue;
+                    }
+                    // The store is asked about its files first, on the side like uploads.
+                    Some(Msg::Complete(c)) if !c.artifacts.is_empty() => {
+                        let Ok(permit) = asking.clone().acquire_owned().await else { break };
+                        let (uploads, checked, worker) = (uploads.clone(), checked_tx.clone(), link.worker_id.clone());
+                        tokio::spawn(async move {
+                            let _ = checked.send(uploads.complete(&worker, c).await).await;
                             drop(permit);
                         });
                         continue;
                     }
                     Some(msg) => report(msg),
                 };
-                match report {
-                    Ok(report) => pending.push(report),
-                    Err((id, token, code, text)) => {
-                        if tx.send(Ok(result(id, token, code, text))).await.is_err() { break }
-                    }
-                }
+                if refuse_or_take(report, &mut pending, &tx).await.is_err() { break }
+            }
+            Some(report) = checked.recv() => {
+                if refuse_or_take(report, &mut pending, &tx).await.is_err() { break }
             }
             applied = async { applying.as_mut().expect("guarded").await }, if applying.is_some() => {
                 applying = None;
@@ -218,6 +232,24 @@ async fn serve(
 /// A report refused before it reached the scheduler: (job id, token, code, message).
 pub(super) type Refusal = (String, u64, Code, String);
 
+/// Queues a checked report for the next batch, or tells the worker why it was refused.
+async fn refuse_or_take(
+    report: Result<Report, Refusal>,
+    pending: &mut Vec<Report>,
+    tx: &Outbound,
+) -> Result<(), ()> {
+    match report {
+        Ok(report) => {
+            pending.push(report);
+            Ok(())
+        }
+        Err((id, token, code, text)) => tx
+            .send(Ok(result(id, token, code, text)))
+            .await
+            .map_err(|_| ()),
+    }
+}
+
 /// Tells the worker what became of its Completes and Fails (always) and of refused progress.
 async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
     for (report, verdict, _) in applied.0 {
@@ -241,10 +273,12 @@ async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
 pub(super) fn report(msg: Msg) -> Result<Report, Refusal> {
     let report = match msg {
         Msg::Progress(p) => progress(p)?,
+        // One naming artifacts goes through `Uploads::complete` instead.
         Msg::Complete(c) => Report::Complete {
             job_id: c.job_id,
             token: c.token,
             result: c.result,
+            artifacts: Vec::new(),
         },
         Msg::Fail(f) => Report::Fail {
             job_id: f.job_id,
@@ -252,7 +286,7 @@ pub(super) fn report(msg: Msg) -> Result<Report, Refusal> {
             error: f.error,
             retryable: f.retryable,
         },
-        Msg::Hello(_) | Msg::Heartbeat(_) | Msg::Upload(_) => {
+        Msg::Hello(_) | Msg::Heartbeat(_) | Msg::Upload(_) | Msg::UploadDone(_) => {
             let refusal = "only Progress, Complete and Fail are reports".to_string();
             return Err((String::new(), 0, Code::FailedPrecondition, refusal));
         }

@@ -119,9 +119,10 @@ pub fn need(path: &str) -> Need {
         ("conveyor.v1.JobService", "SubmitJob" | "SubmitJobs" | "RetryJob") => {
             Need::Client(Scope::Submit)
         }
-        ("conveyor.v1.JobService", "GetJob" | "ListJobs" | "GetQueueStats" | "ListQueues") => {
-            Need::Client(Scope::Read)
-        }
+        (
+            "conveyor.v1.JobService",
+            "GetJob" | "ListJobs" | "GetQueueStats" | "ListQueues" | "GetArtifactUrl",
+        ) => Need::Client(Scope::Read),
         ("conveyor.v1.JobService", "WatchJob") => Need::Client(Scope::Watch),
         ("conveyor.v1.JobService", "CancelJob") => Need::Client(Scope::Cancel),
         ("conveyor.v1.JobService", "PauseQueue" | "ResumeQueue") => Need::Client(Scope::Admin),

@@ -105,6 +105,7 @@ fn complete(job_id: String, token: u64) -> proto::WorkerMessage {
         job_id,
         token,
         result: String::new(),
+        artifacts: Vec::new(),
     }))
 }
 

@@ -10,6 +10,9 @@ pub struct GetArgs {
     #[command(flatten)]
     pub client: ClientArgs,
     pub job_id: String,
+    /// Download the job's artifacts into this folder (created if needed).
+    #[arg(long, value_name = "DIR")]
+    pub download: Option<std::path::PathBuf>,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -134,6 +137,12 @@ fn print_job(job: &proto::Job) {
     if !job.error.is_empty() {
         println!("error:     {}", job.error);
     }
+    for a in &job.artifacts {
+        println!(
+            "artifact:  {}  {} bytes  {}  {}",
+            a.name, a.size, a.content_type, a.checksum
+        );
+    }
 }
 
 pub async fn get(args: GetArgs) -> Outcome {
@@ -144,9 +153,81 @@ pub async fn get(args: GetArgs) -> Outcome {
         })
         .await?
         .into_inner()
-        .job;
-    print_job(&job.ok_or_else(|| Error::Usage("empty answer".into()))?);
+        .job
+        .ok_or_else(|| Error::Usage("empty answer".into()))?;
+    print_job(&job);
+    if let Some(dir) = args.download {
+        download(&mut jobs, &job, &dir).await?;
+    }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Fetches each artifact of `job` through a presigned URL into `dir`, keeping its name's
+/// folders.
+async fn download(
+    jobs: &mut crate::client::Jobs,
+    job: &proto::Job,
+    dir: &std::path::Path,
+) -> Result<(), Error> {
+    use tokio::io::AsyncWriteExt;
+    if job.artifacts.is_empty() {
+        eprintln!("{} has no artifacts", job.id);
+        return Ok(());
+    }
+    // reqwest is built without a default crypto provider; rustls uses ring here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let failed = |what: String| Error::Usage(what);
+    for artifact in &job.artifacts {
+        // The name comes from the server; it still may not reach outside `dir`.
+        crate::artifacts::check_name(&artifact.name).map_err(|e| failed(e.to_string()))?;
+        let url = jobs
+            .get_artifact_url(proto::GetArtifactUrlRequest {
+                job_id: job.id.clone(),
+                name: artifact.name.clone(),
+                expiry: None,
+            })
+            .await?
+            .into_inner()
+            .url;
+        let path = dir.join(&artifact.name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
+        }
+        let mut response = http
+            .get(&url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| failed(format!("downloading {}: {e}", artifact.name)))?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        let mut written = 0;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| failed(format!("downloading {}: {e}", artifact.name)))?
+        {
+            written += chunk.len() as u64;
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+        if written != artifact.size {
+            return Err(failed(format!(
+                "{}: got {written} bytes, the job says {}",
+                artifact.name, artifact.size
+            )));
+        }
+        eprintln!("downloaded {} ({written} bytes)", path.display());
+    }
+    Ok(())
 }
 
 pub async fn list(args: ListArgs) -> Outcome {

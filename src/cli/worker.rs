@@ -24,8 +24,13 @@ pub struct WorkerArgs {
     /// Stable id across restarts (default: made up per process).
     #[arg(long, env = "CONVEYOR_WORKER_ID")]
     pub worker_id: Option<String>,
-    /// The command run per job: payload on stdin; `PROGRESS <pct> [stage] [msg]` and
-    /// `RESULT <json>` lines on stdout; a non-zero exit fails the attempt.
+    /// Where each attempt gets its output folder, `CONVEYOR_OUTPUT_DIR`: files the command
+    /// leaves there are uploaded as the job's artifacts when it succeeds (default: under the
+    /// system's temporary folder).
+    #[arg(long, env = "CONVEYOR_OUTPUT_ROOT")]
+    pub output_root: Option<std::path::PathBuf>,
+    /// The command run per job: payload on stdin; `PROGRESS <pct> [stage] [msg]`, `RESULT
+    /// <json>` and `ARTIFACT <path> [name]` lines on stdout; a non-zero exit fails the attempt.
     #[arg(last = true, required = true)]
     pub command: Vec<String>,
 }
@@ -47,6 +52,7 @@ pub async fn run(args: WorkerArgs) -> Outcome {
         command: args.command,
         worker_id: args.worker_id,
         labels: Default::default(),
+        output_root: args.output_root,
     };
     worker::run(options, shutdown()).await?;
     Ok(ExitCode::SUCCESS)

@@ -40,6 +40,8 @@ pub enum Change {
         run_at: Option<i64>,
         result: Option<String>,
         error: Option<String>,
+        /// SUCCEEDED with files: their JSON list.
+        artifacts: Option<String>,
     },
 }
 
@@ -157,6 +159,7 @@ struct Job {
     run_at: Option<i64>,
     result: Option<String>,
     error: Option<String>,
+    artifacts: Option<String>,
     progress: Option<(f64, String, String)>,
     updated: i64,
     /// Attempts that started since the last write, in order.
@@ -224,8 +227,10 @@ impl Pending {
                 run_at,
                 result,
                 error,
+                artifacts,
             } => {
                 let job = self.jobs.entry(id).or_default();
+                job.artifacts = artifacts.or(job.artifacts.take());
                 job.state = Some(state);
                 if is_terminal(state) {
                     job.finished = Some(at);
@@ -332,7 +337,7 @@ fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Stateme
     let mut sql = Sql::new(backend);
     sql.push_str(
         "WITH v(id, state, attempt, worker, started_ms, finished_ms, run_at_ms, result, error, \
-         pct, stage, msg, updated_ms) AS (VALUES ",
+         pct, stage, msg, updated_ms, artifacts) AS (VALUES ",
     );
     for (id, job) in jobs {
         let (pct, stage, msg) = match &job.progress {
@@ -353,6 +358,7 @@ fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Stateme
             stage.into(),
             msg.into(),
             job.updated.into(),
+            job.artifacts.clone().into(),
         ]);
     }
     sql.push_str(
@@ -365,6 +371,7 @@ fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Stateme
          run_at_ms = COALESCE(v.run_at_ms, jobs.run_at_ms), \
          result = COALESCE(v.result, jobs.result), \
          error = COALESCE(v.error, jobs.error), \
+         artifacts = COALESCE(v.artifacts, jobs.artifacts), \
          progress_percent = COALESCE(v.pct, jobs.progress_percent), \
          progress_stage = COALESCE(v.stage, jobs.progress_stage), \
          progress_message = COALESCE(v.msg, jobs.progress_message), \
@@ -387,6 +394,7 @@ mod tests {
             run_at: None,
             result: None,
             error: Some(format!("e{at}")),
+            artifacts: None,
         }
     }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::history::{self, Change, Cursor, Filter, entity::jobs};
 
-use super::{Error, Flow, Handle, Job, JobState, Page, Progress, Tier, now_ms};
+use super::{Artifact, Error, Flow, Handle, Job, JobState, Page, Progress, Tier, now_ms};
 
 impl From<history::Error> for Error {
     fn from(e: history::Error) -> Self {
@@ -66,6 +66,7 @@ pub(super) fn row(job: &Job) -> jobs::Model {
             true => "cancel".into(),
             false => String::new(),
         },
+        artifacts: (!job.artifacts.is_empty()).then(|| Artifact::encode(&job.artifacts)),
     }
 }
 
@@ -109,6 +110,7 @@ pub(super) fn job(row: jobs::Model) -> Result<Job, Error> {
         started_ms: row.started_ms,
         finished_ms: row.finished_ms,
         result: row.result,
+        artifacts: Artifact::decode(row.artifacts.as_deref().unwrap_or_default()),
         error: row.error,
         worker: row.worker,
     })
@@ -219,6 +221,20 @@ pub(super) fn ended(
         run_at,
         result,
         error,
+        artifacts: None,
+    }
+}
+
+/// The history change of a job whose attempt succeeded, leaving `artifacts`.
+pub(super) fn succeeded(id: &str, result: &str, artifacts: &[Artifact]) -> Change {
+    Change::Ended {
+        id: id.to_string(),
+        state: JobState::Succeeded.as_str(),
+        at: now_ms(),
+        run_at: None,
+        result: Some(result.to_string()),
+        error: None,
+        artifacts: (!artifacts.is_empty()).then(|| Artifact::encode(artifacts)),
     }
 }
 

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::{Error, JobState, Progress};
+use super::{Artifact, Error, JobState, Progress};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
@@ -20,6 +20,8 @@ pub struct Event {
     pub result: String,
     pub error: String,
     pub time_ms: i64,
+    /// On SUCCEEDED: the job's files.
+    pub artifacts: Vec<Artifact>,
 }
 
 impl Event {
@@ -66,6 +68,9 @@ struct Raw {
     error: String,
     #[serde(default)]
     t: f64,
+    /// The JSON list, as complete.lua got it.
+    #[serde(default)]
+    arts: String,
 }
 
 impl Raw {
@@ -89,6 +94,7 @@ impl Raw {
             result: self.result,
             error: self.error,
             time_ms: self.t as i64,
+            artifacts: Artifact::decode(&self.arts),
         })
     }
 }

@@ -69,6 +69,30 @@ impl JobState {
     }
 }
 
+/// A file the accepted attempt left in the artifact store, as the store described it.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Artifact {
+    pub name: String,
+    pub size: u64,
+    pub content_type: String,
+    /// The store's ETag.
+    pub checksum: String,
+}
+
+impl Artifact {
+    /// The JSON list a job's hash, row and events carry; empty for none.
+    pub fn encode(list: &[Artifact]) -> String {
+        match list.is_empty() {
+            true => String::new(),
+            false => serde_json::to_string(list).unwrap_or_default(),
+        }
+    }
+
+    pub fn decode(text: &str) -> Vec<Artifact> {
+        serde_json::from_str(text).unwrap_or_default()
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     pub percent: f32,
@@ -145,6 +169,8 @@ pub struct Job {
     pub finished_ms: Option<i64>,
     pub progress: Progress,
     pub result: String,
+    /// Set once SUCCEEDED: the accepted attempt's files.
+    pub artifacts: Vec<Artifact>,
     pub error: String,
     pub worker: String,
     /// The fencing token of the current (or last) lease; 0 before the first.
@@ -196,7 +222,7 @@ struct Raw {
 }
 
 /// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
-const TEXT_FIELDS: [&str; 31] = [
+const TEXT_FIELDS: [&str; 32] = [
     "id",
     "queue",
     "tenant",
@@ -228,6 +254,7 @@ const TEXT_FIELDS: [&str; 31] = [
     "par",
     "deps",
     "dfail",
+    "arts",
 ];
 
 fn field_index(name: &[u8]) -> Option<usize> {
@@ -299,6 +326,7 @@ impl Raw {
                 message: take("msg"),
             },
             result: take("result"),
+            artifacts: Artifact::decode(&take("arts")),
             error: take("error"),
             worker: take("worker"),
             token: int(take("token")) as u64,

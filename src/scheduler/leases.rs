@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use fred::prelude::Value;
 
 use super::scripts::call;
-use super::{Error, Handle, Job, JobState, Leased, Progress, durable, jitter, keys, ms, now_ms, s};
+use super::{
+    Artifact, Error, Handle, Job, JobState, Leased, Progress, durable, jitter, keys, ms, now_ms, s,
+};
 use crate::history::Change;
 
 /// A worker's report about a job it runs.
@@ -21,6 +23,8 @@ pub enum Report {
         job_id: String,
         token: u64,
         result: String,
+        /// The attempt's files, as the store described them.
+        artifacts: Vec<Artifact>,
     },
     Fail {
         job_id: String,
@@ -68,13 +72,12 @@ fn change(report: &Report, reply: &[String]) -> Change {
             message: progress.message.clone(),
             at: now_ms(),
         },
-        Report::Complete { job_id, result, .. } => durable::ended(
+        Report::Complete {
             job_id,
-            JobState::Succeeded,
-            None,
-            Some(result.clone()),
-            None,
-        ),
+            result,
+            artifacts,
+            ..
+        } => durable::succeeded(job_id, result, artifacts),
         Report::Fail { job_id, error, .. } => {
             let state = reply.get(1).and_then(|s| JobState::parse(s));
             let run_at = reply.get(2).and_then(|t| t.parse().ok());
@@ -307,7 +310,9 @@ impl Handle {
                     s(p.stage.as_str()),
                     s(p.message.as_str()),
                 ]),
-                Report::Complete { result, .. } => args.push(s(result.as_str())),
+                Report::Complete {
+                    result, artifacts, ..
+                } => args.extend([s(result.as_str()), s(Artifact::encode(artifacts))]),
                 Report::Fail {
                     error, retryable, ..
                 } => args.extend([

@@ -321,7 +321,7 @@ pub struct Repaired {
 }
 
 /// The changes that bring `row` up to the job as `peek.lua` read it from Redis: state, attempt,
-/// worker, started, finished, run_at, result, error.
+/// worker, started, finished, run_at, result, error, artifacts.
 fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
     let num = |text: &str| {
         text.parse::<f64>()
@@ -329,8 +329,20 @@ fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
             .map(|v| v as i64)
             .filter(|v| *v > 0)
     };
-    let (Some(state), [_, attempt, worker, started, finished, run_at, result, error]) =
-        (JobState::parse(&f[0]), f)
+    let (
+        Some(state),
+        [
+            _,
+            attempt,
+            worker,
+            started,
+            finished,
+            run_at,
+            result,
+            error,
+            arts,
+        ],
+    ) = (JobState::parse(&f[0]), f)
     else {
         return Vec::new();
     };
@@ -357,12 +369,13 @@ fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
         run_at: num(run_at).filter(|_| state == JobState::Scheduled),
         result: (state == JobState::Succeeded).then(|| result.clone()),
         error,
+        artifacts: (!arts.is_empty()).then(|| arts.clone()),
     });
     changes
 }
 
-/// The 29 arguments of one job for `restore.lua`.
-fn restore_args(row: &jobs::Model) -> [Value; 29] {
+/// The 30 arguments of one job for `restore.lua`.
+fn restore_args(row: &jobs::Model) -> [Value; 30] {
     let opt = |v: Option<i64>| s(v.map(|v| v.to_string()).unwrap_or_default());
     [
         s(row.id.as_str()),
@@ -394,5 +407,6 @@ fn restore_args(row: &jobs::Model) -> [Value; 29] {
         s(row.parent_id.as_str()),
         s(row.depends_on.as_str()),
         s(row.dependency_failure.as_str()),
+        s(row.artifacts.clone().unwrap_or_default()),
     ]
 }

@@ -183,6 +183,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         started_ms: None,
         finished_ms: None,
         progress: Progress::default(),
+        artifacts: Vec::new(),
         result: String::new(),
         error: String::new(),
         worker: String::new(),

@@ -1,8 +1,11 @@
 //! Runs one job as a child process: payload on stdin, job fields in env vars, progress and result
-//! from stdout; a cancel kills the child's whole process group.
+//! from stdout, files to keep in an output folder; a cancel kills the child's whole process
+//! group.
 
 use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -13,7 +16,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::line::{self, Line};
-use crate::proto;
+use super::upload::{self, Failure, Uploader};
+use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
 use crate::scheduler::Progress;
 
 /// Progress reports per job are coalesced to at most one per this interval.
@@ -26,8 +30,15 @@ const KILL_GRACE: Duration = Duration::from_secs(2);
 /// How an attempt ended, as the worker reports it.
 #[derive(Debug, PartialEq)]
 pub enum Outcome {
-    Succeeded { result: String },
-    Failed { error: String, retryable: bool },
+    /// With the names of the artifacts it uploaded.
+    Succeeded {
+        result: String,
+        artifacts: Vec<String>,
+    },
+    Failed {
+        error: String,
+        retryable: bool,
+    },
 }
 
 /// What a running job tells the worker loop.
@@ -43,38 +54,75 @@ pub enum Event {
         token: u64,
         outcome: Outcome,
     },
+    /// Send `message` (an upload request) on the stream; the server's answer about artifact
+    /// `name` goes to `reply` (dropped if the stream ends first).
+    Ask {
+        job_id: String,
+        name: String,
+        message: Out,
+        reply: oneshot::Sender<In>,
+    },
 }
 
-/// Runs `command` for the assignment until it exits or `cancel` fires (then nothing is reported).
+/// What every job of a worker runs with.
+pub struct Setup {
+    pub command: Vec<String>,
+    /// Where each attempt gets its output folder.
+    pub output_root: PathBuf,
+    pub http: reqwest::Client,
+}
+
+/// Runs the command for the assignment until it exits and its files are uploaded, or until
+/// `cancel` fires (then nothing is reported).
 pub async fn run(
-    command: Vec<String>,
+    setup: std::sync::Arc<Setup>,
     a: proto::Assignment,
     events: mpsc::Sender<Event>,
     cancel: oneshot::Receiver<()>,
 ) {
     let job = a.job.unwrap_or_default();
     let (job_id, token) = (job.id.clone(), a.token);
-    let outcome = match spawn(&command, &job, a.attempt) {
+    let program = setup.command[0].clone();
+    let output = setup.output_root.join(format!(
+        "{}-attempt-{}",
+        job_id.replace(['/', ':'], "_"),
+        a.attempt
+    ));
+    let spawned = std::fs::create_dir_all(&output)
+        .and_then(|_| spawn(&setup.command, &job, a.attempt, &output));
+    let outcome = match spawned {
         Ok(child) => {
             let group = child.id().map(|pid| Pid::from_raw(pid as i32));
             let report = Reporter {
                 events: events.clone(),
                 job_id: job_id.clone(),
                 token,
+                percent: AtomicU32::new(0),
+            };
+            let finish = async {
+                let (outcome, extra) = supervise(child, job.payload, &program, &report).await;
+                match outcome {
+                    Outcome::Succeeded { result, .. } => {
+                        upload(&setup, &output, extra, &report, result).await
+                    }
+                    failed => failed,
+                }
             };
             tokio::select! {
-                outcome = supervise(child, job.payload, &command[0], report) => outcome,
+                outcome = finish => outcome,
                 _ = cancel => {
                     terminate(group);
+                    let _ = std::fs::remove_dir_all(&output);
                     return;
                 }
             }
         }
         Err(e) => Outcome::Failed {
-            error: format!("could not start {:?}: {e}", command[0]),
+            error: format!("could not start {program:?}: {e}"),
             retryable: false,
         },
     };
+    let _ = std::fs::remove_dir_all(&output);
     let _ = events
         .send(Event::Finished {
             job_id,
@@ -84,11 +132,57 @@ pub async fn run(
         .await;
 }
 
+/// Uploads what the command left in its output folder and named on `ARTIFACT` lines.
+async fn upload(
+    setup: &Setup,
+    output: &Path,
+    mut files: Vec<upload::File>,
+    report: &Reporter,
+    result: String,
+) -> Outcome {
+    match upload::collect(output) {
+        Ok(found) => files.extend(found),
+        Err(e) => {
+            return Outcome::Failed {
+                error: format!("reading the output folder: {e}"),
+                retryable: true,
+            };
+        }
+    }
+    if files.is_empty() {
+        return Outcome::Succeeded {
+            result,
+            artifacts: Vec::new(),
+        };
+    }
+    let uploader = Uploader {
+        events: report.events.clone(),
+        job_id: report.job_id.clone(),
+        token: report.token,
+        http: setup.http.clone(),
+        percent: f32::from_bits(report.percent.load(Ordering::Relaxed)),
+    };
+    match uploader.upload_all(&files).await {
+        Ok(artifacts) => Outcome::Succeeded { result, artifacts },
+        // The lease is gone or the server keeps no artifacts: another try would not help.
+        Err(Failure::Lost(error)) => Outcome::Failed {
+            error,
+            retryable: false,
+        },
+        Err(Failure::Failed(error)) => Outcome::Failed {
+            error: format!("uploading artifacts: {error}"),
+            retryable: true,
+        },
+    }
+}
+
 /// Sends a job's progress, coalesced to at most one report per `PROGRESS_EVERY`.
 struct Reporter {
     events: mpsc::Sender<Event>,
     job_id: String,
     token: u64,
+    /// The last percent sent (f32 bits), which upload progress keeps.
+    percent: AtomicU32,
 }
 
 impl Reporter {
@@ -99,6 +193,8 @@ impl Reporter {
     }
 
     async fn progress(&self, progress: Progress) {
+        self.percent
+            .store(progress.percent.to_bits(), Ordering::Relaxed);
         let (job_id, token) = (self.job_id.clone(), self.token);
         let _ = self
             .events
@@ -111,8 +207,14 @@ impl Reporter {
     }
 }
 
-/// Feeds the payload, reads the child's output and waits for it to exit.
-async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Reporter) -> Outcome {
+/// Feeds the payload, reads the child's output and waits for it to exit; returns how it ended
+/// and the files its `ARTIFACT` lines named.
+async fn supervise(
+    mut child: Child,
+    payload: Vec<u8>,
+    program: &str,
+    report: &Reporter,
+) -> (Outcome, Vec<upload::File>) {
     let mut stdin = child.stdin.take().expect("piped");
     tokio::spawn(async move {
         // A command that ignores its stdin closes the pipe early; that is fine.
@@ -123,7 +225,7 @@ async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Re
         report.tag().to_string(),
     ));
     let mut stdout = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let (mut result, mut fatal) = (String::new(), None);
+    let (mut result, mut fatal, mut named) = (String::new(), None, Vec::new());
     let mut pending: Option<Progress> = None;
     let mut last_sent = Instant::now() - PROGRESS_EVERY;
     loop {
@@ -133,6 +235,7 @@ async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Re
                     Line::Progress(p) => pending = Some(p),
                     Line::Result(json) => result = json,
                     Line::Fatal(message) => fatal = Some(message),
+                    Line::Artifact { path, name } => named.push(upload::File { path: path.into(), name }),
                     Line::Other => eprintln!("[{}] {text}", report.tag()),
                 },
                 _ => break,
@@ -144,10 +247,16 @@ async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Re
             report.progress(pending.take().expect("checked")).await;
         }
     }
+    if let Some(progress) = pending {
+        report.progress(progress).await;
+    }
     let status = child.wait().await;
     let tail = stderr.await.unwrap_or_default();
-    match (status, fatal) {
-        (Ok(s), None) if s.success() => Outcome::Succeeded { result },
+    let outcome = match (status, fatal) {
+        (Ok(s), None) if s.success() => Outcome::Succeeded {
+            result,
+            artifacts: Vec::new(),
+        },
         (_, Some(error)) => Outcome::Failed {
             error,
             retryable: false,
@@ -164,10 +273,16 @@ async fn supervise(mut child: Child, payload: Vec<u8>, program: &str, report: Re
             error: format!("waiting for the command: {e}"),
             retryable: true,
         },
-    }
+    };
+    (outcome, named)
 }
 
-fn spawn(command: &[String], job: &proto::Job, attempt: u32) -> std::io::Result<Child> {
+fn spawn(
+    command: &[String],
+    job: &proto::Job,
+    attempt: u32,
+    output: &Path,
+) -> std::io::Result<Child> {
     let tier = proto::Tier::try_from(job.tier)
         .map(|t| t.as_str_name().trim_start_matches("TIER_").to_string());
     Command::new(&command[0])
@@ -178,6 +293,7 @@ fn spawn(command: &[String], job: &proto::Job, attempt: u32) -> std::io::Result<
         .env("CONVEYOR_TIER", tier.unwrap_or_default())
         .env("CONVEYOR_PRIORITY", job.priority.to_string())
         .env("CONVEYOR_CONTENT_TYPE", &job.content_type)
+        .env("CONVEYOR_OUTPUT_DIR", output)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -11,6 +11,10 @@ pub enum Line {
     Result(String),
     /// `FATAL <message>`: the failure is not worth retrying.
     Fatal(String),
+    /// `ARTIFACT <path> [name]`: upload this file as an artifact when the command succeeds
+    /// (named after the file when no name is given); files left in `CONVEYOR_OUTPUT_DIR` are
+    /// uploaded without one.
+    Artifact { path: String, name: String },
     /// Anything else: the command's own output, shown to the person running the worker.
     Other,
 }
@@ -39,6 +43,17 @@ pub fn parse(line: &str) -> Line {
     }
     if let Some(message) = line.strip_prefix("FATAL ") {
         return Line::Fatal(message.trim().to_string());
+    }
+    if let Some(rest) = line.strip_prefix("ARTIFACT ") {
+        let mut parts = rest.trim().splitn(2, ' ');
+        let path = parts.next().unwrap_or_default().to_string();
+        let name = match parts.next().map(str::trim) {
+            Some(name) if !name.is_empty() => name.to_string(),
+            _ => path.rsplit('/').next().unwrap_or_default().to_string(),
+        };
+        if !path.is_empty() {
+            return Line::Artifact { path, name };
+        }
     }
     Line::Other
 }
@@ -80,5 +95,22 @@ mod tests {
             Line::Fatal("bad credentials".into())
         );
         assert_eq!(parse("hello"), Line::Other);
+    }
+
+    #[test]
+    fn artifact_lines() {
+        let artifact = |path: &str, name: &str| Line::Artifact {
+            path: path.into(),
+            name: name.into(),
+        };
+        assert_eq!(
+            parse("ARTIFACT /tmp/x/out.mp4"),
+            artifact("/tmp/x/out.mp4", "out.mp4")
+        );
+        assert_eq!(
+            parse("ARTIFACT /tmp/x/out.mp4 videos/final cut.mp4"),
+            artifact("/tmp/x/out.mp4", "videos/final cut.mp4")
+        );
+        assert_eq!(parse("ARTIFACT "), Line::Other);
     }
 }

@@ -65,6 +65,9 @@ impl Worker {
         let mut ticker = tokio::time::interval(heartbeat);
         let mut last_heard = Instant::now();
         let mut stop_deadline: Option<Instant> = None;
+        // Questions asked on an earlier stream are answered there or never: their askers try
+        // again.
+        self.asks.clear();
         loop {
             if self.stopping && self.running.is_empty() && self.outbox.is_empty() {
                 return Ok(End::Stopped);
@@ -87,6 +90,8 @@ impl Worker {
                         }
                         Some(In::Drain(_)) => return Ok(End::Drained),
                         Some(In::ReportResult(r)) => self.answered(r),
+                        Some(In::UploadUrl(u)) => self.reply((u.job_id.clone(), u.name.clone()), In::UploadUrl(u)),
+                        Some(In::UploadResult(r)) => self.reply((r.job_id.clone(), r.name.clone()), In::UploadResult(r)),
                         _ => {}
                     }
                 }
@@ -100,6 +105,10 @@ impl Worker {
                             self.running.remove(&job_id);
                             let message = report(job_id.clone(), token, outcome);
                             self.outbox.insert(job_id, message.clone());
+                            message
+                        }
+                        Event::Ask { job_id, name, message, reply } => {
+                            self.asks.insert((job_id, name), reply);
                             message
                         }
                     };
@@ -163,11 +172,18 @@ impl Worker {
             },
         );
         tokio::spawn(command::run(
-            self.options.command.clone(),
+            self.setup.clone(),
             a,
             self.events_tx.clone(),
             cancelled,
         ));
+    }
+
+    /// Hands the server's answer about an upload to whoever asked.
+    fn reply(&mut self, key: (String, String), answer: In) {
+        if let Some(asker) = self.asks.remove(&key) {
+            let _ = asker.send(answer);
+        }
     }
 
     fn kill(&mut self, job_id: &str) {

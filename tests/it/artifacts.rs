@@ -7,7 +7,8 @@ use conveyor::artifacts::{Options, Storage, object_key};
 use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
 use tokio::task::JoinHandle;
 
-use crate::harness::{self, Worker};
+use crate::auth;
+use crate::harness::{self, Worker, eventually};
 
 const ACCESS_KEY: &str = "conveyor-test";
 const SECRET_KEY: &str = "conveyor-test-secret-key";
@@ -90,7 +91,7 @@ async fn presigned_urls_put_and_get_an_artifact_and_nothing_else() {
     let client = http();
 
     let put = client
-        .put(storage.upload_url(&key).await.unwrap())
+        .put(storage.upload_url(&key, None).await.unwrap())
         .body(body.clone())
         .send()
         .await
@@ -169,6 +170,7 @@ fn upload(job_id: &str, token: u64, name: &str) -> WorkerMsg {
         job_id: job_id.into(),
         token,
         name: name.into(),
+        ..Default::default()
     })
 }
 
@@ -177,7 +179,7 @@ async fn ask(worker: &mut Worker, request: WorkerMsg) -> Result<proto::UploadUrl
     worker.send(request).await;
     match worker.recv().await {
         ServerMsg::UploadUrl(url) => Ok(url),
-        ServerMsg::ReportResult(r) => Err((r.code, r.message)),
+        ServerMsg::UploadResult(r) => Err((r.code, r.message)),
         other => panic!("expected an answer to the upload request, got {other:?}"),
     }
 }
@@ -267,4 +269,437 @@ async fn without_a_bucket_artifacts_are_off_and_say_so() {
         .unwrap_err();
     assert_eq!(code, tonic::Code::FailedPrecondition as i32);
     assert!(message.contains("artifacts are off"), "{message}");
+}
+
+/// Config for a server whose artifacts go to `s3`.
+fn store_in(config: &mut conveyor::config::Config, s3: &S3) {
+    config.s3_bucket = Some(BUCKET.into());
+    config.s3_endpoint = Some(s3.endpoint.clone());
+    config.s3_path_style = true;
+    config.s3_access_key = Some(ACCESS_KEY.into());
+    config.s3_secret_key = Some(SECRET_KEY.into());
+}
+
+/// PUTs `body` as artifact `name` of the attempt holding `token`, through the URL the server
+/// hands out; `content_type` is asked for and sent.
+async fn put_artifact(
+    worker: &mut Worker,
+    job_id: &str,
+    token: u64,
+    name: &str,
+    content_type: &str,
+    body: &str,
+) {
+    let request = WorkerMsg::Upload(proto::UploadRequest {
+        job_id: job_id.into(),
+        token,
+        name: name.into(),
+        size: body.len() as u64,
+        content_type: content_type.into(),
+    });
+    let url = ask(worker, request).await.unwrap();
+    let put = http()
+        .put(&url.url)
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{:?}", put.text().await);
+}
+
+fn complete_with(job_id: &str, token: u64, artifacts: &[&str]) -> WorkerMsg {
+    WorkerMsg::Complete(proto::Complete {
+        job_id: job_id.into(),
+        token,
+        result: "{}".into(),
+        artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+    })
+}
+
+fn url_request(job_id: &str, name: &str, expiry: Option<Duration>) -> proto::GetArtifactUrlRequest {
+    proto::GetArtifactUrlRequest {
+        job_id: job_id.into(),
+        name: name.into(),
+        expiry: expiry.map(|d| prost_types::Duration {
+            seconds: d.as_secs() as i64,
+            nanos: d.subsec_nanos() as i32,
+        }),
+    }
+}
+
+#[tokio::test]
+async fn a_succeeded_job_lists_its_artifacts_and_only_its_tenant_gets_urls() {
+    let s3 = S3::start().await;
+    let secured = auth::secured(|config| {
+        store_in(config, &s3);
+        // Finished jobs leave Redis at once; the history answers afterwards.
+        config.retention = Duration::from_secs(1);
+    })
+    .await;
+    let acme = auth::key(&secured.db, "acme", auth::ALL).await;
+    let globex = auth::key(&secured.db, "globex", auth::ALL).await;
+    let mut jobs = secured.jobs(Some(&acme)).await;
+    let job = jobs
+        .submit_job(harness::submit("render", "{}"))
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    let token = auth::worker_token(&secured.db, "render").await;
+    let mut worker = Worker::connect_with_token(&secured.server, &token, &["render"], 1).await;
+    worker.keep_alive();
+    let a = worker.assignment().await;
+    let mut watch = jobs
+        .watch_job(proto::WatchJobRequest {
+            job_id: job.id.clone(),
+            after_seq: None,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    put_artifact(
+        &mut worker,
+        &job.id,
+        a.token,
+        "video.mp4",
+        "video/mp4",
+        "rendered video",
+    )
+    .await;
+    let folder = s3
+        .dir
+        .path()
+        .join(BUCKET)
+        .join(format!("tenant/acme/jobs/{}", job.id));
+    assert!(
+        folder.join("attempt-1/video.mp4").exists(),
+        "under the job's tenant"
+    );
+
+    // A Complete naming a file that was never uploaded is refused and changes nothing.
+    worker
+        .send(complete_with(
+            &job.id,
+            a.token,
+            &["video.mp4", "missing.mp4"],
+        ))
+        .await;
+    let refused = worker.report_result().await;
+    assert_eq!(
+        refused.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message.contains("missing.mp4"),
+        "{}",
+        refused.message
+    );
+    assert_eq!(
+        get_job(&mut jobs, &job.id).await.state,
+        proto::JobState::Running as i32
+    );
+
+    worker
+        .send(complete_with(&job.id, a.token, &["video.mp4"]))
+        .await;
+    assert_eq!(worker.report_result().await.code, 0);
+    let expected = |artifacts: &[proto::Artifact]| {
+        assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+        let video = &artifacts[0];
+        assert_eq!(
+            (video.name.as_str(), video.size, video.content_type.as_str()),
+            ("video.mp4", 14, "video/mp4")
+        );
+        assert_eq!(video.checksum.len(), 32, "an MD5 ETag: {}", video.checksum);
+    };
+    let mut last = None;
+    while let Some(event) = tokio_stream::StreamExt::next(&mut watch).await {
+        last = Some(event.unwrap());
+    }
+    let last = last.unwrap();
+    assert_eq!(last.state, proto::JobState::Succeeded as i32);
+    expected(&last.artifacts);
+    expected(&get_job(&mut jobs, &job.id).await.artifacts);
+
+    // The URL fetches the bytes; it is the caller's tenant's only.
+    let answer = jobs
+        .get_artifact_url(url_request(&job.id, "video.mp4", None))
+        .await
+        .unwrap()
+        .into_inner();
+    expected(std::slice::from_ref(answer.artifact.as_ref().unwrap()));
+    let expires = answer.expires_at.unwrap().seconds - time_now();
+    assert!(
+        (3590..=3610).contains(&expires),
+        "default expiry 1h, got {expires}s"
+    );
+    let got = http().get(&answer.url).send().await.unwrap();
+    assert_eq!(got.headers()["content-type"], "video/mp4");
+    assert_eq!(got.text().await.unwrap(), "rendered video");
+    let mut other = secured.jobs(Some(&globex)).await;
+    let status = other
+        .get_artifact_url(url_request(&job.id, "video.mp4", None))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    for (request, code) in [
+        (
+            url_request(&job.id, "other.mp4", None),
+            tonic::Code::NotFound,
+        ),
+        (
+            url_request(&job.id, "../video.mp4", None),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            url_request(&job.id, "video.mp4", Some(Duration::ZERO)),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            url_request(&job.id, "video.mp4", Some(Duration::from_secs(8 * 86400))),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            url_request("not-a-job", "video.mp4", None),
+            tonic::Code::InvalidArgument,
+        ),
+    ] {
+        let status = jobs.get_artifact_url(request).await.unwrap_err();
+        assert_eq!(status.code(), code, "{status:?}");
+    }
+
+    // Once Redis let the job go, the history still lists its artifacts.
+    let key = format!(
+        "{}job:{}",
+        conveyor::scheduler::keys::prefix("render"),
+        job.id
+    );
+    eventually("the job to leave Redis", || async {
+        let reply = secured.redis.command(&["EXISTS", &key]).await;
+        reply.is_some_and(|r| r.trim() == ":0").then_some(())
+    })
+    .await;
+    expected(&get_job(&mut jobs, &job.id).await.artifacts);
+    let short = jobs
+        .get_artifact_url(url_request(
+            &job.id,
+            "video.mp4",
+            Some(Duration::from_secs(1)),
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert_eq!(http().get(&short).send().await.unwrap().status(), 200);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(
+        http().get(&short).send().await.unwrap().status(),
+        403,
+        "expired"
+    );
+}
+
+async fn get_job(jobs: &mut conveyor::client::Jobs, id: &str) -> proto::Job {
+    let request = proto::GetJobRequest { job_id: id.into() };
+    jobs.get_job(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap()
+}
+
+fn time_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn a_zombie_attempts_upload_never_becomes_the_jobs_artifact() {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let mut jobs = server.jobs().await;
+    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
+
+    // Attempt 1 uploads, then its worker drops off the network and its lease is released.
+    let mut zombie = Worker::connect_with(&server, harness::hello(&["render"], 1, "zombie")).await;
+    let first = zombie.assignment().await;
+    put_artifact(
+        &mut zombie,
+        &job.id,
+        first.token,
+        "video.mp4",
+        "video/mp4",
+        "zombie frames",
+    )
+    .await;
+    drop(zombie);
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    worker.keep_alive();
+    let second = worker.next_assignment().await;
+    assert_eq!(second.attempt, 2);
+    put_artifact(
+        &mut worker,
+        &job.id,
+        second.token,
+        "video.mp4",
+        "video/mp4",
+        "good frames",
+    )
+    .await;
+
+    // The zombie comes back and completes with its file: refused.
+    let mut back = Worker::connect_with(&server, harness::hello(&["render"], 1, "zombie")).await;
+    back.send(complete_with(&job.id, first.token, &["video.mp4"]))
+        .await;
+    let refused = back.report_result().await;
+    assert_eq!(
+        refused.code,
+        tonic::Code::FailedPrecondition as i32,
+        "{refused:?}"
+    );
+
+    worker
+        .send(complete_with(&job.id, second.token, &["video.mp4"]))
+        .await;
+    assert_eq!(worker.report_result().await.code, 0);
+    let done = harness::get(&mut jobs, &job.id).await;
+    assert_eq!(done.artifacts.len(), 1);
+    let url = jobs
+        .get_artifact_url(url_request(&job.id, "video.mp4", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert!(url.contains("/attempt-2/"), "{url}");
+    assert_eq!(
+        http().get(&url).send().await.unwrap().text().await.unwrap(),
+        "good frames"
+    );
+}
+
+/// `yes conveyor | head -c N`: what the worker's command writes, computed here to compare.
+fn conveyor_bytes(n: usize) -> sha2::digest::Output<sha2::Sha256> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let line = b"conveyor\n";
+    let mut left = n;
+    let block: Vec<u8> = line
+        .iter()
+        .copied()
+        .cycle()
+        .take(line.len() * 1024)
+        .collect();
+    while left > 0 {
+        let take = left.min(block.len());
+        hash.update(&block[..take]);
+        left -= take;
+    }
+    hash.finalize()
+}
+
+fn sha256_of(path: &std::path::Path) -> sha2::digest::Output<sha2::Sha256> {
+    use sha2::Digest;
+    let mut hash = sha2::Sha256::new();
+    let mut file = std::fs::File::open(path).unwrap();
+    std::io::copy(&mut file, &mut hash).unwrap();
+    hash.finalize()
+}
+
+/// The whole path with real processes: `conveyor worker -- CMD` uploads what the command left
+/// in its output folder (a 200 MiB video goes up in parts) and what it named on an ARTIFACT
+/// line, with upload progress; `conveyor get --download` fetches them all back.
+#[tokio::test]
+async fn the_worker_runtime_uploads_its_output_folder_and_get_downloads_it() {
+    const BIG: usize = 200 << 20;
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let mut jobs = server.jobs().await;
+    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
+    let mut watcher = jobs.clone();
+    let id = job.id.clone();
+    let events = tokio::spawn(async move { harness::watch_all(&mut watcher, &id, None).await });
+
+    let scratch = tempfile::tempdir().unwrap();
+    let notes = scratch.path().join("notes.txt");
+    let outputs = scratch.path().join("outputs");
+    let script = format!(
+        "yes conveyor | head -c {BIG} > \"$CONVEYOR_OUTPUT_DIR/video.mp4\" && \
+         mkdir -p \"$CONVEYOR_OUTPUT_DIR/frames\" && printf frame > \"$CONVEYOR_OUTPUT_DIR/frames/0001.png\" && \
+         printf 'render notes' > {notes} && echo 'PROGRESS 85 render done' && \
+         echo 'ARTIFACT {notes} notes/readme.txt' && echo 'RESULT {{\"ok\":true}}'",
+        notes = notes.display()
+    );
+    let outputs_arg = outputs.display().to_string();
+    let _worker =
+        crate::process::worker_with(&server.addr, &["--output-root", &outputs_arg], &script);
+
+    let events = events.await.unwrap();
+    let done = harness::get(&mut jobs, &job.id).await;
+    assert_eq!(
+        done.state,
+        proto::JobState::Succeeded as i32,
+        "{}",
+        done.error
+    );
+    let listed: Vec<_> = done
+        .artifacts
+        .iter()
+        .map(|a| (a.name.as_str(), a.size, a.content_type.as_str()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("notes/readme.txt", 12, "text/plain"),
+            ("frames/0001.png", 5, "image/png"),
+            ("video.mp4", BIG as u64, "video/mp4"),
+        ]
+    );
+    let video = &done.artifacts[2];
+    assert!(
+        video.checksum.ends_with("-13"),
+        "13 parts of 16 MiB: {}",
+        video.checksum
+    );
+    let uploads: Vec<_> = events
+        .iter()
+        .filter_map(|e| e.progress.as_ref())
+        .filter(|p| p.stage == "upload")
+        .collect();
+    assert!(uploads.len() >= 3, "upload progress: {uploads:?}");
+    assert!(uploads.iter().all(|p| p.percent == 85.0), "{uploads:?}");
+    assert!(
+        std::fs::read_dir(&outputs).unwrap().next().is_none(),
+        "the attempt's output folder is removed"
+    );
+
+    let into = scratch.path().join("downloads");
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["get", "--addr", &server.addr, &job.id, "--download"])
+        .arg(&into)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        std::fs::read_to_string(into.join("notes/readme.txt")).unwrap(),
+        "render notes"
+    );
+    assert_eq!(
+        std::fs::read_to_string(into.join("frames/0001.png")).unwrap(),
+        "frame"
+    );
+    assert_eq!(
+        sha256_of(&into.join("video.mp4")),
+        conveyor_bytes(BIG),
+        "the 200 MiB video, byte for byte"
+    );
 }

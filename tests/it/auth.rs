@@ -17,10 +17,10 @@ use crate::bad_inputs::dbsize;
 use crate::harness::{self, Redis, Server, eventually, submit};
 
 /// A server with authentication on, and the database its credentials live in.
-struct Secured {
-    redis: Redis,
-    server: Server,
-    db: DatabaseConnection,
+pub struct Secured {
+    pub redis: Redis,
+    pub server: Server,
+    pub db: DatabaseConnection,
     redis_url: String,
 }
 
@@ -43,19 +43,19 @@ async fn credential(db: &DatabaseConnection, tenant: &str, role: Role) -> String
     keys::create(db, new).await.unwrap().1.unwrap()
 }
 
-async fn key(db: &DatabaseConnection, tenant: &str, scopes: &str) -> String {
+pub async fn key(db: &DatabaseConnection, tenant: &str, scopes: &str) -> String {
     credential(db, tenant, Role::Client(Scopes::parse(scopes).unwrap())).await
 }
 
-async fn worker_token(db: &DatabaseConnection, queues: &str) -> String {
+pub async fn worker_token(db: &DatabaseConnection, queues: &str) -> String {
     credential(db, "ops", Role::Worker(Queues::parse(queues).unwrap())).await
 }
 
-const ALL: &str = "submit,read,watch,cancel";
+pub const ALL: &str = "submit,read,watch,cancel";
 
 /// Starts a secured server; `configure` adjusts its config. One key exists before it starts
 /// (a server refuses to start secured without any credential).
-async fn secured(configure: impl FnOnce(&mut Config)) -> Secured {
+pub async fn secured(configure: impl FnOnce(&mut Config)) -> Secured {
     harness::logs();
     let redis = Redis::start().await;
     let mut config = harness::config(&redis);
@@ -73,7 +73,7 @@ async fn secured(configure: impl FnOnce(&mut Config)) -> Secured {
 }
 
 impl Secured {
-    async fn jobs(&self, token: Option<&str>) -> client::Jobs {
+    pub async fn jobs(&self, token: Option<&str>) -> client::Jobs {
         let target = Target {
             token: token.map(str::to_string),
             ..Target::new(self.server.addr.clone())
@@ -133,6 +133,12 @@ async fn every_rpc_answers(s: &Secured, token: Option<&str>, expected: Code) {
         after_seq: None,
     };
     assert_eq!(code(jobs.watch_job(watch).await), expected);
+    let artifact = proto::GetArtifactUrlRequest {
+        job_id: "render:0190b5a0-0000-7000-8000-000000000000".into(),
+        name: "video.mp4".into(),
+        expiry: None,
+    };
+    assert_eq!(code(jobs.get_artifact_url(artifact).await), expected);
     assert_eq!(code(s.connect_worker(token, &["render"]).await), expected);
 }
 

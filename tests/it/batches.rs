@@ -125,6 +125,7 @@ async fn a_burst_of_reports_is_answered_report_by_report() {
                 job_id,
                 token,
                 result,
+                ..Default::default()
             }))
             .await;
     }
@@ -134,6 +135,7 @@ async fn a_burst_of_reports_is_answered_report_by_report() {
             job_id: stale.job.as_ref().unwrap().id.clone(),
             token: stale.token + 1,
             result: String::new(),
+            ..Default::default()
         }))
         .await;
     let mut ok = 0;

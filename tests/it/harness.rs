@@ -453,6 +453,7 @@ impl Worker {
             job_id: job_id.into(),
             token,
             result: result.into(),
+            ..Default::default()
         };
         self.send(WorkerMsg::Complete(c)).await;
         self.report_result().await

@@ -370,6 +370,7 @@ fn resilient_worker(
                             job_id: id.clone(),
                             token: a.token,
                             result: id,
+                            ..Default::default()
                         };
                         let msg = proto::worker_message::Msg::Complete(complete);
                         let _ = tx.send(proto::WorkerMessage { msg: Some(msg) }).await;

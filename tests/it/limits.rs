@@ -50,6 +50,7 @@ fn completing(mut worker: Worker, seen: mpsc::UnboundedSender<(String, String, i
                     job_id: job.id,
                     token: a.token,
                     result: "ok".into(),
+                    ..Default::default()
                 };
                 worker
                     .send(proto::worker_message::Msg::Complete(done))

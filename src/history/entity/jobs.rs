@@ -45,6 +45,8 @@ pub struct Model {
     pub depends_on: String,
     /// `cancel` when it ends CANCELLED if a dependency fails; empty: FAILED.
     pub dependency_failure: String,
+    /// JSON array of the accepted attempt's artifacts; none when null.
+    pub artifacts: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -1,12 +1,13 @@
 -- complete: running attempts succeeded, a batch of them from one worker. The same completion
 -- sent twice is OK; a different result for a finished attempt is refused.
 -- KEYS[1] the queue's leased set
--- ARGV prefix now retention worker, then (id token result) per report
+-- ARGV prefix now retention worker, then (id token result artifacts) per report; artifacts is
+-- the JSON list of the attempt's files, or empty
 -- Returns one {code, message} per report: {'OK', ''} | {'FAILED_PRECONDITION', message}
 local prefix, now, retention, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
-for i = 5, #ARGV, 3 do
-  local id, token, result = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+for i = 5, #ARGV, 4 do
+  local id, token, result, arts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local j = load(prefix .. 'job:' .. id, SETTLE_FIELDS)
   local reply = { 'OK', '' }
   if j and j.state == 'SUCCEEDED' and tonumber(j.token) == tonumber(token) and j.worker == worker then
@@ -18,8 +19,13 @@ for i = 5, #ARGV, 3 do
     if rejected then
       reply = { 'FAILED_PRECONDITION', rejected }
     else
-      settle(prefix, id, j, 'SUCCEEDED', now, retention, { 'result', result, 'pct', '100' },
-        { result = result })
+      local fields = { 'result', result, 'pct', '100' }
+      local ev = { result = result }
+      if arts ~= '' then
+        fields[#fields + 1], fields[#fields + 2] = 'arts', arts
+        ev.arts = arts
+      end
+      settle(prefix, id, j, 'SUCCEEDED', now, retention, fields, ev)
     end
   end
   out[#out + 1] = reply

@@ -3,8 +3,9 @@
 -- KEYS[1] the queue's all-jobs index (routing only)
 -- ARGV prefix id...
 -- Returns per id: {} when Redis does not have the job, else
---   {state, attempt, worker, started, finished, run_at, result, error}
-local FIELDS = { 'state', 'attempt', 'worker', 'started', 'finished', 'run_at', 'result', 'error' }
+--   {state, attempt, worker, started, finished, run_at, result, error, arts}
+local FIELDS = { 'state', 'attempt', 'worker', 'started', 'finished', 'run_at', 'result', 'error',
+  'arts' }
 local out = {}
 for i = 2, #ARGV do
   local v = redis.call('HMGET', ARGV[1] .. 'job:' .. ARGV[i], unpack(FIELDS))
