@@ -17,6 +17,8 @@ use crate::scheduler::Artifact;
 pub const MAX_NAME: usize = 255;
 /// Most artifacts one job may have.
 pub const MAX_ARTIFACTS: usize = 256;
+/// Most inputs one job may name.
+pub const MAX_INPUTS: usize = 16;
 /// Files larger than this are uploaded in parts.
 pub const MULTIPART_ABOVE: u64 = 64 << 20;
 /// The smallest part; S3 wants at least 5 MiB for every part but the last.
@@ -249,6 +251,103 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Up to `max` object keys under `prefix` after `start_after`, in key order, with when each
+    /// was last written (unix ms); the flag says whether more follow.
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start_after: Option<&str>,
+        max: i32,
+    ) -> Result<(Vec<(String, i64)>, bool), Error> {
+        let page = self
+            .client
+            .list_objects_v2()
+            .bucket(&self.options.bucket)
+            .prefix(prefix)
+            .set_start_after(start_after.map(str::to_string))
+            .max_keys(max)
+            .send()
+            .await
+            .map_err(store)?;
+        let objects = page
+            .contents
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|o| {
+                let modified = o.last_modified.and_then(|t| t.to_millis().ok())?;
+                Some((o.key?, modified))
+            })
+            .collect();
+        Ok((objects, page.is_truncated.unwrap_or(false)))
+    }
+
+    /// Deletes objects, 1,000 per request (S3's most).
+    pub async fn delete(&self, keys: &[String]) -> Result<(), Error> {
+        use aws_sdk_s3::types::{Delete, ObjectIdentifier};
+        for chunk in keys.chunks(1000) {
+            let objects = chunk
+                .iter()
+                .map(|key| ObjectIdentifier::builder().key(key).build())
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Store(e.to_string()))?;
+            let delete = Delete::builder()
+                .set_objects(Some(objects))
+                .quiet(true)
+                .build()
+                .map_err(|e| Error::Store(e.to_string()))?;
+            let answer = self
+                .client
+                .delete_objects()
+                .bucket(&self.options.bucket)
+                .delete(delete)
+                .send()
+                .await
+                .map_err(store)?;
+            if let Some(e) = answer.errors.unwrap_or_default().first() {
+                return Err(Error::Store(format!(
+                    "deleting {}: {}",
+                    e.key.as_deref().unwrap_or_default(),
+                    e.message.as_deref().unwrap_or_default()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where every object Conveyor writes lives.
+pub const ROOT: &str = "tenant/";
+
+/// What an object key says about its object (`object_key`, `input_key`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Located<'a> {
+    Artifact {
+        job_id: &'a str,
+        attempt: u32,
+        name: &'a str,
+    },
+    Input,
+}
+
+/// Reads an object key Conveyor wrote; `None` for anything else in the bucket.
+pub fn locate(key: &str) -> Option<Located<'_>> {
+    let rest = key.strip_prefix(ROOT)?;
+    let (_tenant, rest) = rest.split_once('/')?;
+    if rest.starts_with("inputs/") {
+        return Some(Located::Input);
+    }
+    let rest = rest.strip_prefix("jobs/")?;
+    let (job_id, rest) = rest.split_once('/')?;
+    let (attempt, name) = rest.split_once('/')?;
+    let attempt = attempt.strip_prefix("attempt-")?.parse().ok()?;
+    Some(Located::Artifact {
+        job_id,
+        attempt,
+        name,
+    })
+}
+
 /// A multipart upload the worker fills part by part.
 #[derive(Clone, Debug)]
 pub struct Multipart {
@@ -281,7 +380,64 @@ fn presigning(expiry: Duration) -> Result<PresigningConfig, Error> {
 
 /// The object key of artifact `name` of a job's attempt; `name` must pass `check_name`.
 pub fn object_key(tenant: &str, job_id: &str, attempt: u32, name: &str) -> String {
-    format!("tenant/{tenant}/jobs/{job_id}/attempt-{attempt}/{name}")
+    format!(
+        "{ROOT}{}/jobs/{job_id}/attempt-{attempt}/{name}",
+        segment(tenant)
+    )
+}
+
+/// The Content-Type of a file, by its extension; the store's default otherwise.
+pub fn content_type_of(name: &str) -> &'static str {
+    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
+    match ext.as_deref() {
+        Some("mp4") => "video/mp4",
+        Some("webm") => "video/webm",
+        Some("mov") => "video/quicktime",
+        Some("mp3") => "audio/mpeg",
+        Some("wav") => "audio/wav",
+        Some("ogg") => "audio/ogg",
+        Some("png") => "image/png",
+        Some("jpg" | "jpeg") => "image/jpeg",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("json") => "application/json",
+        Some("txt" | "log") => "text/plain",
+        Some("html") => "text/html",
+        Some("csv") => "text/csv",
+        Some("pdf") => "application/pdf",
+        Some("zip") => "application/zip",
+        _ => DEFAULT_TYPE,
+    }
+}
+
+/// A new input's reference: `<uuid v7>/<name>`; `name` must pass `check_name`.
+pub fn new_input(name: &str) -> String {
+    format!("{}/{name}", uuid::Uuid::now_v7())
+}
+
+/// The object key of one of a tenant's inputs: a reference resolves only under its own
+/// tenant, so naming another tenant's input finds nothing.
+pub fn input_key(tenant: &str, input: &str) -> String {
+    format!("{ROOT}{}/inputs/{input}", segment(tenant))
+}
+
+/// An input reference is `<uuid>/<name>` with a valid name.
+pub fn check_input(input: &str) -> Result<(), Error> {
+    let bad = || {
+        Error::Name(format!(
+            "input {:?} is not a CreateInputUpload reference",
+            truncate(input)
+        ))
+    };
+    let (id, name) = input.split_once('/').ok_or_else(bad)?;
+    uuid::Uuid::parse_str(id).map_err(|_| bad())?;
+    check_name(name)
+}
+
+/// A tenant as one key segment: a tenant name may hold `/` (a JWT claim says what it is), so
+/// `/` and `%` are percent-encoded and no tenant's folder reaches into another's.
+fn segment(tenant: &str) -> String {
+    tenant.replace('%', "%25").replace('/', "%2F")
 }
 
 /// An artifact name is a relative path of plain segments: no `..` or `.` segment, no leading
@@ -358,9 +514,38 @@ mod tests {
             part_size(MAX_SIZE)
         );
         assert!(MAX_SIZE.div_ceil(part_size(MAX_SIZE)) <= MAX_PARTS);
+        let key = object_key("acme", "render:0190", 2, "out/video.mp4");
+        assert_eq!(key, "tenant/acme/jobs/render:0190/attempt-2/out/video.mp4");
         assert_eq!(
-            object_key("acme", "render:0190", 2, "out/video.mp4"),
-            "tenant/acme/jobs/render:0190/attempt-2/out/video.mp4"
+            locate(&key),
+            Some(Located::Artifact {
+                job_id: "render:0190",
+                attempt: 2,
+                name: "out/video.mp4"
+            })
         );
+        assert_eq!(
+            locate("tenant/acme/inputs/0190/in.mp4"),
+            Some(Located::Input)
+        );
+        let sneaky = object_key("acme/jobs/x", "render:0190", 1, "a");
+        assert_eq!(
+            sneaky,
+            "tenant/acme%2Fjobs%2Fx/jobs/render:0190/attempt-1/a"
+        );
+        assert!(matches!(
+            locate(&sneaky),
+            Some(Located::Artifact {
+                job_id: "render:0190",
+                ..
+            })
+        ));
+        for other in [
+            "other/x",
+            "tenant/acme/jobs/j/attempt-x/a",
+            "tenant/acme/jobs/j",
+        ] {
+            assert_eq!(locate(other), None, "{other}");
+        }
     }
 }

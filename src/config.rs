@@ -85,11 +85,18 @@ fn parse_queue_defaults(text: &str) -> Result<(String, QueueDefaults), String> {
                 limit_setting(key.trim(), value, &mut d.concurrency, &mut d.rate)?
             }
             "max_wait" => d.max_wait = Some(parse_duration(value)?),
+            "retention" => {
+                let keep = parse_duration(value)?;
+                if keep.is_zero() {
+                    return Err("retention=0: expected a duration like 7d".into());
+                }
+                d.retention = Some(keep);
+            }
             // Checked against the webhook allowlist at start (`Config::webhooks`).
             "webhook" => d.webhook = Some(value.to_string()),
             other => {
                 return Err(format!(
-                    "{other:?}: use attempts, backoff, backoff_max, timeout, concurrency, rate, burst, max_wait or webhook"
+                    "{other:?}: use attempts, backoff, backoff_max, timeout, concurrency, rate, burst, max_wait, retention or webhook"
                 ));
             }
         }
@@ -199,9 +206,17 @@ pub struct Config {
     /// writes what a replica that died without flushing left out.
     #[arg(long, env = "CONVEYOR_HISTORY_REPAIR", default_value = "5m", value_parser = parse_duration)]
     pub history_repair: Duration,
-    /// How long finished jobs stay in the database; a daily cleanup deletes older ones.
+    /// How long finished jobs are kept, their history and their artifacts, unless their queue
+    /// says otherwise (`retention=` in --queue-default) or the job was submitted with `keep`.
     #[arg(long, env = "CONVEYOR_HISTORY_RETENTION", default_value = "30d", value_parser = parse_duration)]
     pub history_retention: Duration,
+    /// How long inputs that clients upload before submitting are kept.
+    #[arg(long, env = "CONVEYOR_INPUT_RETENTION", default_value = "1d", value_parser = parse_duration)]
+    pub input_retention: Duration,
+    /// How often one replica deletes what outlived its retention (history rows, artifacts,
+    /// inputs, files no accepted attempt named); 0 turns the sweep off.
+    #[arg(long, env = "CONVEYOR_RETENTION_SWEEP", default_value = "1h", value_parser = parse_duration)]
+    pub retention_sweep: Duration,
     /// Largest accepted job payload in bytes.
     #[arg(long, env = "CONVEYOR_MAX_PAYLOAD", default_value_t = 1 << 20)]
     pub max_payload: usize,
@@ -223,7 +238,8 @@ pub struct Config {
     /// One queue's own settings, e.g. `render:attempts=5,timeout=2h,concurrency=3` (attempts,
     /// backoff, backoff_max, timeout, concurrency: most running at once across all workers,
     /// rate=N/PERIOD and burst=B: leases per period, max_wait: a tier whose next job waited
-    /// this long goes first, webhook: a URL; repeatable; in the environment, separate queues
+    /// this long goes first, retention: how long its finished jobs, their history and their
+    /// artifacts are kept, webhook: a URL; repeatable; in the environment, separate queues
     /// with `;`).
     #[arg(long = "queue-default", env = "CONVEYOR_QUEUE_DEFAULTS", value_delimiter = ';',
           value_parser = parse_queue_defaults)]
@@ -441,6 +457,20 @@ impl Config {
             allow: std::sync::Arc::new(allow),
             attempts: self.webhook_attempts,
         }))
+    }
+
+    /// How long finished jobs, their artifacts and inputs are kept (`crate::retention`).
+    pub fn retention(&self) -> crate::retention::Policy {
+        crate::retention::Policy {
+            default: self.history_retention,
+            queues: self
+                .queue_defaults
+                .iter()
+                .filter_map(|(queue, d)| Some((queue.clone(), d.retention?)))
+                .collect(),
+            inputs: self.input_retention,
+            unnamed: self.artifact_upload_expiry,
+        }
     }
 
     /// The artifact store when a bucket is set; an error names what is wrong.

@@ -1,12 +1,11 @@
 //! The SQL system of record (sea-orm over PostgreSQL or SQLite). A job is written here before its
 //! submit is answered; every later transition is written behind in batches (`writer`). It serves
-//! history reads, the reconciler's list of unfinished jobs, and retention.
+//! history reads, the reconciler's list of unfinished jobs, and the deletes retention asks for.
 //!
 //! It speaks in rows, not in the scheduler's types: the scheduler converts (`scheduler/durable.rs`).
 
 mod commit;
 pub mod entity;
-pub mod retention;
 mod sql;
 pub mod stats;
 mod writer;
@@ -23,6 +22,28 @@ use sea_orm::{
 
 use entity::{attempts, jobs, labels};
 pub use writer::Change;
+
+/// Which queues a cleanup deletes from.
+#[derive(Clone, Debug)]
+pub enum Scope {
+    All,
+    Queue(String),
+    /// Every queue but these (those with a retention of their own).
+    Except(Vec<String>),
+}
+
+/// A job as retention sees it (`Store::kept_state`).
+#[derive(Clone, Debug)]
+pub struct Kept {
+    pub id: String,
+    pub succeeded: bool,
+    pub finished_ms: Option<i64>,
+    pub keep: bool,
+    /// The last attempt: the accepted one when SUCCEEDED.
+    pub attempt: u32,
+    /// The accepted attempt's artifacts (JSON), if any.
+    pub artifacts: Option<String>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -360,24 +381,58 @@ impl Store {
             .await?)
     }
 
-    /// Deletes jobs that finished before `cutoff` (unix ms), `batch` at a time so no
-    /// transaction grows large or holds locks long. Returns how many were deleted.
-    pub async fn cleanup(&self, cutoff: i64, batch: u64) -> Result<u64, Error> {
+    /// Deletes jobs of `scope` that finished before `cutoff` (unix ms) and are not kept,
+    /// `batch` at a time so no transaction grows large or holds locks long (a cleanup that
+    /// stops halfway leaves the rest for the next). Returns how many were deleted.
+    pub async fn cleanup(&self, cutoff: i64, batch: u64, scope: &Scope) -> Result<u64, Error> {
         let mut deleted = 0;
         loop {
-            let ids: Vec<String> = jobs::Entity::find()
+            let mut query = jobs::Entity::find()
                 .select_only()
                 .column(jobs::Column::Id)
                 .filter(jobs::Column::FinishedMs.lt(cutoff))
-                .limit(batch)
-                .into_tuple()
-                .all(&self.db)
-                .await?;
+                .filter(jobs::Column::Keep.eq(false));
+            query = match scope {
+                Scope::All => query,
+                Scope::Queue(queue) => query.filter(jobs::Column::Queue.eq(queue.as_str())),
+                Scope::Except(queues) => {
+                    query.filter(jobs::Column::Queue.is_not_in(queues.iter().map(String::as_str)))
+                }
+            };
+            let ids: Vec<String> = query.limit(batch).into_tuple().all(&self.db).await?;
             if ids.is_empty() {
                 return Ok(deleted);
             }
             deleted += ids.len() as u64;
             self.delete(ids).await?;
         }
+    }
+
+    /// What retention needs to know of jobs `ids`: those the database has.
+    pub async fn kept_state(&self, ids: Vec<String>) -> Result<Vec<Kept>, Error> {
+        type Row = (String, String, Option<i64>, bool, i32, Option<String>);
+        let rows: Vec<Row> = jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Id)
+            .column(jobs::Column::State)
+            .column(jobs::Column::FinishedMs)
+            .column(jobs::Column::Keep)
+            .column(jobs::Column::Attempt)
+            .column(jobs::Column::Artifacts)
+            .filter(jobs::Column::Id.is_in(ids))
+            .into_tuple()
+            .all(&self.db)
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, state, finished_ms, keep, attempt, artifacts)| Kept {
+                id,
+                succeeded: state == "SUCCEEDED",
+                finished_ms,
+                keep,
+                attempt: attempt as u32,
+                artifacts,
+            })
+            .collect())
     }
 }

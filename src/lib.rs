@@ -14,6 +14,7 @@ pub mod dispatcher;
 pub mod events;
 pub mod flows;
 pub mod history;
+pub mod retention;
 pub mod scheduler;
 pub mod server;
 pub mod webhooks;

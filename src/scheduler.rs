@@ -5,6 +5,7 @@
 //! database (`with_history`) it writes each new job there first and hands every transition to
 //! the history writer; reads of jobs Redis no longer has go there.
 
+mod chores;
 mod durable;
 mod error;
 mod event;
@@ -78,6 +79,9 @@ pub struct QueueDefaults {
     pub key_limits: Vec<KeyLimit>,
     /// Aging: a tier whose next job has waited this long goes first, whatever its weight.
     pub max_wait: Option<Duration>,
+    /// How long its finished jobs, their history and their artifacts are kept (the
+    /// server-wide history retention when `None`); see `crate::retention`.
+    pub retention: Option<Duration>,
 }
 
 /// A limit on the jobs of one queue that share a limit key: at most `concurrency` running at
@@ -126,7 +130,15 @@ impl Options {
             rate: q.rate,
             key_limits: q.key_limits,
             max_wait: q.max_wait,
+            retention: q.retention,
         }
+    }
+
+    /// How long a finished job of `queue` stays in Redis: `retention`, or the queue's own
+    /// retention when that is shorter (its history and artifacts go then too).
+    pub fn retention_of(&self, queue: &str) -> Duration {
+        let own = self.queues.get(queue).and_then(|q| q.retention);
+        own.map_or(self.retention, |own| own.min(self.retention))
     }
 }
 
@@ -258,8 +270,8 @@ impl Handle {
         &self.options
     }
 
-    fn retention(&self) -> Value {
-        ms(self.options.retention)
+    fn retention(&self, queue: &str) -> Value {
+        ms(self.options.retention_of(queue))
     }
 
     /// Which queue a job id belongs to (the id names it).
@@ -379,7 +391,7 @@ impl Handle {
             s(id),
             s(tenant),
             Value::Integer(now_ms()),
-            self.retention(),
+            self.retention(&queue),
         ];
         let reply = call(
             &self.redis,

@@ -168,10 +168,15 @@ pub async fn run(
             reconciler.check_logged().await;
             background.push(tokio::spawn(reconciler.run()));
         }
-        background.push(tokio::spawn(history::retention::run(
-            store,
-            config.history_retention,
-        )));
+    }
+    let sweeper = crate::retention::Sweeper {
+        policy: config.retention(),
+        scheduler: scheduler.clone(),
+        history: scheduler.history().cloned(),
+        storage: storage.clone(),
+    };
+    if !config.retention_sweep.is_zero() {
+        background.push(tokio::spawn(sweeper.run(config.retention_sweep)));
     }
     if let Some(options) = webhooks {
         let webhooks = crate::webhooks::spawn(scheduler.clone(), options);

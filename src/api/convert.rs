@@ -87,6 +87,8 @@ pub fn job(j: Job) -> proto::Job {
             .map(timestamp),
         jobs_ahead: j.waiting.as_ref().and_then(|w| w.ahead),
         limit_key: j.limit_key,
+        keep: j.keep,
+        inputs: j.inputs,
         follow_ups: follow_ups(&j.flow.on_success),
         parent_id: j.flow.parent_id,
         depends_on: j.flow.depends_on,
@@ -155,7 +157,8 @@ pub fn event(e: &Event) -> proto::JobEvent {
     out
 }
 
-pub fn to_worker(m: ToWorker) -> proto::ServerMessage {
+/// The message for the worker; an assignment carries `inputs`, its inputs' download URLs.
+pub fn to_worker(m: ToWorker, inputs: Vec<proto::InputUrl>) -> proto::ServerMessage {
     use proto::server_message::Msg;
     let msg = match m {
         ToWorker::Assign {
@@ -167,6 +170,7 @@ pub fn to_worker(m: ToWorker) -> proto::ServerMessage {
             deadline: Some(timestamp(deadline_ms)),
             trace_context: String::new(),
             job: Some(job(*j)),
+            inputs,
         }),
         ToWorker::Cancel { job_id, reason } => {
             Msg::Cancel(proto::CancelAssignment { job_id, reason })

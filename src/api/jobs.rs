@@ -48,6 +48,24 @@ impl Jobs {
         }
     }
 
+    /// What `job` names exists for the tenant: the jobs it depends on and its inputs.
+    async fn check_references(&self, tenant: &str, job: &NewJob) -> Result<(), Error> {
+        self.check_dependencies(tenant, job).await?;
+        if job.inputs.is_empty() {
+            return Ok(());
+        }
+        let storage = self.storage.as_ref().ok_or(artifacts::Error::Off)?;
+        for (i, input) in job.inputs.iter().enumerate() {
+            let key = artifacts::input_key(tenant, input);
+            if storage.head(&key, input).await?.is_none() {
+                return Err(invalid(format!(
+                    "inputs[{i}]: no uploaded input {input:?} (CreateInputUpload, then PUT)"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Every job `job` depends on is one of the tenant's (one read each, in Redis or else the
     /// history; no waiting reasons, which GetJob would add).
     async fn check_dependencies(&self, tenant: &str, job: &NewJob) -> Result<(), Error> {
@@ -86,7 +104,7 @@ impl JobService for Jobs {
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let tenant = caller(&request)?.tenant;
         let job = validate::submit(request.into_inner(), &self.limits)?;
-        self.check_dependencies(&tenant, &job).await?;
+        self.check_references(&tenant, &job).await?;
         self.quotas
             .submit(&tenant, &[(job.tier, 1)])
             .map_err(Error::RateLimited)?;
@@ -121,7 +139,7 @@ impl JobService for Jobs {
             }
             let job =
                 validate::submit(r, &self.limits).map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
-            self.check_dependencies(&tenant, &job)
+            self.check_references(&tenant, &job)
                 .await
                 .map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
             batch.push(job);
@@ -198,6 +216,32 @@ impl JobService for Jobs {
                 scheduler::now_ms() + expiry.as_millis() as i64,
             )),
             artifact: Some(convert::artifact(artifact.clone())),
+        }))
+    }
+
+    async fn create_input_upload(
+        &self,
+        request: Request<proto::CreateInputUploadRequest>,
+    ) -> Result<Response<proto::CreateInputUploadResponse>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let r = request.into_inner();
+        artifacts::check_name(&r.name).map_err(Error::from)?;
+        artifacts::check_upload(0, &r.content_type).map_err(Error::from)?;
+        let storage = self
+            .storage
+            .as_ref()
+            .ok_or(Error::from(artifacts::Error::Off))?;
+        let input = artifacts::new_input(&r.name);
+        let content_type = Some(r.content_type.as_str()).filter(|t| !t.is_empty());
+        let url = storage
+            .upload_url(&artifacts::input_key(&tenant, &input), content_type)
+            .await
+            .map_err(Error::from)?;
+        let expires = scheduler::now_ms() + storage.options().upload_expiry.as_millis() as i64;
+        Ok(Response::new(proto::CreateInputUploadResponse {
+            input,
+            url,
+            expires_at: Some(convert::timestamp(expires)),
         }))
     }
 

@@ -101,6 +101,26 @@ impl Uploads {
         })
     }
 
+    /// Download URLs for a job's inputs, for its assignment (presigning is local: no call to
+    /// the store).
+    pub async fn input_urls(&self, job: &scheduler::Job) -> Vec<proto::InputUrl> {
+        let Some(storage) = &self.storage else {
+            return Vec::new();
+        };
+        let mut urls = Vec::with_capacity(job.inputs.len());
+        for input in &job.inputs {
+            let key = artifacts::input_key(&job.tenant, input);
+            match storage.download_url(&key, None).await {
+                Ok(url) => urls.push(proto::InputUrl {
+                    input: input.clone(),
+                    url,
+                }),
+                Err(e) => tracing::warn!(job = job.id, error = %e, "no URL for an input"),
+            }
+        }
+        urls
+    }
+
     fn storage(&self) -> Result<&Storage, Refused> {
         let off = artifacts::Error::Off;
         self.storage

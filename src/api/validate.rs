@@ -213,6 +213,7 @@ fn submit_at(
             "limit_key: at most {MAX_FAIRNESS_KEY} bytes, no control characters"
         )));
     }
+    let inputs = inputs(r.inputs)?;
     if !r.callback_url.is_empty() {
         let Some(allow) = &limits.webhooks else {
             return Err(Error::FailedPrecondition(
@@ -238,6 +239,8 @@ fn submit_at(
         fairness_key: r.fairness_key,
         callback_url: r.callback_url,
         limit_key: r.limit_key,
+        keep: r.keep,
+        inputs,
         flow: Flow {
             on_success,
             parent_id: String::new(),
@@ -275,6 +278,11 @@ fn follow_ups(
                 "on_success[{i}].idempotency_key: a follow-up's key comes from its parent; leave it empty"
             )));
         }
+        if !job.inputs.is_empty() {
+            return Err(invalid(format!(
+                "on_success[{i}].inputs: a follow-up takes its parent's result; give inputs to the first job"
+            )));
+        }
         let mut check = job.clone();
         if check.tier == proto::Tier::Unspecified as i32 {
             check.tier = proto::Tier::Free as i32;
@@ -282,6 +290,26 @@ fn follow_ups(
         submit_at(check, limits, depth + 1).map_err(|e| invalid(format!("on_success[{i}].{e}")))?;
     }
     Ok(proto::SubmitJobsRequest { jobs }.encode_to_vec())
+}
+
+/// At most `MAX_INPUTS` references, each once, each a CreateInputUpload reference (whether it
+/// was uploaded is asked of the store by the handler).
+fn inputs(inputs: Vec<String>) -> Result<Vec<String>, Error> {
+    use crate::artifacts::{MAX_INPUTS, check_input};
+    if inputs.len() > MAX_INPUTS {
+        return Err(invalid(format!("inputs: at most {MAX_INPUTS}")));
+    }
+    for (i, input) in inputs.iter().enumerate() {
+        check_input(input).map_err(|e| invalid(format!("inputs[{i}]: {e}")))?;
+        // A worker finds each input under its name, so names differ.
+        let name = |input: &str| input.split_once('/').map(|(_, name)| name.to_string());
+        if inputs[..i].iter().any(|other| name(other) == name(input)) {
+            return Err(invalid(format!(
+                "inputs[{i}]: another input has the name of {input:?}"
+            )));
+        }
+    }
+    Ok(inputs)
 }
 
 fn dependencies(ids: Vec<String>) -> Result<Vec<String>, Error> {

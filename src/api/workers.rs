@@ -208,7 +208,11 @@ async fn serve(
             }
             out = link.recv() => {
                 let Some(out) = out else { break };
-                if tx.send(Ok(convert::to_worker(out))).await.is_err() { break }
+                let inputs = match &out {
+                    dispatcher::ToWorker::Assign { job, .. } => uploads.input_urls(job).await,
+                    _ => Vec::new(),
+                };
+                if tx.send(Ok(convert::to_worker(out, inputs))).await.is_err() { break }
             }
             _ = ticker.tick() => {
                 if last_heard.elapsed() > heartbeat * MISSED_HEARTBEATS {

@@ -116,9 +116,10 @@ pub fn need(path: &str) -> Need {
         ("grpc.health.v1.Health", _) => Need::Nothing,
         (s, _) if s.starts_with("grpc.reflection.") => Need::Nothing,
         ("conveyor.v1.WorkerService", "Connect") => Need::Worker,
-        ("conveyor.v1.JobService", "SubmitJob" | "SubmitJobs" | "RetryJob") => {
-            Need::Client(Scope::Submit)
-        }
+        (
+            "conveyor.v1.JobService",
+            "SubmitJob" | "SubmitJobs" | "RetryJob" | "CreateInputUpload",
+        ) => Need::Client(Scope::Submit),
         (
             "conveyor.v1.JobService",
             "GetJob" | "ListJobs" | "GetQueueStats" | "ListQueues" | "GetArtifactUrl",

@@ -4,7 +4,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use super::Outcome;
-use crate::history::{self, retention};
+use crate::history::{self, Scope};
+use crate::retention;
 
 pub async fn migrate(url: &str) -> Outcome {
     let db = history::connect(url).await?;
@@ -16,7 +17,7 @@ pub async fn migrate(url: &str) -> Outcome {
 pub async fn cleanup(url: &str, older_than: Duration) -> Outcome {
     let store = history::Store::open(url, history::Options::default()).await?;
     let deleted = store
-        .cleanup(retention::cutoff(older_than), retention::BATCH)
+        .cleanup(retention::cutoff(older_than), retention::BATCH, &Scope::All)
         .await?;
     println!("deleted {deleted} finished jobs");
     Ok(ExitCode::SUCCESS)

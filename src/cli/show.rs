@@ -119,6 +119,9 @@ fn print_job(job: &proto::Job) {
     if job.follow_ups > 0 {
         println!("then:      {} follow-up job(s) on success", job.follow_ups);
     }
+    if job.keep {
+        println!("kept:      past its queue's retention");
+    }
     println!("priority:  {}", job.priority);
     println!("attempt:   {}/{}", job.attempt, job.max_attempts);
     println!(

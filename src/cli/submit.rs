@@ -68,6 +68,13 @@ pub struct SubmitArgs {
     /// If a job it depends on fails, end CANCELLED (the default is FAILED).
     #[arg(long)]
     pub cancel_if_dependency_fails: bool,
+    /// Keep the job's history and artifacts past its queue's retention.
+    #[arg(long)]
+    pub keep: bool,
+    /// Upload this file first and give it to the job as an input (repeatable); the worker
+    /// finds it in `$CONVEYOR_INPUT_DIR` under its file name.
+    #[arg(long = "input", value_name = "FILE")]
+    pub inputs: Vec<std::path::PathBuf>,
     /// Follow the job to its end with a progress bar; exit with its outcome.
     #[arg(long)]
     pub watch: bool,
@@ -111,7 +118,46 @@ fn payload(args: &SubmitArgs) -> Result<Vec<u8>, Error> {
     }
 }
 
+/// Uploads `file` through a presigned URL; returns the reference a job names it by.
+async fn upload_input(
+    jobs: &mut crate::client::Jobs,
+    file: &std::path::Path,
+) -> Result<String, Error> {
+    let failed = |what: String| Error::Usage(what);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .ok_or_else(|| failed(format!("{}: not a file", file.display())))?;
+    let content_type = crate::artifacts::content_type_of(&name);
+    let upload = jobs
+        .create_input_upload(proto::CreateInputUploadRequest {
+            name,
+            content_type: content_type.into(),
+        })
+        .await?
+        .into_inner();
+    let body = tokio::fs::read(file)
+        .await
+        .map_err(|e| failed(format!("{}: {e}", file.display())))?;
+    // reqwest is built without a default crypto provider; rustls uses ring here.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+        .put(&upload.url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(|e| failed(format!("uploading {}: {e}", file.display())))?;
+    Ok(upload.input)
+}
+
 pub async fn run(args: SubmitArgs) -> Outcome {
+    let mut jobs = args.client.jobs().await?;
+    let mut inputs = Vec::with_capacity(args.inputs.len());
+    for file in &args.inputs {
+        inputs.push(upload_input(&mut jobs, file).await?);
+    }
     let request = proto::SubmitJobRequest {
         queue: args.queue.clone(),
         payload: payload(&args)?,
@@ -140,9 +186,10 @@ pub async fn run(args: SubmitArgs) -> Outcome {
             true => proto::DependencyFailure::Cancel as i32,
             false => proto::DependencyFailure::Fail as i32,
         },
+        keep: args.keep,
+        inputs,
         ..Default::default()
     };
-    let mut jobs = args.client.jobs().await?;
     let response = jobs.submit_job(request).await?.into_inner();
     let job = response.job.unwrap_or_default();
     if response.created {

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::history::{self, Change, Cursor, Filter, entity::jobs};
 
+use super::job::json_list;
 use super::{Artifact, Error, Flow, Handle, Job, JobState, Page, Progress, Tier, now_ms};
 
 impl From<history::Error> for Error {
@@ -56,12 +57,11 @@ pub(super) fn row(job: &Job) -> jobs::Model {
         updated_ms: job.created_ms,
         callback_url: job.callback_url.clone(),
         limit_key: job.limit_key.clone(),
+        keep: job.keep,
+        inputs: json_list(&job.inputs),
         on_success: (!job.flow.on_success.is_empty()).then(|| job.flow.on_success.clone()),
         parent_id: job.flow.parent_id.clone(),
-        depends_on: match job.flow.depends_on.is_empty() {
-            true => String::new(),
-            false => serde_json::to_string(&job.flow.depends_on).unwrap_or_default(),
-        },
+        depends_on: json_list(&job.flow.depends_on),
         dependency_failure: match job.flow.cancel_if_dependency_fails {
             true => "cancel".into(),
             false => String::new(),
@@ -99,6 +99,8 @@ pub(super) fn job(row: jobs::Model) -> Result<Job, Error> {
         idempotency_key: row.idempotency_key,
         callback_url: row.callback_url,
         limit_key: row.limit_key,
+        keep: row.keep,
+        inputs: serde_json::from_str(&row.inputs).unwrap_or_default(),
         flow: Flow {
             on_success: row.on_success.unwrap_or_default(),
             parent_id: row.parent_id,

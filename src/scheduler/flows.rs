@@ -60,7 +60,7 @@ impl Handle {
             s(dep),
             s(state.as_str()),
             Value::Integer(now_ms()),
-            self.retention(),
+            self.retention(&queue),
         ];
         let ended: Vec<String> = call(
             &self.redis,
@@ -89,7 +89,7 @@ impl Handle {
     /// second report of its end (a retried dependency ends again) finds them already told.
     pub async fn after_done(&self, id: &str) -> Result<(), Error> {
         let queue = self.locate(id)?;
-        let retention = self.options.retention.as_millis() as i64;
+        let retention = self.options.retention_of(&queue).as_millis() as i64;
         // One round trip for both.
         let pipeline = self.redis.pipeline();
         let _: () = pipeline.zrem(keys::after(&queue), id).await?;

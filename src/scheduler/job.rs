@@ -93,6 +93,14 @@ impl Artifact {
     }
 }
 
+/// A list as a job's hash and row keep it: a JSON array, or empty for none.
+pub(super) fn json_list(items: &[String]) -> String {
+    match items.is_empty() {
+        true => String::new(),
+        false => serde_json::to_string(items).unwrap_or_default(),
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Progress {
     pub percent: f32,
@@ -123,6 +131,10 @@ pub struct NewJob {
     pub callback_url: String,
     /// What the queue's per-key limits count it under (per tenant); empty: none.
     pub limit_key: String,
+    /// Kept past its queue's retention.
+    pub keep: bool,
+    /// Files uploaded for it (`artifacts::check_input` references).
+    pub inputs: Vec<String>,
     pub flow: Flow,
 }
 
@@ -162,6 +174,9 @@ pub struct Job {
     pub callback_url: String,
     /// What the queue's per-key limits count it under (per tenant); empty: none.
     pub limit_key: String,
+    /// Kept past its queue's retention.
+    pub keep: bool,
+    pub inputs: Vec<String>,
     pub flow: Flow,
     pub created_ms: i64,
     pub run_at_ms: i64,
@@ -214,15 +229,25 @@ impl Job {
 
 /// A job's hash fields as they arrive, before the checks of `into_job`; `text[i]` holds field
 /// `TEXT_FIELDS[i]`.
-#[derive(Default)]
 struct Raw {
     text: [String; TEXT_FIELDS.len()],
     payload: Vec<u8>,
     on_success: Vec<u8>,
 }
 
+// By hand: `Default` is derived for arrays of at most 32.
+impl Default for Raw {
+    fn default() -> Self {
+        Raw {
+            text: std::array::from_fn(|_| String::new()),
+            payload: Vec::new(),
+            on_success: Vec::new(),
+        }
+    }
+}
+
 /// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
-const TEXT_FIELDS: [&str; 32] = [
+const TEXT_FIELDS: [&str; 34] = [
     "id",
     "queue",
     "tenant",
@@ -255,6 +280,8 @@ const TEXT_FIELDS: [&str; 32] = [
     "deps",
     "dfail",
     "arts",
+    "keep",
+    "inputs",
 ];
 
 fn field_index(name: &[u8]) -> Option<usize> {
@@ -310,6 +337,8 @@ impl Raw {
             idempotency_key: take("idem"),
             callback_url: take("cb"),
             limit_key: take("lk"),
+            keep: take("keep") == "1",
+            inputs: serde_json::from_str(&take("inputs")).unwrap_or_default(),
             flow: Flow {
                 on_success: self.on_success,
                 parent_id: take("par"),

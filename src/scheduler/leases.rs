@@ -184,7 +184,7 @@ impl Handle {
             ms(self.options.lease_ttl),
             s(session),
             s(worker),
-            self.retention(),
+            self.retention(queue),
             jitter(),
             Value::Integer(w[0] as i64),
             Value::Integer(w[1] as i64),
@@ -238,7 +238,7 @@ impl Handle {
             s(keys::prefix(queue)),
             Value::Integer(now_ms()),
             ms(self.options.lease_ttl),
-            self.retention(),
+            self.retention(queue),
             jitter(),
         ];
         for (id, session) in held {
@@ -282,7 +282,7 @@ impl Handle {
             Report::Fail { .. } => &self.scripts.fail,
         };
         if !matches!(run[0], Report::Progress { .. }) {
-            args.push(self.retention());
+            args.push(self.retention(queue));
         }
         args.push(s(worker));
         // Index of the report each script item answers; superseded progress shares the answer
@@ -368,7 +368,7 @@ impl Handle {
             Value::Integer(now_ms()),
             s(session),
             s(reason),
-            self.retention(),
+            self.retention(queue),
         ];
         args.extend(ids.iter().map(|id| s(id.as_str())));
         let ended: Vec<String> = call(

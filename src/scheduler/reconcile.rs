@@ -259,7 +259,7 @@ impl Handle {
             let mut args = vec![
                 s(keys::prefix(&queue)),
                 Value::Integer(now_ms()),
-                Value::Integer(self.options.retention.as_millis() as i64),
+                Value::Integer(self.options.retention_of(&queue).as_millis() as i64),
             ];
             for row in &chunk {
                 args.extend(restore_args(row));
@@ -374,8 +374,8 @@ fn catch_up(row: &jobs::Model, f: &[String]) -> Vec<Change> {
     changes
 }
 
-/// The 30 arguments of one job for `restore.lua`.
-fn restore_args(row: &jobs::Model) -> [Value; 30] {
+/// The 32 arguments of one job for `restore.lua`.
+fn restore_args(row: &jobs::Model) -> [Value; 32] {
     let opt = |v: Option<i64>| s(v.map(|v| v.to_string()).unwrap_or_default());
     [
         s(row.id.as_str()),
@@ -408,5 +408,7 @@ fn restore_args(row: &jobs::Model) -> [Value; 30] {
         s(row.depends_on.as_str()),
         s(row.dependency_failure.as_str()),
         s(row.artifacts.clone().unwrap_or_default()),
+        s(if row.keep { "1" } else { "" }),
+        s(row.inputs.as_str()),
     ]
 }

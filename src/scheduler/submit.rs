@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use fred::prelude::{KeysInterface, Value};
 
+use super::job::json_list;
 use super::scripts::call;
 use super::{
     Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, durable, keys, now_ms, s,
@@ -139,7 +140,7 @@ fn is_no_queue(reply: &Value) -> bool {
 }
 
 /// The job `submit.lua` will create from `job` (defaults applied), and its 19 script arguments.
-fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 19]) {
+fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 21]) {
     let millis = |ms: Option<u64>, default: Option<Duration>| {
         ms.unwrap_or(default.unwrap_or_default().as_millis() as u64)
     };
@@ -177,6 +178,8 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
             false => job.callback_url,
         },
         limit_key: job.limit_key,
+        keep: job.keep,
+        inputs: job.inputs,
         flow: job.flow,
         created_ms: now,
         run_at_ms,
@@ -211,14 +214,13 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         s(created.limit_key.as_str()),
         Value::Bytes(created.flow.on_success.clone().into()),
         s(created.flow.parent_id.as_str()),
-        s(match created.flow.depends_on.is_empty() {
-            true => String::new(),
-            false => serde_json::to_string(&created.flow.depends_on).unwrap_or_default(),
-        }),
+        s(json_list(&created.flow.depends_on)),
         s(match created.flow.cancel_if_dependency_fails {
             true => "cancel",
             false => "",
         }),
+        s(if created.keep { "1" } else { "" }),
+        s(json_list(&created.inputs)),
     ];
     (created, args)
 }

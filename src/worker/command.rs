@@ -78,18 +78,36 @@ pub async fn run(
     setup: std::sync::Arc<Setup>,
     a: proto::Assignment,
     events: mpsc::Sender<Event>,
-    cancel: oneshot::Receiver<()>,
+    mut cancel: oneshot::Receiver<()>,
 ) {
     let job = a.job.unwrap_or_default();
     let (job_id, token) = (job.id.clone(), a.token);
     let program = setup.command[0].clone();
-    let output = setup.output_root.join(format!(
+    let folder = setup.output_root.join(format!(
         "{}-attempt-{}",
         job_id.replace(['/', ':'], "_"),
         a.attempt
     ));
-    let spawned = std::fs::create_dir_all(&output)
-        .and_then(|_| spawn(&setup.command, &job, a.attempt, &output));
+    let (inputs, output) = (folder.join("inputs"), folder.join("output"));
+    // A fetch that failed may work next time; a command that cannot start will not.
+    let failed = |error: String, retryable| Outcome::Failed { error, retryable };
+    let spawned = async {
+        std::fs::create_dir_all(&inputs)
+            .and_then(|_| std::fs::create_dir_all(&output))
+            .map_err(|e| failed(format!("the attempt's folders: {e}"), true))?;
+        upload::download_inputs(&setup.http, &a.inputs, &inputs)
+            .await
+            .map_err(|e| failed(e, true))?;
+        spawn(&setup.command, &job, a.attempt, &inputs, &output)
+            .map_err(|e| failed(format!("could not start {program:?}: {e}"), false))
+    };
+    let spawned = tokio::select! {
+        spawned = spawned => spawned,
+        _ = &mut cancel => {
+            let _ = std::fs::remove_dir_all(&folder);
+            return;
+        }
+    };
     let outcome = match spawned {
         Ok(child) => {
             let group = child.id().map(|pid| Pid::from_raw(pid as i32));
@@ -112,17 +130,14 @@ pub async fn run(
                 outcome = finish => outcome,
                 _ = cancel => {
                     terminate(group);
-                    let _ = std::fs::remove_dir_all(&output);
+                    let _ = std::fs::remove_dir_all(&folder);
                     return;
                 }
             }
         }
-        Err(e) => Outcome::Failed {
-            error: format!("could not start {program:?}: {e}"),
-            retryable: false,
-        },
+        Err(failed) => failed,
     };
-    let _ = std::fs::remove_dir_all(&output);
+    let _ = std::fs::remove_dir_all(&folder);
     let _ = events
         .send(Event::Finished {
             job_id,
@@ -281,6 +296,7 @@ fn spawn(
     command: &[String],
     job: &proto::Job,
     attempt: u32,
+    inputs: &Path,
     output: &Path,
 ) -> std::io::Result<Child> {
     let tier = proto::Tier::try_from(job.tier)
@@ -293,6 +309,7 @@ fn spawn(
         .env("CONVEYOR_TIER", tier.unwrap_or_default())
         .env("CONVEYOR_PRIORITY", job.priority.to_string())
         .env("CONVEYOR_CONTENT_TYPE", &job.content_type)
+        .env("CONVEYOR_INPUT_DIR", inputs)
         .env("CONVEYOR_OUTPUT_DIR", output)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

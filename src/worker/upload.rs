@@ -1,6 +1,7 @@
-//! Uploads a succeeded attempt's files as its artifacts: asks the server for URLs over the
-//! worker stream (through the worker loop, `Event::Ask`), PUTs the bytes straight to the
-//! store (in parts above the server's threshold) and reports upload progress on the way.
+//! Moves an attempt's files between it and the store: fetches its inputs before the command
+//! starts, and uploads a succeeded attempt's files as its artifacts: asks the server for URLs
+//! over the worker stream (through the worker loop, `Event::Ask`), PUTs the bytes straight to
+//! the store (in parts above the server's threshold) and reports upload progress on the way.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -60,28 +61,49 @@ pub fn collect(dir: &Path) -> std::io::Result<Vec<File>> {
     Ok(files)
 }
 
-/// The Content-Type of a file, by its extension; the store's default otherwise.
-pub fn content_type(name: &str) -> &'static str {
-    let ext = name.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase());
-    match ext.as_deref() {
-        Some("mp4") => "video/mp4",
-        Some("webm") => "video/webm",
-        Some("mov") => "video/quicktime",
-        Some("mp3") => "audio/mpeg",
-        Some("wav") => "audio/wav",
-        Some("ogg") => "audio/ogg",
-        Some("png") => "image/png",
-        Some("jpg" | "jpeg") => "image/jpeg",
-        Some("gif") => "image/gif",
-        Some("webp") => "image/webp",
-        Some("json") => "application/json",
-        Some("txt" | "log") => "text/plain",
-        Some("html") => "text/html",
-        Some("csv") => "text/csv",
-        Some("pdf") => "application/pdf",
-        Some("zip") => "application/zip",
-        _ => artifacts::DEFAULT_TYPE,
+/// Fetches each input into `dir`, under its name (the reference's part after the id).
+pub async fn download_inputs(
+    http: &reqwest::Client,
+    inputs: &[proto::InputUrl],
+    dir: &Path,
+) -> Result<(), String> {
+    use tokio::io::AsyncWriteExt;
+    for input in inputs {
+        let name = input
+            .input
+            .split_once('/')
+            .map(|(_, name)| name)
+            .unwrap_or_default();
+        artifacts::check_name(name).map_err(|e| e.to_string())?;
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(|e| format!("{}: {e}", parent.display()))?;
+        }
+        let mut response = http
+            .get(&input.url)
+            .send()
+            .await
+            .and_then(|r| r.error_for_status())
+            .map_err(|e| format!("fetching input {name:?}: {e}"))?;
+        let mut file = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| format!("fetching input {name:?}: {e}"))?
+        {
+            file.write_all(&chunk)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
+        file.flush()
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
     }
+    Ok(())
 }
 
 /// Uploads files of one attempt.
@@ -119,7 +141,7 @@ impl Uploader {
     }
 
     async fn upload(&self, file: &File, size: u64, (n, of): (usize, usize)) -> Result<(), Failure> {
-        let content_type = content_type(&file.name);
+        let content_type = artifacts::content_type_of(&file.name);
         let ask = Out::Upload(proto::UploadRequest {
             job_id: self.job_id.clone(),
             token: self.token,
@@ -289,7 +311,7 @@ mod tests {
             .map(|f| f.name)
             .collect();
         assert_eq!(names, ["frames/0001.png", "video.mp4"]);
-        assert_eq!(content_type("frames/0001.PNG"), "image/png");
-        assert_eq!(content_type("notes"), artifacts::DEFAULT_TYPE);
+        assert_eq!(artifacts::content_type_of("frames/0001.PNG"), "image/png");
+        assert_eq!(artifacts::content_type_of("notes"), artifacts::DEFAULT_TYPE);
     }
 }

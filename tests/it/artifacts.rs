@@ -269,6 +269,129 @@ async fn without_a_bucket_artifacts_are_off_and_say_so() {
         .unwrap_err();
     assert_eq!(code, tonic::Code::FailedPrecondition as i32);
     assert!(message.contains("artifacts are off"), "{message}");
+    let status = jobs
+        .create_input_upload(input_request("in.mov"))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+    let status = jobs
+        .submit_job(proto::SubmitJobRequest {
+            inputs: vec![format!("{}/in.mov", uuid::Uuid::now_v7())],
+            ..harness::submit("render", "{}")
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::FailedPrecondition, "{status:?}");
+}
+
+fn input_request(name: &str) -> proto::CreateInputUploadRequest {
+    proto::CreateInputUploadRequest {
+        name: name.into(),
+        content_type: String::new(),
+    }
+}
+
+/// A client uploads an input through a presigned URL, a job names it, and the worker's
+/// command finds it in its input folder; references that are not the caller's uploads are
+/// refused and change nothing.
+#[tokio::test]
+async fn a_client_uploads_an_input_and_the_workers_command_reads_it() {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let mut jobs = server.jobs().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let source = scratch.path().join("source.mov");
+    std::fs::write(&source, "raw footage").unwrap();
+    let script = "cat \"$CONVEYOR_INPUT_DIR/source.mov\" > \"$CONVEYOR_OUTPUT_DIR/edited.mov\" && echo 'RESULT {}'";
+    let _worker = crate::process::worker_with(&server.addr, &[], script);
+    let submitted = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "submit",
+            "--addr",
+            &server.addr,
+            "--queue",
+            "render",
+            "--tier",
+            "pro",
+            "--input",
+        ])
+        .arg(&source)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        submitted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&submitted.stderr)
+    );
+    let id = String::from_utf8(submitted.stdout)
+        .unwrap()
+        .trim()
+        .to_string();
+    let done = harness::wait_state(&mut jobs, &id, proto::JobState::Succeeded).await;
+    assert_eq!(done.inputs.len(), 1);
+    assert!(done.inputs[0].ends_with("/source.mov"), "{:?}", done.inputs);
+    let url = jobs
+        .get_artifact_url(url_request(&id, "edited.mov", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert_eq!(
+        http().get(&url).send().await.unwrap().text().await.unwrap(),
+        "raw footage"
+    );
+
+    let uploaded = jobs
+        .create_input_upload(input_request("clip.mov"))
+        .await
+        .unwrap()
+        .into_inner();
+    let with_inputs = |inputs: Vec<String>| proto::SubmitJobRequest {
+        inputs,
+        ..harness::submit("render", "{}")
+    };
+    let keys_before = crate::bad_inputs::dbsize(&redis).await;
+    let never_put = with_inputs(vec![uploaded.input.clone()]);
+    let other = with_inputs(vec![format!("{}/clip.mov", uuid::Uuid::now_v7())]);
+    let same_name = with_inputs(vec![
+        done.inputs[0].clone(),
+        format!("{}/source.mov", uuid::Uuid::now_v7()),
+    ]);
+    let too_many = with_inputs(
+        (0..17)
+            .map(|i| format!("{}/{i}", uuid::Uuid::now_v7()))
+            .collect(),
+    );
+    let follow_up = proto::SubmitJobRequest {
+        on_success: vec![with_inputs(done.inputs.clone())],
+        ..harness::submit("render", "{}")
+    };
+    for (request, why) in [
+        (never_put, "no uploaded input"),
+        (other, "no uploaded input"),
+        (
+            with_inputs(vec!["../x.mov".into()]),
+            "not a CreateInputUpload reference",
+        ),
+        (
+            with_inputs(vec![format!("{}/../x", uuid::Uuid::now_v7())]),
+            "artifact name",
+        ),
+        (same_name, "has the name of"),
+        (too_many, "at most 16"),
+        (follow_up, "give inputs to the first job"),
+    ] {
+        let status = jobs.submit_job(request).await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+        assert!(status.message().contains(why), "{why}: {status:?}");
+    }
+    assert_eq!(
+        crate::bad_inputs::dbsize(&redis).await,
+        keys_before,
+        "refusals changed Redis"
+    );
 }
 
 /// Config for a server whose artifacts go to `s3`.
@@ -445,6 +568,28 @@ async fn a_succeeded_job_lists_its_artifacts_and_only_its_tenant_gets_urls() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound, "{status:?}");
+    // An input is its uploader's tenant's only, too.
+    let input = jobs
+        .create_input_upload(input_request("in.mov"))
+        .await
+        .unwrap()
+        .into_inner();
+    let put = http().put(&input.url).body("footage").send().await.unwrap();
+    assert!(put.status().is_success());
+    let naming = || proto::SubmitJobRequest {
+        inputs: vec![input.input.clone()],
+        ..harness::submit("render", "{}")
+    };
+    let status = other.submit_job(naming()).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let theirs = jobs
+        .submit_job(naming())
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    assert_eq!(theirs.inputs, std::slice::from_ref(&input.input));
     for (request, code) in [
         (
             url_request(&job.id, "other.mp4", None),
@@ -702,4 +847,169 @@ async fn the_worker_runtime_uploads_its_output_folder_and_get_downloads_it() {
         conveyor_bytes(BIG),
         "the 200 MiB video, byte for byte"
     );
+}
+
+/// Every object in the bucket, as `<job id>/attempt-<n>/<name>`.
+fn objects(s3: &S3) -> std::collections::BTreeSet<String> {
+    fn walk(
+        dir: &std::path::Path,
+        root: &std::path::Path,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, root, out);
+            } else if !path.to_string_lossy().contains(".s3s") {
+                let key = path
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(
+                    key.split_once("/jobs/")
+                        .map(|(_, k)| k.to_string())
+                        .unwrap_or(key),
+                );
+            }
+        }
+    }
+    let root = s3.dir.path().join(BUCKET);
+    let mut out = std::collections::BTreeSet::new();
+    walk(&root, &root, &mut out);
+    out
+}
+
+/// Runs one job on `worker`: uploads `uploads`, then completes naming `named`.
+async fn run_with_files(
+    worker: &mut Worker,
+    job_id: &str,
+    uploads: &[&str],
+    named: &[&str],
+) -> u64 {
+    let a = worker.next_assignment().await;
+    assert_eq!(a.job.as_ref().unwrap().id, job_id);
+    for name in uploads {
+        put_artifact(worker, job_id, a.token, name, "text/plain", name).await;
+    }
+    worker.send(complete_with(job_id, a.token, named)).await;
+    assert_eq!(worker.report_result().await.code, 0);
+    a.attempt as u64
+}
+
+/// One policy drives Redis, the history and the store: a queue with a short retention loses
+/// its jobs everywhere once it passes, a kept job and a queue with the default stay, and files
+/// no accepted attempt named (a failed attempt's, one left out of the Complete) go once no URL
+/// can still write them, and inputs after the input retention.
+#[tokio::test]
+async fn retention_deletes_exactly_what_expired_in_redis_the_history_and_the_store() {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let mut config = with_storage(&redis, &s3);
+    let short = conveyor::scheduler::QueueDefaults {
+        retention: Some(Duration::from_secs(2)),
+        ..Default::default()
+    };
+    config.queue_defaults = vec![("short".into(), short)];
+    config.artifact_upload_expiry = Duration::from_secs(1);
+    config.input_retention = Duration::from_secs(1);
+    config.retention_sweep = Duration::from_millis(200);
+    let server = harness::Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let mut worker = Worker::connect(&server, &["short", "render"], 1).await;
+    worker.keep_alive();
+
+    let gone = harness::submit_job(&mut jobs, harness::submit("short", "{}")).await;
+    run_with_files(&mut worker, &gone.id, &["a.txt"], &["a.txt"]).await;
+    let kept = harness::submit_job(
+        &mut jobs,
+        proto::SubmitJobRequest {
+            keep: true,
+            ..harness::submit("short", "{}")
+        },
+    )
+    .await;
+    assert!(kept.keep);
+    run_with_files(&mut worker, &kept.id, &["b.txt"], &["b.txt"]).await;
+    let long = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
+    let first = worker.next_assignment().await;
+    put_artifact(
+        &mut worker,
+        &long.id,
+        first.token,
+        "zombie.txt",
+        "text/plain",
+        "x",
+    )
+    .await;
+    assert_eq!(
+        worker.fail(&long.id, first.token, "oom", true).await.code,
+        0
+    );
+    run_with_files(&mut worker, &long.id, &["c.txt", "extra.txt"], &["c.txt"]).await;
+    let input = jobs
+        .create_input_upload(input_request("in.mov"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        http()
+            .put(&input.url)
+            .body("in")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .is_success()
+    );
+    assert_eq!(objects(&s3).len(), 6);
+
+    let left = [
+        format!("{}/attempt-1/b.txt", kept.id),
+        format!("{}/attempt-2/c.txt", long.id),
+    ];
+    eventually("the expired and unnamed files to go", || async {
+        (objects(&s3) == left.iter().cloned().collect()).then_some(())
+    })
+    .await;
+    // And nothing more goes in later sweeps.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(objects(&s3), left.iter().cloned().collect());
+
+    let status = jobs
+        .get_job(proto::GetJobRequest {
+            job_id: gone.id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        tonic::Code::NotFound,
+        "gone from Redis and the history"
+    );
+    let key = format!(
+        "{}job:{}",
+        conveyor::scheduler::keys::prefix("short"),
+        kept.id
+    );
+    let exists = redis.command(&["EXISTS", &key]).await.unwrap();
+    assert_eq!(
+        exists.trim(),
+        ":0",
+        "Redis let the kept job go too: the history keeps it"
+    );
+    let kept_now = harness::get(&mut jobs, &kept.id).await;
+    assert!(kept_now.keep);
+    assert_eq!(kept_now.artifacts[0].name, "b.txt");
+    let url = jobs
+        .get_artifact_url(url_request(&kept.id, "b.txt", None))
+        .await
+        .unwrap()
+        .into_inner()
+        .url;
+    assert_eq!(
+        http().get(&url).send().await.unwrap().text().await.unwrap(),
+        "b.txt"
+    );
+    assert_eq!(harness::get(&mut jobs, &long.id).await.artifacts.len(), 1);
 }

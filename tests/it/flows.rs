@@ -217,7 +217,11 @@ async fn flows_that_cannot_be_are_refused() {
 pub async fn flows_and_limit_keys_survive_a_redis_loss(backend: crate::history::Backend) {
     let (mut redis, server, _url) = crate::history::start(backend).await;
     let mut jobs = server.jobs().await;
-    let render = submit_job(&mut jobs, submit("render", "r")).await;
+    let kept = proto::SubmitJobRequest {
+        keep: true,
+        ..submit("render", "r")
+    };
+    let render = submit_job(&mut jobs, kept).await;
     let mix = proto::SubmitJobRequest {
         depends_on: vec![render.id.clone()],
         ..submit("mix", "m")
@@ -240,6 +244,10 @@ pub async fn flows_and_limit_keys_survive_a_redis_loss(backend: crate::history::
     assert_eq!(
         get(&mut jobs, &mix.id).await.state,
         JobState::Waiting as i32
+    );
+    assert!(
+        get(&mut jobs, &render.id).await.keep,
+        "keep survives the loss"
     );
 
     let mut worker = Worker::connect(&server, &["render", "mix", "edit", "upload"], 4).await;

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use conveyor::history::{self, Store};
+use conveyor::history::{self, Scope, Store};
 use conveyor::proto::{self, JobState, Tier, job_event::Kind, server_message::Msg};
 use conveyor_migrations::{Migrator, MigratorTrait};
 use sea_orm::ConnectionTrait;
@@ -484,13 +484,13 @@ async fn retention_deletes_only_old_finished_jobs(backend: Backend) {
     .await;
 
     // Older than 200 ms: only the first cancelled job; an unfinished job is never deleted.
-    let cutoff = history::retention::cutoff(Duration::from_millis(200));
-    let deleted = store.cleanup(cutoff, 1).await.unwrap();
+    let cutoff = conveyor::retention::cutoff(Duration::from_millis(200));
+    let deleted = store.cleanup(cutoff, 1, &Scope::All).await.unwrap();
     assert_eq!(deleted, 1);
     assert!(store.get(&old.id).await.unwrap().is_none());
     assert!(store.get(&recent.id).await.unwrap().is_some());
     assert!(store.get(&waiting.id).await.unwrap().is_some());
-    assert_eq!(store.cleanup(cutoff, 1).await.unwrap(), 0);
+    assert_eq!(store.cleanup(cutoff, 1, &Scope::All).await.unwrap(), 0);
 }
 
 async fn idempotency_keys_and_waiting_jobs_survive_a_redis_loss(backend: Backend) {

@@ -47,6 +47,10 @@ pub struct Model {
     pub dependency_failure: String,
     /// JSON array of the accepted attempt's artifacts; none when null.
     pub artifacts: Option<String>,
+    /// Kept past its queue's retention.
+    pub keep: bool,
+    /// JSON array of its input references; empty: none.
+    pub inputs: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -190,9 +190,10 @@ local function allowance(st) return key_allowance(now, st) end
 -- What an assignment carries of the job (the worker needs neither the tenant nor the scheduling
 -- fields); fewer fields than HGETALL is less work for Redis. `id` first: every job has one.
 -- The tenant and limit key are read after them, for the key's limit (and the worker gets the
--- limit key).
+-- limit key; the tenant goes along with inputs, whose keys are the tenant's).
 local ASSIGN = { 'id', 'queue', 'tier', 'priority', 'payload', 'ctype', 'labels', 'attempt',
-  'max_attempts', 'timeout', 'idem', 'created', 'run_at', 'token', 'seq', 'w', 'error', 'par' }
+  'max_attempts', 'timeout', 'idem', 'created', 'run_at', 'token', 'seq', 'w', 'error', 'par',
+  'inputs' }
 local READ = { unpack(ASSIGN) }
 READ[#READ + 1] = 'tenant'
 READ[#READ + 1] = 'lk'
@@ -287,6 +288,10 @@ while #out < n and looked < n + 500 do
           if lk then
             f[#f + 1] = 'lk'
             f[#f + 1] = lk
+          end
+          if h.inputs then
+            f[#f + 1] = 'tenant'
+            f[#f + 1] = v[#READ - 1]
           end
           local attempt, token, seq = tonumber(h.attempt) + 1, tonumber(h.token) + 1, tonumber(h.seq) + 1
           local timeout_at = now + tonumber(h.timeout)

@@ -7,16 +7,16 @@
 -- and its next lease is a new attempt. A finished job comes back only for the rest of its
 -- retention, so its idempotency key keeps answering.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix now retention, then 30 per job: id tenant tier priority state payload ctype labels
+-- ARGV prefix now retention, then 32 per job: id tenant tier priority state payload ctype labels
 --   attempt max_attempts backoff_initial backoff_max timeout idem created run_at started
 --   finished pct stage msg result error callback_url limit_key on_success parent_id depends_on
---   if_dependency_fails artifacts
+--   if_dependency_fails artifacts keep inputs
 -- A WAITING job comes back waiting for all its dependencies; the caller registers it with
 -- them again (their `waiters` sets went with the data), which resolves those that ended. A
 -- SUCCEEDED job with follow-ups goes to crate::flows again (its follow-ups are idempotent).
 -- Returns one answer per job: 0 left alone, 1 restored as it was, 2 requeued from RUNNING.
 local prefix, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-local PER_JOB = 30
+local PER_JOB = 32
 local queue = string.sub(prefix, 5, -3)
 local LOST = 'lease lost: Redis lost its data while the job ran'
 
@@ -62,6 +62,8 @@ for i = 4, #ARGV, PER_JOB do
     end
     if ARGV[i + 26] ~= '' then redis.call('HSET', jkey, 'par', ARGV[i + 26]) end
     if ARGV[i + 29] ~= '' then redis.call('HSET', jkey, 'arts', ARGV[i + 29]) end
+    if ARGV[i + 30] ~= '' then redis.call('HSET', jkey, 'keep', ARGV[i + 30]) end
+    if ARGV[i + 31] ~= '' then redis.call('HSET', jkey, 'inputs', ARGV[i + 31]) end
     -- A WAITING job restored before this one listed itself already (register.lua).
     if redis.call('EXISTS', prefix .. 'waiters:' .. id) == 1 then
       redis.call('PERSIST', prefix .. 'waiters:' .. id) -- see register.lua

@@ -15,13 +15,14 @@
 -- A job with dependencies is WAITING, in no line, until resolve.lua lets it in; the caller
 -- registers it with each dependency (register.lua).
 -- ARGV prefix tenant now create(0|1) nlimits, then the queue's key limits as lease.lua takes
---   them (4 per limit), then 19 per job: id tier priority payload ctype labels
+--   them (4 per limit), then 21 per job: id tier priority payload ctype labels
 --   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key callback_url
 --   limit_key on_success parent_id depends_on(JSON array or '') if_dependency_fails('cancel'|'')
+--   keep('1'|'') inputs(JSON array or '')
 -- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message} | {'NO_QUEUE'}, an answer per job:
 --   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local PER_JOB = 19
+local PER_JOB = 21
 local FIRST = 6 + 4 * tonumber(ARGV[5])
 local limit_of = key_limits(6, FIRST - 1)
 local queue = string.sub(prefix, 5, -3)
@@ -134,6 +135,14 @@ for i = FIRST, #ARGV, PER_JOB do
     if deps ~= '' then
       for _, v in ipairs({ 'deps', deps, 'dfail', ARGV[i + 18] }) do fields[#fields + 1] = v end
       redis.call('SADD', prefix .. 'pending:' .. id, unpack(cjson.decode(deps)))
+    end
+    if ARGV[i + 19] ~= '' then
+      fields[#fields + 1] = 'keep'
+      fields[#fields + 1] = ARGV[i + 19]
+    end
+    if ARGV[i + 20] ~= '' then
+      fields[#fields + 1] = 'inputs'
+      fields[#fields + 1] = ARGV[i + 20]
     end
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end
