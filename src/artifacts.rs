@@ -55,8 +55,8 @@ pub struct Options {
     pub endpoint: Option<String>,
     /// `endpoint/bucket/key` rather than `bucket.endpoint/key`, as most S3-compatible stores want.
     pub path_style: bool,
-    /// Keys from the configuration; else `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-    /// `AWS_SESSION_TOKEN`.
+    /// Keys from the configuration; else the standard AWS chain (`AWS_ACCESS_KEY_ID` and
+    /// friends, profile files, web identity, ECS and EC2 instance roles).
     pub access_key: Option<(String, String)>,
     /// How long a presigned upload URL lasts.
     pub upload_expiry: Duration,
@@ -72,7 +72,7 @@ pub struct Storage {
 }
 
 impl Storage {
-    pub fn new(options: Options) -> Result<Storage, Error> {
+    pub async fn new(options: Options) -> Result<Storage, Error> {
         if options.bucket.is_empty() {
             return Err(Error::Config("no bucket".into()));
         }
@@ -83,31 +83,23 @@ impl Storage {
                 )));
             }
         }
-        let (key, secret, token) = match &options.access_key {
-            Some((key, secret)) => (key.clone(), secret.clone(), None),
-            None => {
-                let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-                match (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
-                    (Some(key), Some(secret)) => (key, secret, var("AWS_SESSION_TOKEN")),
-                    _ => {
-                        return Err(Error::Config(
-                            "no credentials: set CONVEYOR_S3_ACCESS_KEY and CONVEYOR_S3_SECRET_KEY, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY".into(),
-                        ));
-                    }
-                }
-            }
-        };
         let http = aws_smithy_http_client::Builder::new()
             .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                 aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
             ))
             .build_https();
+        let region = Region::new(options.region.clone());
         let mut config = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(options.region.clone()))
-            .credentials_provider(Credentials::new(key, secret, token, None, "conveyor"))
+            .region(region.clone())
             .force_path_style(options.path_style)
-            .http_client(http);
+            .http_client(http.clone());
+        config = match &options.access_key {
+            Some((key, secret)) => {
+                config.credentials_provider(Credentials::new(key, secret, None, None, "conveyor"))
+            }
+            None => config.credentials_provider(chain(http, region).await),
+        };
         if let Some(endpoint) = &options.endpoint {
             config = config.endpoint_url(endpoint);
         }
@@ -346,6 +338,35 @@ pub fn locate(key: &str) -> Option<Located<'_>> {
         attempt,
         name,
     })
+}
+
+/// The standard AWS credential chain, its own requests on `http`. Looked at once here so a
+/// server without credentials says so at start; it keeps trying later (an instance role may
+/// come up after the server).
+async fn chain(
+    http: aws_sdk_s3::config::SharedHttpClient,
+    region: Region,
+) -> aws_config::default_provider::credentials::DefaultCredentialsChain {
+    use aws_sdk_s3::config::ProvideCredentials;
+    let conf = aws_config::provider_config::ProviderConfig::without_region()
+        .with_http_client(http)
+        .with_region(Some(region.clone()));
+    let chain = aws_config::default_provider::credentials::DefaultCredentialsChain::builder()
+        .region(region)
+        .configure(conf)
+        .build()
+        .await;
+    let first = tokio::time::timeout(Duration::from_secs(10), chain.provide_credentials()).await;
+    match first {
+        Ok(Ok(_)) => tracing::info!("artifact store credentials from the AWS chain"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "no artifact store credentials yet: uploads fail until the AWS chain finds some (or set CONVEYOR_S3_ACCESS_KEY/SECRET_KEY)")
+        }
+        Err(_) => tracing::warn!(
+            "the AWS credential chain did not answer in 10 s; uploads fail until it does"
+        ),
+    }
+    chain
 }
 
 /// A multipart upload the worker fills part by part.

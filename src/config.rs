@@ -474,7 +474,7 @@ impl Config {
     }
 
     /// The artifact store when a bucket is set; an error names what is wrong.
-    pub fn storage(&self) -> Result<Option<artifacts::Storage>, String> {
+    pub async fn storage(&self) -> Result<Option<artifacts::Storage>, String> {
         let Some(bucket) = &self.s3_bucket else {
             return Ok(None);
         };
@@ -495,6 +495,7 @@ impl Config {
             download_expiry: self.artifact_download_expiry,
         };
         artifacts::Storage::new(options)
+            .await
             .map(Some)
             .map_err(|e| e.to_string())
     }

@@ -147,7 +147,7 @@ pub async fn run(
     let authenticator = authenticator(&config, store.as_ref()).await?;
     let tls = tls(&config)?;
     let webhooks = config.webhooks().map_err(Error::Config)?;
-    let storage = config.storage().map_err(Error::Config)?;
+    let storage = config.storage().await.map_err(Error::Config)?;
     match &storage {
         Some(s) => tracing::info!(bucket = s.options().bucket, "artifacts on S3"),
         None => tracing::info!("artifacts are off (no CONVEYOR_S3_BUCKET)"),

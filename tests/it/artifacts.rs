@@ -80,7 +80,7 @@ fn http() -> reqwest::Client {
 #[tokio::test]
 async fn presigned_urls_put_and_get_an_artifact_and_nothing_else() {
     let s3 = S3::start().await;
-    let storage = Storage::new(s3.options()).unwrap();
+    let storage = Storage::new(s3.options()).await.unwrap();
     let key = object_key(
         "acme",
         "render:0190b5a0-0000-7000-8000-000000000000",
@@ -130,8 +130,8 @@ async fn presigned_urls_put_and_get_an_artifact_and_nothing_else() {
     assert_eq!(client.get(&short).send().await.unwrap().status(), 403);
 }
 
-#[test]
-fn storage_refuses_a_configuration_it_cannot_use() {
+#[tokio::test]
+async fn storage_refuses_a_configuration_it_cannot_use() {
     let options = Options {
         bucket: BUCKET.into(),
         region: "us-east-1".into(),
@@ -141,17 +141,17 @@ fn storage_refuses_a_configuration_it_cannot_use() {
         upload_expiry: Duration::from_secs(600),
         download_expiry: Duration::from_secs(3600),
     };
-    assert!(Storage::new(options.clone()).is_ok());
+    assert!(Storage::new(options.clone()).await.is_ok());
     let no_bucket = Options {
         bucket: String::new(),
         ..options.clone()
     };
-    assert!(Storage::new(no_bucket).is_err());
+    assert!(Storage::new(no_bucket).await.is_err());
     let too_long = Options {
         download_expiry: Duration::from_secs(8 * 24 * 3600),
         ..options
     };
-    assert!(Storage::new(too_long).is_err());
+    assert!(Storage::new(too_long).await.is_err());
 }
 
 /// A server whose artifacts go to `s3`.
@@ -1012,4 +1012,69 @@ async fn retention_deletes_exactly_what_expired_in_redis_the_history_and_the_sto
         "b.txt"
     );
     assert_eq!(harness::get(&mut jobs, &long.id).await.artifacts.len(), 1);
+}
+
+/// With no keys in its configuration, the server takes the store's credentials from the
+/// standard AWS chain: here a shared credentials file (what a mounted Secret or `aws
+/// configure` leaves), read by a real `conveyor serve` process. Uploads only work when the
+/// chain's keys are the store's, which SigV4 checks.
+#[tokio::test]
+async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let scratch = tempfile::tempdir().unwrap();
+    let profile = scratch.path().join("credentials");
+    std::fs::write(
+        &profile,
+        format!(
+            "[default]\naws_access_key_id = {ACCESS_KEY}\naws_secret_access_key = {SECRET_KEY}\n"
+        ),
+    )
+    .unwrap();
+    let port = harness::free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .arg("serve")
+        .env("CONVEYOR_INSECURE", "true")
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", "none")
+        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONVEYOR_S3_BUCKET", BUCKET)
+        .env("CONVEYOR_S3_ENDPOINT", &s3.endpoint)
+        .env("CONVEYOR_S3_PATH_STYLE", "true")
+        .env_remove("CONVEYOR_S3_ACCESS_KEY")
+        .env_remove("CONVEYOR_S3_SECRET_KEY")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_SHARED_CREDENTIALS_FILE", &profile)
+        .env("AWS_CONFIG_FILE", scratch.path().join("no-config"))
+        // Nothing here answers for instance metadata; do not wait on it.
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut jobs = eventually("the server to answer", || async {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone()).ok()?;
+        let mut jobs =
+            proto::job_service_client::JobServiceClient::new(endpoint.connect().await.ok()?);
+        jobs.create_input_upload(input_request("in.mov"))
+            .await
+            .ok()?;
+        Some(jobs)
+    })
+    .await;
+    let input = jobs
+        .create_input_upload(input_request("in.mov"))
+        .await
+        .unwrap()
+        .into_inner();
+    let put = http()
+        .put(&input.url)
+        .body("signed by the chain's keys")
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{:?}", put.text().await);
 }
