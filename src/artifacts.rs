@@ -462,8 +462,8 @@ fn segment(tenant: &str) -> String {
 }
 
 /// An artifact name is a relative path of plain segments: no `..` or `.` segment, no leading
-/// or doubled `/`, no backslash or control character, at most `MAX_NAME` bytes (bad input row
-/// 29: it can never reach outside its attempt's folder).
+/// or doubled `/`, no backslash or control character, not an object key, at most `MAX_NAME`
+/// bytes (bad input row 29: it can never reach outside its attempt's folder).
 pub fn check_name(name: &str) -> Result<(), Error> {
     let bad = |why: &str| Err(Error::Name(format!("{why}: {:?}", truncate(name))));
     if name.is_empty() || name.len() > MAX_NAME {
@@ -471,6 +471,10 @@ pub fn check_name(name: &str) -> Result<(), Error> {
     }
     if name.chars().any(|c| c.is_control() || c == '\\') {
         return bad("no control characters or backslashes");
+    }
+    // A whole object key (someone else's, even) is not a name within a job.
+    if name.starts_with(ROOT) {
+        return bad("a name within the job (like video.mp4), not an object key");
     }
     if name
         .split('/')
@@ -526,6 +530,7 @@ mod tests {
             "a\nb",
             &long,
             "tenant/other/..",
+            "tenant/globex/jobs/render:0190/attempt-1/video.mp4",
         ] {
             assert!(check_name(bad).is_err(), "{bad:?}");
         }

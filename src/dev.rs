@@ -1,4 +1,5 @@
-//! `conveyor dev`: a private redis-server child for a laptop, stopped with the server.
+//! `conveyor dev`: a private redis-server child and a private S3-compatible store for a laptop,
+//! stopped with the server.
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -90,4 +91,52 @@ pub async fn start_redis(dir: &Path, persist: bool) -> Result<Redis, Error> {
         port,
         _child: child,
     })
+}
+
+/// The private store's bucket and keys (it listens on loopback only).
+pub const STORE_BUCKET: &str = "artifacts";
+pub const STORE_ACCESS_KEY: &str = "conveyor-dev";
+pub const STORE_SECRET_KEY: &str = "conveyor-dev-secret-key";
+
+/// A running S3-compatible store (s3s-fs: objects are files under its folder, requests are
+/// SigV4-checked against its one key); stopped when dropped.
+pub struct Store {
+    pub endpoint: String,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the objects under `dir` (bucket `STORE_BUCKET`) on a free loopback port.
+pub async fn start_store(dir: &Path) -> Result<Store, Error> {
+    std::fs::create_dir_all(dir.join(STORE_BUCKET))?;
+    let fs = s3s_fs::FileSystem::new(dir)
+        .map_err(|e| Error::Io(std::io::Error::other(format!("{e:?}"))))?;
+    let mut builder = s3s::service::S3ServiceBuilder::new(fs);
+    builder.set_auth(s3s::auth::SimpleAuth::from_single(
+        STORE_ACCESS_KEY,
+        STORE_SECRET_KEY,
+    ));
+    let service = builder.build();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let task = tokio::spawn(async move {
+        let http =
+            hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                continue;
+            };
+            let io = hyper_util::rt::TokioIo::new(socket);
+            let conn = http.serve_connection(io, service.clone()).into_owned();
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+    });
+    Ok(Store { endpoint, task })
 }

@@ -27,11 +27,12 @@ enum Command {
     /// Run a server against REDIS_URL (default redis://127.0.0.1:6379) and DATABASE_URL.
     Serve(Config),
     /// Run a server for a laptop: without REDIS_URL it starts a private redis-server, without
-    /// DATABASE_URL it keeps its history in SQLite, both under the data folder.
+    /// DATABASE_URL it keeps its history in SQLite, without CONVEYOR_S3_BUCKET it keeps
+    /// artifacts in a private S3-compatible store, all under the data folder.
     Dev {
         #[command(flatten)]
         config: Config,
-        /// Where the private redis-server and the SQLite history keep their data.
+        /// Where the private redis-server, the SQLite history and the store keep their data.
         #[arg(long, env = "CONVEYOR_DATA_DIR", default_value = ".conveyor")]
         data_dir: PathBuf,
     },
@@ -168,6 +169,20 @@ async fn run(cli: Cli) -> ExitCode {
                     tracing::info!(path = %db.display(), "job history in SQLite");
                     config.database_url = Some(format!("sqlite://{}?mode=rwc", db.display()));
                 }
+                let _store = match config.s3_bucket {
+                    Some(_) => None,
+                    None => {
+                        let dir = data_dir.join("store");
+                        let store = dev::start_store(&dir).await?;
+                        tracing::info!(endpoint = store.endpoint, dir = %dir.display(), "started a private S3-compatible store for artifacts");
+                        config.s3_bucket = Some(dev::STORE_BUCKET.into());
+                        config.s3_endpoint = Some(store.endpoint.clone());
+                        config.s3_path_style = true;
+                        config.s3_access_key = Some(dev::STORE_ACCESS_KEY.into());
+                        config.s3_secret_key = Some(dev::STORE_SECRET_KEY.into());
+                        Some(store)
+                    }
+                };
                 serve(config).await?;
                 Ok(ExitCode::SUCCESS)
             }

@@ -54,11 +54,16 @@ prop_compose! {
         fairness_key in text(),
         limit_key in text(),
         callback_url in prop_oneof![text(), Just("http://169.254.169.254/".to_string()), Just("https://hooks.example.com/x".to_string())],
+        keep in any::<bool>(),
+        inputs in proptest::collection::vec(
+            prop_oneof![text(), Just("0190b5a0-0000-7000-8000-000000000000/in.mov".to_string())],
+            0..20,
+        ),
     ) -> proto::SubmitJobRequest {
         proto::SubmitJobRequest {
             queue, payload, content_type, tier, priority, labels, run_at, delay, max_attempts,
             backoff_initial, backoff_max, timeout, idempotency_key, fairness_key, callback_url,
-            limit_key, ..Default::default()
+            limit_key, keep, inputs, ..Default::default()
         }
     }
 }
@@ -239,6 +244,8 @@ proptest! {
             prop_assert!(job.labels.len() <= limits.max_labels);
             prop_assert!((1..=9).contains(&job.priority));
             prop_assert!(validate::queue(&job.queue).is_ok());
+            prop_assert!(job.inputs.len() <= crate::artifacts::MAX_INPUTS);
+            prop_assert!(job.inputs.iter().all(|i| crate::artifacts::check_input(i).is_ok()));
         }
     }
 

@@ -151,6 +151,7 @@ impl View {
                 {
                     self.progress(p);
                 }
+                self.artifacts(&job.id, &job.artifacts);
                 return self.end(job.state, &job.result, &job.error);
             }
             _ => {}
@@ -160,7 +161,21 @@ impl View {
             text.push_str(&format!(": after error: {}", e.error));
         }
         self.line(&text);
+        self.artifacts(&e.job_id, &e.artifacts);
         self.end(e.state, &e.result, &e.error)
+    }
+
+    /// The files a succeeded job left, and how to fetch them.
+    fn artifacts(&mut self, id: &str, artifacts: &[proto::Artifact]) {
+        for a in artifacts {
+            self.line(&format!(
+                "artifact {} ({} bytes, {})",
+                a.name, a.size, a.content_type
+            ));
+        }
+        if !artifacts.is_empty() {
+            self.line(&format!("fetch them: conveyor get {id} --download DIR"));
+        }
     }
 
     fn end(&mut self, state: i32, result: &str, error: &str) -> Option<u8> {

@@ -5,50 +5,30 @@ use std::time::Duration;
 
 use conveyor::artifacts::{Options, Storage, object_key};
 use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
-use tokio::task::JoinHandle;
 
 use crate::auth;
 use crate::harness::{self, Worker, eventually};
 
-const ACCESS_KEY: &str = "conveyor-test";
-const SECRET_KEY: &str = "conveyor-test-secret-key";
-const BUCKET: &str = "artifacts";
+use conveyor::dev::{
+    STORE_ACCESS_KEY as ACCESS_KEY, STORE_BUCKET as BUCKET, STORE_SECRET_KEY as SECRET_KEY,
+};
 
-/// An S3-compatible server with one bucket, stopped when dropped.
+/// An S3-compatible server with one bucket (`conveyor dev`'s private store) in a fresh folder,
+/// stopped when dropped.
 pub struct S3 {
     pub endpoint: String,
     pub dir: tempfile::TempDir,
-    task: JoinHandle<()>,
+    _store: conveyor::dev::Store,
 }
 
 impl S3 {
     pub async fn start() -> S3 {
         let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir(dir.path().join(BUCKET)).unwrap();
-        let fs = s3s_fs::FileSystem::new(dir.path()).unwrap();
-        let mut builder = s3s::service::S3ServiceBuilder::new(fs);
-        builder.set_auth(s3s::auth::SimpleAuth::from_single(ACCESS_KEY, SECRET_KEY));
-        let service = builder.build();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let task = tokio::spawn(async move {
-            let http =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            loop {
-                let Ok((socket, _)) = listener.accept().await else {
-                    continue;
-                };
-                let io = hyper_util::rt::TokioIo::new(socket);
-                let conn = http.serve_connection(io, service.clone()).into_owned();
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-            }
-        });
+        let store = conveyor::dev::start_store(dir.path()).await.unwrap();
         S3 {
-            endpoint,
+            endpoint: store.endpoint.clone(),
             dir,
-            task,
+            _store: store,
         }
     }
 
@@ -63,12 +43,6 @@ impl S3 {
             upload_expiry: Duration::from_secs(600),
             download_expiry: Duration::from_secs(3600),
         }
-    }
-}
-
-impl Drop for S3 {
-    fn drop(&mut self) {
-        self.task.abort();
     }
 }
 
@@ -122,11 +96,11 @@ async fn presigned_urls_put_and_get_an_artifact_and_nothing_else() {
 
     // Expiry is honoured.
     let short = storage
-        .download_url(&key, Some(Duration::from_secs(1)))
+        .download_url(&key, Some(Duration::from_secs(2)))
         .await
         .unwrap();
     assert_eq!(client.get(&short).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(client.get(&short).send().await.unwrap().status(), 403);
 }
 
@@ -238,6 +212,14 @@ async fn a_worker_uploads_into_its_own_attempt_and_only_while_it_holds_the_lease
         ),
         (
             upload(&job.id, second.token, "/etc/passwd"),
+            tonic::Code::InvalidArgument,
+        ),
+        (
+            upload(
+                &job.id,
+                second.token,
+                "tenant/globex/jobs/x/attempt-1/video.mp4",
+            ),
             tonic::Code::InvalidArgument,
         ),
         (
@@ -632,14 +614,14 @@ async fn a_succeeded_job_lists_its_artifacts_and_only_its_tenant_gets_urls() {
         .get_artifact_url(url_request(
             &job.id,
             "video.mp4",
-            Some(Duration::from_secs(1)),
+            Some(Duration::from_secs(2)),
         ))
         .await
         .unwrap()
         .into_inner()
         .url;
     assert_eq!(http().get(&short).send().await.unwrap().status(), 200);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     assert_eq!(
         http().get(&short).send().await.unwrap().status(),
         403,
@@ -911,7 +893,8 @@ async fn retention_deletes_exactly_what_expired_in_redis_the_history_and_the_sto
         ..Default::default()
     };
     config.queue_defaults = vec![("short".into(), short)];
-    config.artifact_upload_expiry = Duration::from_secs(1);
+    // Also how long after a job ends its unnamed files go: long enough for a PUT under load.
+    config.artifact_upload_expiry = Duration::from_secs(3);
     config.input_retention = Duration::from_secs(1);
     config.retention_sweep = Duration::from_millis(200);
     let server = harness::Server::start(config).await;

@@ -419,3 +419,81 @@ async fn keys_made_with_the_cli_admit_a_client_and_a_worker_until_revoked() {
     let listed = cli(&["keys", "list", "--tenant", "acme"]).await.unwrap();
     assert!(String::from_utf8_lossy(&listed.stdout).contains("revoked"));
 }
+
+/// The README's video pipeline with the real binary, as a new user runs it: `conveyor dev`
+/// (private Redis, SQLite and S3-compatible store under its data folder), a worker running
+/// `examples/render-video.sh`, `submit --input --watch`, then `get --download`.
+#[tokio::test]
+async fn the_readme_video_pipeline_runs_end_to_end() {
+    harness::logs();
+    let data = tempfile::tempdir().unwrap();
+    let port = harness::free_port();
+    let addr = format!("http://127.0.0.1:{port}");
+    let dev = |c: &mut Command| {
+        c.env("CONVEYOR_DATA_DIR", data.path())
+            .env("CONVEYOR_ADDR", &addr)
+            .env_remove("REDIS_URL")
+            .env_remove("DATABASE_URL")
+            .env_remove("CONVEYOR_S3_BUCKET")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+    };
+    let mut server = Command::new(BIN);
+    dev(server.args(["dev", "--listen", &format!("127.0.0.1:{port}")]));
+    let _server = server
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/render-video.sh");
+    let mut worker = Command::new(BIN);
+    dev(worker.args(["worker", "--queue", "render", "--", "sh", script]));
+    let _worker = worker
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let clip = data.path().join("clip.mov");
+    std::fs::write(&clip, "raw footage\n").unwrap();
+
+    let submit = eventually("the server to take the submit", || async {
+        let mut c = Command::new(BIN);
+        dev(c.args([
+            "submit", "--queue", "render", "--tier", "premium", "--input",
+        ]));
+        let out = c
+            .arg(&clip)
+            .args(["--watch", r#"{"title":"Weather for Lisbon"}"#])
+            .output()
+            .await
+            .unwrap();
+        out.status.success().then_some(out)
+    })
+    .await;
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&submit.stdout),
+        String::from_utf8_lossy(&submit.stderr)
+    );
+    assert!(said.contains("artifact video.mp4"), "{said}");
+    assert!(said.contains("upload"), "the upload stage shows: {said}");
+    let id = said
+        .split_whitespace()
+        .skip_while(|w| *w != "get")
+        .nth(1)
+        .expect("the fetch hint names the job")
+        .to_string();
+
+    let into = data.path().join("out");
+    let mut get = Command::new(BIN);
+    dev(get.args(["get", &id, "--download"]).arg(&into));
+    let got = get.output().await.unwrap();
+    assert!(got.status.success(), "{got:?}");
+    let video = std::fs::read_to_string(into.join("video.mp4")).unwrap();
+    assert!(
+        video.contains("Weather for Lisbon") && video.contains("raw footage"),
+        "{video}"
+    );
+    assert!(into.join("thumbnail.png").exists());
+}
