@@ -220,6 +220,8 @@ impl Uploader {
 
     /// PUTs `body` to a presigned URL; returns the ETag the store answered.
     async fn put(&self, url: &str, content_type: &str, body: Vec<u8>) -> Result<String, Failure> {
+        // Shared, not copied, by each try.
+        let body = bytes::Bytes::from(body);
         let mut wait = RETRY_AFTER;
         let mut last = String::new();
         for _ in 0..TRIES {

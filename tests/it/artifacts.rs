@@ -1061,3 +1061,64 @@ async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
         .unwrap();
     assert!(put.status().is_success(), "{:?}", put.text().await);
 }
+
+/// On demand: how fast the worker runtime uploads a big output through presigned multipart
+/// PUTs, how fast `conveyor get --download` fetches it, and the worker's peak memory meanwhile.
+/// Run: `cargo test --release --test it -- --ignored --nocapture artifact_transfer`
+#[tokio::test]
+#[ignore = "prints figures; run on demand"]
+async fn artifact_transfer() {
+    const MIB: usize = 512;
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let mut jobs = server.jobs().await;
+    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
+    let mut watcher = jobs.clone();
+    let id = job.id.clone();
+    let events = tokio::spawn(async move { harness::watch_all(&mut watcher, &id, None).await });
+    let script = format!(
+        "head -c {} /dev/zero > \"$CONVEYOR_OUTPUT_DIR/video.mp4\"",
+        MIB << 20
+    );
+    let worker = crate::process::worker_with(&server.addr, &[], &script);
+    let events = events.await.unwrap();
+    let at = |e: &proto::JobEvent| {
+        let t = e.time.as_ref().unwrap();
+        t.seconds as f64 + t.nanos as f64 / 1e9
+    };
+    let start = events
+        .iter()
+        .find(|e| e.progress.as_ref().is_some_and(|p| p.stage == "upload"))
+        .map(at)
+        .expect("upload progress");
+    let end = at(events.last().unwrap());
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", worker.id().unwrap()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:").map(|v| v.trim().to_string()))
+        .unwrap();
+    let into = tempfile::tempdir().unwrap();
+    let began = std::time::Instant::now();
+    let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args(["get", "--addr", &server.addr, &job.id, "--download"])
+        .arg(into.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await
+        .unwrap();
+    assert!(status.success());
+    let download = began.elapsed().as_secs_f64();
+    let upload = end - start;
+    println!("artifact transfer, {MIB} MiB through s3s-fs on loopback:");
+    println!(
+        "  upload (runtime, multipart, 16 MiB parts)  {upload:.2} s  {:.0} MiB/s",
+        MIB as f64 / upload
+    );
+    println!(
+        "  download (conveyor get --download)       {download:.2} s  {:.0} MiB/s",
+        MIB as f64 / download
+    );
+    println!("  worker peak resident memory               {peak}");
+}
