@@ -8,6 +8,7 @@ mod jobs;
 mod status;
 mod uploads;
 pub mod validate;
+pub mod web;
 mod workers;
 
 mod quota;

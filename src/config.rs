@@ -331,6 +331,18 @@ pub struct Config {
     /// Open WatchJob streams per tenant (per replica).
     #[arg(long, env = "CONVEYOR_MAX_WATCHES", default_value_t = 1000)]
     pub max_watches: usize,
+    /// A watch quiet for this long gets a keep-alive event, so proxies with idle timeouts do
+    /// not cut it.
+    #[arg(long, env = "CONVEYOR_WATCH_KEEPALIVE", default_value = "15s", value_parser = parse_duration)]
+    pub watch_keepalive: Duration,
+    /// Browser origins allowed to call over gRPC-Web (CORS), comma-separated, e.g.
+    /// `https://app.example.com`; none by default. `*` allows any origin (not for production).
+    #[arg(
+        long = "cors-origin",
+        env = "CONVEYOR_CORS_ORIGINS",
+        value_delimiter = ','
+    )]
+    pub cors_origins: Vec<String>,
     /// Most labels on one job.
     #[arg(long, env = "CONVEYOR_MAX_LABELS", default_value_t = 64)]
     pub max_labels: usize,

@@ -210,15 +210,19 @@ pub async fn run(
     };
     let mut stopped_rx = stopping.clone();
 
+    let cors = api::web::cors(&config.cors_origins).map_err(Error::Config)?;
     let max_message = config.max_payload + ENVELOPE;
-    let jobs = JobServiceServer::new(api::Jobs::new(
-        scheduler.clone(),
-        hub,
-        config.limits(),
-        Arc::new(config.quotas()),
-        storage.clone(),
-        stopping,
-    ))
+    let jobs = JobServiceServer::new(
+        api::Jobs::new(
+            scheduler.clone(),
+            hub,
+            config.limits(),
+            Arc::new(config.quotas()),
+            storage.clone(),
+            stopping,
+        )
+        .keepalive(config.watch_keepalive),
+    )
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message)
     .accept_compressed(CompressionEncoding::Gzip);
@@ -258,6 +262,11 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .http2_max_header_list_size(Some(config.max_metadata))
+        // Browsers: gRPC-Web over HTTP/1.1 on the same port, translated to gRPC, behind the
+        // CORS policy (whose preflights need no credentials).
+        .accept_http1(true)
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
         // Every service sits behind authentication (health and reflection pass through).
         .layer(auth::Layer::new(authenticator))
         .add_service(jobs)

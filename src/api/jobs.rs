@@ -2,6 +2,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::Stream;
 use tokio::sync::watch;
@@ -27,6 +28,8 @@ pub struct Jobs {
     storage: Option<Storage>,
     /// Turns true when the server shuts down; open watches then end with UNAVAILABLE.
     stopping: watch::Receiver<bool>,
+    /// A watch quiet this long gets a keep-alive event.
+    keepalive: Duration,
 }
 
 impl Jobs {
@@ -45,7 +48,14 @@ impl Jobs {
             quotas,
             storage,
             stopping,
+            keepalive: Duration::from_secs(15),
         }
+    }
+
+    /// How long a watch may be quiet before it gets a keep-alive event.
+    pub fn keepalive(mut self, every: Duration) -> Self {
+        self.keepalive = every;
+        self
     }
 
     /// What `job` names exists for the tenant: the jobs it depends on and its inputs.
@@ -95,6 +105,30 @@ fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+
+/// `events`, with a keep-alive event whenever it has been quiet for `every` (proxies with idle
+/// timeouts would cut a watch of a long render otherwise); ends when `events` does.
+fn with_keepalive(job_id: String, events: EventStream, every: Duration) -> EventStream {
+    let stream = futures_util::stream::unfold(events, move |mut events| {
+        let job_id = job_id.clone();
+        async move {
+            match tokio::time::timeout(every, events.next()).await {
+                Ok(Some(item)) => Some((item, events)),
+                Ok(None) => None,
+                Err(_) => {
+                    let beat = proto::JobEvent {
+                        job_id,
+                        kind: proto::job_event::Kind::Keepalive as i32,
+                        time: Some(convert::timestamp(scheduler::now_ms())),
+                        ..Default::default()
+                    };
+                    Some((Ok(beat), events))
+                }
+            }
+        }
+    });
+    Box::pin(stream)
+}
 
 #[tonic::async_trait]
 impl JobService for Jobs {
@@ -298,6 +332,7 @@ impl JobService for Jobs {
                 "this tenant already has {cap} open watch streams; close some first"
             ))
         })?;
+        let job_id = r.job_id.clone();
         let items = events::watch(
             self.hub.clone(),
             self.scheduler.clone(),
@@ -317,7 +352,11 @@ impl JobService for Jobs {
             )),
             Err(e) => Err(Status::from(Error::from(e))),
         });
-        Ok(Response::new(Box::pin(events)))
+        Ok(Response::new(with_keepalive(
+            job_id,
+            Box::pin(events),
+            self.keepalive,
+        )))
     }
 
     async fn pause_queue(

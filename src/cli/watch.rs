@@ -133,6 +133,7 @@ impl View {
     /// Shows one event; returns the exit code once the job has ended.
     fn show(&mut self, e: &proto::JobEvent) -> Option<u8> {
         match Kind::try_from(e.kind) {
+            Ok(Kind::Keepalive) => return None,
             Ok(Kind::Progress) => {
                 self.progress(e.progress.as_ref()?);
                 return None;

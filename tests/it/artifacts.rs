@@ -739,20 +739,49 @@ fn sha256_of(path: &std::path::Path) -> sha2::digest::Output<sha2::Sha256> {
     hash.finalize()
 }
 
+/// A server storing artifacts in a fresh store, with one `render` job submitted and watched
+/// from before it runs (`events` collects every event to the end).
+struct Watched {
+    s3: S3,
+    _redis: harness::Redis,
+    server: harness::Server,
+    jobs: proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+    job: proto::Job,
+    events: tokio::task::JoinHandle<Vec<proto::JobEvent>>,
+}
+
+async fn watched_job() -> Watched {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let mut jobs = server.jobs().await;
+    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
+    let (mut watcher, id) = (jobs.clone(), job.id.clone());
+    let events = tokio::spawn(async move { harness::watch_all(&mut watcher, &id, None).await });
+    Watched {
+        s3,
+        _redis: redis,
+        server,
+        jobs,
+        job,
+        events,
+    }
+}
+
 /// The whole path with real processes: `conveyor worker -- CMD` uploads what the command left
 /// in its output folder (a 200 MiB video goes up in parts) and what it named on an ARTIFACT
 /// line, with upload progress; `conveyor get --download` fetches them all back.
 #[tokio::test]
 async fn the_worker_runtime_uploads_its_output_folder_and_get_downloads_it() {
     const BIG: usize = 200 << 20;
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
-    let mut jobs = server.jobs().await;
-    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
-    let mut watcher = jobs.clone();
-    let id = job.id.clone();
-    let events = tokio::spawn(async move { harness::watch_all(&mut watcher, &id, None).await });
+    let Watched {
+        s3: _s3,
+        _redis,
+        server,
+        mut jobs,
+        job,
+        events,
+    } = watched_job().await;
 
     let scratch = tempfile::tempdir().unwrap();
     let notes = scratch.path().join("notes.txt");
@@ -1038,16 +1067,7 @@ async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut jobs = eventually("the server to answer", || async {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone()).ok()?;
-        let mut jobs =
-            proto::job_service_client::JobServiceClient::new(endpoint.connect().await.ok()?);
-        jobs.create_input_upload(input_request("in.mov"))
-            .await
-            .ok()?;
-        Some(jobs)
-    })
-    .await;
+    let mut jobs = crate::process::answering(&addr).await;
     let input = jobs
         .create_input_upload(input_request("in.mov"))
         .await
@@ -1069,14 +1089,14 @@ async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
 #[ignore = "prints figures; run on demand"]
 async fn artifact_transfer() {
     const MIB: usize = 512;
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
-    let mut jobs = server.jobs().await;
-    let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
-    let mut watcher = jobs.clone();
-    let id = job.id.clone();
-    let events = tokio::spawn(async move { harness::watch_all(&mut watcher, &id, None).await });
+    let Watched {
+        s3: _s3,
+        _redis,
+        server,
+        job,
+        events,
+        ..
+    } = watched_job().await;
     let script = format!(
         "head -c {} /dev/zero > \"$CONVEYOR_OUTPUT_DIR/video.mp4\"",
         MIB << 20

@@ -18,5 +18,6 @@ mod retry;
 mod standard;
 mod tls;
 mod tokens;
+mod web;
 mod webhooks;
 mod workers;

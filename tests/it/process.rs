@@ -27,6 +27,24 @@ pub fn worker_with(addr: &str, options: &[&str], script: &str) -> Child {
         .unwrap()
 }
 
+/// A client of the server process at `addr`, once its health service says it serves.
+pub async fn answering(
+    addr: &str,
+) -> proto::job_service_client::JobServiceClient<tonic::transport::Channel> {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    eventually("the server to answer", || async {
+        let endpoint = tonic::transport::Endpoint::from_shared(addr.to_string()).ok()?;
+        let channel = endpoint.connect().await.ok()?;
+        let health = HealthClient::new(channel.clone())
+            .check(HealthCheckRequest::default())
+            .await
+            .ok()?;
+        (health.into_inner().status == 1)
+            .then(|| proto::job_service_client::JobServiceClient::new(channel))
+    })
+    .await
+}
+
 fn alive(pid: u32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -280,16 +298,7 @@ async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    let mut jobs = eventually("the server to answer", || async {
-        let endpoint = tonic::transport::Endpoint::from_shared(addr.clone()).ok()?;
-        let mut jobs =
-            proto::job_service_client::JobServiceClient::new(endpoint.connect().await.ok()?);
-        jobs.list_jobs(proto::ListJobsRequest::default())
-            .await
-            .ok()?;
-        Some(jobs)
-    })
-    .await;
+    let mut jobs = answering(&addr).await;
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
     let _worker = worker(&addr, "w", r#"echo 'RESULT {"ok":1}'"#);
     wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
