@@ -20,9 +20,9 @@ use crate::scheduler::{self, Artifact};
 /// Rows per delete: short transactions that never hold locks for long.
 pub const BATCH: u64 = 1000;
 /// Objects per listing page.
-const PAGE: i32 = 1000;
+pub const PAGE: i32 = 1000;
 /// The sweep's name for its claim and its place (`scheduler::Handle::claim_chore`).
-const CHORE: &str = "retention";
+pub const CHORE: &str = "retention";
 
 /// How long things are kept.
 #[derive(Clone, Debug)]
@@ -67,6 +67,8 @@ pub struct Sweeper {
     pub scheduler: scheduler::Handle,
     pub history: Option<history::Store>,
     pub storage: Option<Storage>,
+    /// Objects per listing page and per delete (`PAGE`).
+    pub page: i32,
 }
 
 impl Sweeper {
@@ -116,7 +118,9 @@ impl Sweeper {
         let mut at = self.scheduler.chore_cursor(CHORE).await?;
         let mut deleted = 0;
         loop {
-            let (page, more) = storage.list(artifacts::ROOT, at.as_deref(), PAGE).await?;
+            let (page, more) = storage
+                .list(artifacts::ROOT, at.as_deref(), self.page)
+                .await?;
             let Some((last, _)) = page.last() else { break };
             let last = last.clone();
             let expired = self.expired(&page, now).await?;

@@ -174,6 +174,7 @@ pub async fn run(
         scheduler: scheduler.clone(),
         history: scheduler.history().cloned(),
         storage: storage.clone(),
+        page: crate::retention::PAGE,
     };
     if !config.retention_sweep.is_zero() {
         background.push(tokio::spawn(sweeper.run(config.retention_sweep)));

@@ -1142,3 +1142,77 @@ async fn artifact_transfer() {
     );
     println!("  worker peak resident memory               {peak}");
 }
+
+/// Deletion goes a page at a time and keeps its place in Redis: a sweep that finds the place
+/// an earlier one left (it was cut short) goes on from there, and once it reaches the end the
+/// next sweep starts over.
+#[tokio::test]
+async fn a_sweep_cut_short_goes_on_from_where_it_stopped() {
+    use conveyor::retention::{CHORE, Policy, Sweeper};
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let storage = Storage::new(s3.options()).await.unwrap();
+    let mut keys = Vec::new();
+    for i in 0..7 {
+        let key = format!("tenant/acme/inputs/{}/in-{i}", uuid::Uuid::now_v7());
+        let url = storage.upload_url(&key, None).await.unwrap();
+        assert!(
+            http()
+                .put(&url)
+                .body("x")
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .is_success()
+        );
+        keys.push(key);
+    }
+    keys.sort();
+    let client =
+        fred::prelude::Builder::from_config(fred::prelude::Config::from_url(&redis.url()).unwrap())
+            .build()
+            .unwrap();
+    fred::prelude::ClientLike::init(&client).await.unwrap();
+    let scheduler = conveyor::scheduler::Handle::new(client, Default::default());
+    let sweeper = Sweeper {
+        policy: Policy {
+            default: Duration::from_secs(30 * 86400),
+            queues: Default::default(),
+            // Every input is past it.
+            inputs: Duration::ZERO,
+            unnamed: Duration::from_secs(3600),
+        },
+        scheduler: scheduler.clone(),
+        history: None,
+        storage: Some(storage),
+        page: 2,
+    };
+    let listed = |s3: &S3| {
+        let mut left: Vec<String> = objects(s3).into_iter().collect();
+        left.sort();
+        left
+    };
+    assert_eq!(listed(&s3), keys);
+
+    // An earlier sweep stopped after the third key.
+    scheduler
+        .set_chore_cursor(CHORE, Some(&keys[2]))
+        .await
+        .unwrap();
+    let now = conveyor::scheduler::now_ms() + 1000;
+    let swept = sweeper.sweep(now).await.unwrap();
+    assert_eq!(swept.objects, 4, "the four after the place, over two pages");
+    assert_eq!(listed(&s3), keys[..3]);
+    assert_eq!(
+        scheduler.chore_cursor(CHORE).await.unwrap(),
+        None,
+        "it reached the end"
+    );
+    assert_eq!(
+        sweeper.sweep(now).await.unwrap().objects,
+        3,
+        "the next starts over"
+    );
+    assert!(listed(&s3).is_empty());
+}
