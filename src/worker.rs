@@ -13,7 +13,7 @@ use rand::Rng;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 use command::{Event, Outcome, Setup};
 
 #[derive(Clone, Debug)]

@@ -158,8 +158,8 @@ pub fn event(e: &Event) -> proto::JobEvent {
 }
 
 /// The message for the worker; an assignment carries `inputs`, its inputs' download URLs.
-pub fn to_worker(m: ToWorker, inputs: Vec<proto::InputUrl>) -> proto::ServerMessage {
-    use proto::server_message::Msg;
+pub fn to_worker(m: ToWorker, inputs: Vec<proto::InputUrl>) -> proto::ConnectResponse {
+    use proto::connect_response::Msg;
     let msg = match m {
         ToWorker::Assign {
             job: j,
@@ -177,7 +177,7 @@ pub fn to_worker(m: ToWorker, inputs: Vec<proto::InputUrl>) -> proto::ServerMess
         }
         ToWorker::Drain => Msg::Drain(proto::Drain {}),
     };
-    proto::ServerMessage { msg: Some(msg) }
+    proto::ConnectResponse { msg: Some(msg) }
 }
 
 fn counts(tier: i32, c: &scheduler::StateCounts) -> proto::StateCounts {
@@ -194,9 +194,9 @@ fn counts(tier: i32, c: &scheduler::StateCounts) -> proto::StateCounts {
     }
 }
 
-pub fn queue_stats(s: scheduler::QueueStats) -> proto::QueueStats {
+pub fn queue_stats(s: scheduler::QueueStats) -> proto::GetQueueStatsResponse {
     let now = scheduler::now_ms();
-    proto::QueueStats {
+    proto::GetQueueStatsResponse {
         queue: s.queue,
         paused: s.paused,
         total: Some(counts(0, &s.total)),

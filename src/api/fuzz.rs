@@ -10,7 +10,7 @@ use prost::Message;
 
 use super::{Limits, validate, workers};
 use crate::auth::{Principal, Queues, Role};
-use crate::proto::{self, worker_message::Msg};
+use crate::proto::{self, connect_request::Msg};
 
 fn text() -> impl Strategy<Value = String> {
     prop_oneof![
@@ -259,7 +259,7 @@ proptest! {
         if let Ok(request) = proto::SubmitJobRequest::decode(bytes.as_slice()) {
             let _ = validate::submit(request, &Limits::default());
         }
-        if let Ok(proto::WorkerMessage { msg: Some(msg) }) = proto::WorkerMessage::decode(bytes.as_slice()) {
+        if let Ok(proto::ConnectRequest { msg: Some(msg) }) = proto::ConnectRequest::decode(bytes.as_slice()) {
             take(msg);
         }
         if let Ok(request) = proto::ListJobsRequest::decode(bytes.as_slice()) {

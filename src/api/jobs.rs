@@ -105,6 +105,7 @@ fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
+type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobResponse, Status>> + Send>>;
 
 /// `events`, with a keep-alive event whenever it has been quiet for `every` (proxies with idle
 /// timeouts would cut a watch of a long render otherwise); ends when `events` does.
@@ -317,12 +318,12 @@ impl JobService for Jobs {
         }))
     }
 
-    type WatchJobStream = EventStream;
+    type WatchJobStream = WatchStream;
 
     async fn watch_job(
         &self,
         request: Request<proto::WatchJobRequest>,
-    ) -> Result<Response<EventStream>, Status> {
+    ) -> Result<Response<WatchStream>, Status> {
         let tenant = caller(&request)?.tenant;
         let r = request.into_inner();
         validate::job_id(&r.job_id)?;
@@ -352,11 +353,10 @@ impl JobService for Jobs {
             )),
             Err(e) => Err(Status::from(Error::from(e))),
         });
-        Ok(Response::new(with_keepalive(
-            job_id,
-            Box::pin(events),
-            self.keepalive,
-        )))
+        let events = with_keepalive(job_id, Box::pin(events), self.keepalive);
+        let responses =
+            events.map(|event| event.map(|event| proto::WatchJobResponse { event: Some(event) }));
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn pause_queue(
@@ -390,7 +390,7 @@ impl JobService for Jobs {
     async fn get_queue_stats(
         &self,
         request: Request<proto::GetQueueStatsRequest>,
-    ) -> Result<Response<proto::QueueStats>, Status> {
+    ) -> Result<Response<proto::GetQueueStatsResponse>, Status> {
         let tenant = caller(&request)?.tenant;
         let queue = request.into_inner().queue;
         validate::queue(&queue)?;

@@ -33,8 +33,8 @@ impl Uploads {
         &self,
         worker_id: &str,
         r: proto::UploadRequest,
-    ) -> proto::server_message::Msg {
-        use proto::server_message::Msg;
+    ) -> proto::connect_response::Msg {
+        use proto::connect_response::Msg;
         match self.url(worker_id, &r).await {
             Ok(url) => Msg::UploadUrl(url),
             Err((code, message)) => Msg::UploadResult(proto::UploadResult {
@@ -52,12 +52,12 @@ impl Uploads {
         &self,
         worker_id: &str,
         d: proto::UploadDone,
-    ) -> proto::server_message::Msg {
+    ) -> proto::connect_response::Msg {
         let (code, message) = match self.assemble(worker_id, &d).await {
             Ok(()) => (Code::Ok, String::new()),
             Err(refused) => refused,
         };
-        proto::server_message::Msg::UploadResult(proto::UploadResult {
+        proto::connect_response::Msg::UploadResult(proto::UploadResult {
             job_id: d.job_id,
             token: d.token,
             name: d.name,

@@ -12,7 +12,7 @@ use super::status::Error;
 use super::{Uploads, caller, convert, validate};
 use crate::auth::Principal;
 use crate::dispatcher::{self, Applied, Link};
-use crate::proto::{self, worker_message::Msg, worker_service_server::WorkerService};
+use crate::proto::{self, connect_request::Msg, worker_service_server::WorkerService};
 use crate::scheduler::{Progress, Report};
 
 /// A worker stream is dead after this many heartbeat intervals of silence.
@@ -40,15 +40,15 @@ impl Workers {
     }
 }
 
-type Outbound = mpsc::Sender<Result<proto::ServerMessage, Status>>;
+type Outbound = mpsc::Sender<Result<proto::ConnectResponse, Status>>;
 
 #[tonic::async_trait]
 impl WorkerService for Workers {
-    type ConnectStream = ReceiverStream<Result<proto::ServerMessage, Status>>;
+    type ConnectStream = ReceiverStream<Result<proto::ConnectResponse, Status>>;
 
     async fn connect(
         &self,
-        request: Request<Streaming<proto::WorkerMessage>>,
+        request: Request<Streaming<proto::ConnectRequest>>,
     ) -> Result<Response<Self::ConnectStream>, Status> {
         let principal = caller(&request)?;
         let mut inbound = request.into_inner();
@@ -82,15 +82,15 @@ impl WorkerService for Workers {
             lost: welcome.lost,
         };
         let _ = tx
-            .send(Ok(message(proto::server_message::Msg::Welcome(welcome))))
+            .send(Ok(message(proto::connect_response::Msg::Welcome(welcome))))
             .await;
         tokio::spawn(serve(link, inbound, tx, heartbeat, self.uploads.clone()));
         Ok(Response::new(ReceiverStream::new(rx)))
     }
 }
 
-fn message(msg: proto::server_message::Msg) -> proto::ServerMessage {
-    proto::ServerMessage { msg: Some(msg) }
+fn message(msg: proto::connect_response::Msg) -> proto::ConnectResponse {
+    proto::ConnectResponse { msg: Some(msg) }
 }
 
 #[allow(clippy::result_large_err)]
@@ -140,7 +140,7 @@ pub(super) fn check_hello(
 /// next (a group commit), so a busy worker costs a few Redis calls per batch, not per job.
 async fn serve(
     mut link: Link,
-    mut inbound: Streaming<proto::WorkerMessage>,
+    mut inbound: Streaming<proto::ConnectRequest>,
     tx: Outbound,
     heartbeat: Duration,
     uploads: Uploads,
@@ -219,7 +219,7 @@ async fn serve(
                     tracing::info!(worker = link.worker_id, "worker fell silent; closing its stream");
                     break;
                 }
-                let beat = message(proto::server_message::Msg::Heartbeat(proto::Heartbeat {}));
+                let beat = message(proto::connect_response::Msg::Heartbeat(proto::Heartbeat {}));
                 if tx.send(Ok(beat)).await.is_err() { break }
             }
             _ = tx.closed() => break,
@@ -335,12 +335,12 @@ fn check(report: Report) -> Result<Report, Refusal> {
     Ok(report)
 }
 
-fn result(job_id: String, token: u64, code: Code, text: String) -> proto::ServerMessage {
+fn result(job_id: String, token: u64, code: Code, text: String) -> proto::ConnectResponse {
     let r = proto::ReportResult {
         job_id,
         token,
         code: code as i32,
         message: text,
     };
-    message(proto::server_message::Msg::ReportResult(r))
+    message(proto::connect_response::Msg::ReportResult(r))
 }

@@ -37,10 +37,13 @@ const SETTLE: Duration = Duration::from_secs(1);
 /// Reads a watch to its end; sends each progress event's delay (now minus the send time the
 /// worker put in its message), in ms.
 async fn follow(
-    mut stream: Streaming<proto::JobEvent>,
+    mut stream: Streaming<proto::WatchJobResponse>,
     delays: &mpsc::UnboundedSender<f64>,
 ) -> Result<(), Status> {
-    while let Some(event) = stream.message().await? {
+    while let Some(response) = stream.message().await? {
+        let Some(event) = response.event else {
+            continue;
+        };
         if event.kind() != Kind::Progress {
             continue;
         }

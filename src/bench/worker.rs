@@ -11,7 +11,7 @@ use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::cli::{self, ClientArgs};
-use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct WorkerArgs {
@@ -48,8 +48,8 @@ fn now_ns() -> u128 {
         .unwrap_or(0)
 }
 
-fn send(msg: Out) -> proto::WorkerMessage {
-    proto::WorkerMessage { msg: Some(msg) }
+fn send(msg: Out) -> proto::ConnectRequest {
+    proto::ConnectRequest { msg: Some(msg) }
 }
 
 pub async fn run(args: WorkerArgs) -> cli::Outcome {
@@ -100,7 +100,7 @@ pub async fn run(args: WorkerArgs) -> cli::Outcome {
     Ok(std::process::ExitCode::SUCCESS)
 }
 
-fn complete(job_id: String, token: u64) -> proto::WorkerMessage {
+fn complete(job_id: String, token: u64) -> proto::ConnectRequest {
     send(Out::Complete(proto::Complete {
         job_id,
         token,
@@ -112,7 +112,7 @@ fn complete(job_id: String, token: u64) -> proto::WorkerMessage {
 /// Sends `progress` reports `gap` apart (after a random phase unless aligned), each stamped
 /// just before it is sent, then completes.
 fn report_then_complete(
-    tx: mpsc::Sender<proto::WorkerMessage>,
+    tx: mpsc::Sender<proto::ConnectRequest>,
     job_id: String,
     token: u64,
     args: &WorkerArgs,

@@ -52,8 +52,11 @@ pub async fn follow(
         };
         while let Some(item) = stream.next().await {
             match item {
-                Ok(event) => {
-                    after_seq = Some(event.seq);
+                Ok(proto::WatchJobResponse { event: None }) => {}
+                Ok(proto::WatchJobResponse { event: Some(event) }) => {
+                    if event.seq > 0 {
+                        after_seq = Some(event.seq);
+                    }
                     if let Some(code) = view.show(&event) {
                         return Ok(ExitCode::from(code));
                     }

@@ -17,7 +17,7 @@ use tokio::time::Instant;
 
 use super::line::{self, Line};
 use super::upload::{self, Failure, Uploader};
-use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 use crate::scheduler::Progress;
 
 /// Progress reports per job are coalesced to at most one per this interval.

@@ -11,7 +11,7 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::command::{self, Event};
 use super::{End, Error, Running, STOP_GRACE, Worker, report};
-use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 
 impl Worker {
     /// One stream: Hello, Welcome, then assignments and reports until it ends.
@@ -26,7 +26,7 @@ impl Worker {
         };
         let (tx, rx) = mpsc::channel(256);
         let _ = tx
-            .send(proto::WorkerMessage {
+            .send(proto::ConnectRequest {
                 msg: Some(self.hello()),
             })
             .await;
@@ -38,7 +38,7 @@ impl Worker {
             Err(s) => return Ok(End::Broken(s.to_string())),
         };
         let welcome = match inbound.next().await {
-            Some(Ok(proto::ServerMessage {
+            Some(Ok(proto::ConnectResponse {
                 msg: Some(In::Welcome(w)),
             })) => w,
             Some(Err(s)) if is_refusal(&s) => return Err(Error::Refused(s)),
@@ -57,7 +57,7 @@ impl Worker {
         tracing::info!(worker = self.worker_id, queues = ?self.options.queues, "connected");
         for message in self.outbox.values() {
             let _ = tx
-                .send(proto::WorkerMessage {
+                .send(proto::ConnectRequest {
                     msg: Some(message.clone()),
                 })
                 .await;
@@ -112,7 +112,7 @@ impl Worker {
                             message
                         }
                     };
-                    if tx.send(proto::WorkerMessage { msg: Some(message) }).await.is_err() {
+                    if tx.send(proto::ConnectRequest { msg: Some(message) }).await.is_err() {
                         return Ok(End::Broken("the stream closed".into()));
                     }
                 }
@@ -120,10 +120,10 @@ impl Worker {
                     if last_heard.elapsed() > heartbeat * 3 {
                         return Ok(End::Broken("no heartbeat from the server".into()));
                     }
-                    let _ = tx.send(proto::WorkerMessage { msg: Some(Out::Heartbeat(proto::Heartbeat {})) }).await;
+                    let _ = tx.send(proto::ConnectRequest { msg: Some(Out::Heartbeat(proto::Heartbeat {})) }).await;
                     for id in std::mem::take(&mut self.retry) {
                         if let Some(message) = self.outbox.get(&id) {
-                            let _ = tx.send(proto::WorkerMessage { msg: Some(message.clone()) }).await;
+                            let _ = tx.send(proto::ConnectRequest { msg: Some(message.clone()) }).await;
                         }
                     }
                 }
@@ -142,7 +142,7 @@ impl Worker {
         }
     }
 
-    async fn start(&mut self, a: proto::Assignment, tx: &mpsc::Sender<proto::WorkerMessage>) {
+    async fn start(&mut self, a: proto::Assignment, tx: &mpsc::Sender<proto::ConnectRequest>) {
         let job_id = a.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
         let refuse = if self.stopping {
             Some("the worker is shutting down")
@@ -159,7 +159,7 @@ impl Worker {
                 error: why.into(),
                 retryable: true,
             });
-            let _ = tx.send(proto::WorkerMessage { msg: Some(fail) }).await;
+            let _ = tx.send(proto::ConnectRequest { msg: Some(fail) }).await;
             return;
         }
         tracing::info!(job = job_id, attempt = a.attempt, "starting job");

@@ -11,7 +11,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::command::Event;
 use crate::artifacts;
-use crate::proto::{self, server_message::Msg as In, worker_message::Msg as Out};
+use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 use crate::scheduler::Progress;
 
 /// Tries per URL request and per PUT; the stream may be reconnecting in between.

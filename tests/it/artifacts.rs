@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use conveyor::artifacts::{Options, Storage, object_key};
-use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
+use conveyor::proto::{
+    self, connect_request::Msg as WorkerMsg, connect_response::Msg as ServerMsg,
+};
 
 use crate::auth;
 use crate::harness::{self, Worker, eventually};
@@ -522,7 +524,7 @@ async fn a_succeeded_job_lists_its_artifacts_and_only_its_tenant_gets_urls() {
     };
     let mut last = None;
     while let Some(event) = tokio_stream::StreamExt::next(&mut watch).await {
-        last = Some(event.unwrap());
+        last = event.unwrap().event;
     }
     let last = last.unwrap();
     assert_eq!(last.state, proto::JobState::Succeeded as i32);

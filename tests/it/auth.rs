@@ -7,7 +7,7 @@ use conveyor::auth::keys::{self, NewCredential};
 use conveyor::auth::{Queues, Role, Scopes};
 use conveyor::client::{self, Target};
 use conveyor::config::Config;
-use conveyor::proto::{self, worker_message::Msg as WorkerMsg};
+use conveyor::proto::{self, connect_request::Msg as WorkerMsg};
 use sea_orm::DatabaseConnection;
 use tokio_stream::StreamExt;
 use tonic::Code;

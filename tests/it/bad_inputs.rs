@@ -7,8 +7,8 @@ use std::future::poll_fn;
 use std::pin::Pin;
 
 use conveyor::proto::job_service_client::JobServiceClient;
-use conveyor::proto::{self, Assignment, Job, JobState, ReportResult, ServerMessage};
-use conveyor::proto::{server_message::Msg as ServerMsg, worker_message::Msg};
+use conveyor::proto::{self, Assignment, ConnectResponse, Job, JobState, ReportResult};
+use conveyor::proto::{connect_request::Msg, connect_response::Msg as ServerMsg};
 use prost::Message;
 use prost::bytes::{Buf, BufMut};
 use prost_types::{Duration, Timestamp};
@@ -448,14 +448,14 @@ async fn row_23_progress_percent_out_of_range() {
 }
 
 /// The status a worker stream ends with, from the Connect call or a later item.
-async fn stream_end(opened: Result<(impl Sized, Streaming<ServerMessage>), Status>) -> Status {
+async fn stream_end(opened: Result<(impl Sized, Streaming<ConnectResponse>), Status>) -> Status {
     let (_tx, mut rx) = match opened {
         Ok(ends) => ends,
         Err(status) => return status,
     };
     loop {
         match rx.next().await.expect("the stream to end with a status") {
-            Ok(ServerMessage {
+            Ok(ConnectResponse {
                 msg: Some(ServerMsg::Heartbeat(_) | ServerMsg::Welcome(_)),
             }) => {}
             Ok(other) => panic!("expected the stream to end, got {other:?}"),

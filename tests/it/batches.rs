@@ -1,7 +1,7 @@
 //! Batches: SubmitJobs is all or none, a burst of worker reports is answered report by report,
 //! and job events reach Redis pub/sub only while someone watches the job.
 
-use conveyor::proto::{self, JobState, job_event::Kind, worker_message::Msg};
+use conveyor::proto::{self, JobState, connect_request::Msg, job_event::Kind};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -242,7 +242,7 @@ async fn a_closed_watch_stops_the_jobs_events() {
         after_seq: None,
     };
     let mut stream = jobs.watch_job(request).await.unwrap().into_inner();
-    let snapshot = stream.message().await.unwrap().unwrap();
+    let snapshot = stream.message().await.unwrap().unwrap().event.unwrap();
     assert_eq!(snapshot.kind, Kind::Snapshot as i32);
     assert_eq!(watch_count().await.unwrap(), "$1\r\n1\r\n");
     drop(stream);

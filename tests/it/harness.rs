@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use conveyor::config::Config;
 use conveyor::proto::job_service_client::JobServiceClient;
-use conveyor::proto::{self, server_message::Msg as ServerMsg, worker_message::Msg as WorkerMsg};
+use conveyor::proto::{
+    self, connect_request::Msg as WorkerMsg, connect_response::Msg as ServerMsg,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
@@ -19,7 +21,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
 /// What a worker stream receives.
-pub type Streaming = tonic::Streaming<proto::ServerMessage>;
+pub type Streaming = tonic::Streaming<proto::ConnectResponse>;
 
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
@@ -279,8 +281,8 @@ pub async fn wait_state(
 
 /// Drives the worker protocol by hand, so tests can say exactly what a worker sends.
 pub struct Worker {
-    pub tx: mpsc::Sender<proto::WorkerMessage>,
-    pub rx: tonic::Streaming<proto::ServerMessage>,
+    pub tx: mpsc::Sender<proto::ConnectRequest>,
+    pub rx: tonic::Streaming<proto::ConnectResponse>,
     pub welcome: proto::Welcome,
 }
 
@@ -299,7 +301,7 @@ impl Worker {
     pub async fn open(
         server: &Server,
         first: WorkerMsg,
-    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, Streaming), tonic::Status> {
+    ) -> Result<(mpsc::Sender<proto::ConnectRequest>, Streaming), tonic::Status> {
         Worker::open_on(server.channel().await, None, first).await
     }
 
@@ -309,9 +311,9 @@ impl Worker {
         channel: Channel,
         token: Option<&str>,
         first: WorkerMsg,
-    ) -> Result<(mpsc::Sender<proto::WorkerMessage>, Streaming), tonic::Status> {
+    ) -> Result<(mpsc::Sender<proto::ConnectRequest>, Streaming), tonic::Status> {
         let (tx, rx) = mpsc::channel(64);
-        tx.send(proto::WorkerMessage { msg: Some(first) })
+        tx.send(proto::ConnectRequest { msg: Some(first) })
             .await
             .unwrap();
         let target = conveyor::client::Target {
@@ -324,9 +326,9 @@ impl Worker {
     }
 
     /// The worker once its Welcome has arrived.
-    async fn welcomed(tx: mpsc::Sender<proto::WorkerMessage>, mut rx: Streaming) -> Worker {
+    async fn welcomed(tx: mpsc::Sender<proto::ConnectRequest>, mut rx: Streaming) -> Worker {
         let welcome = match rx.next().await {
-            Some(Ok(proto::ServerMessage {
+            Some(Ok(proto::ConnectResponse {
                 msg: Some(ServerMsg::Welcome(w)),
             })) => w,
             other => panic!("expected Welcome, got {other:?}"),
@@ -364,7 +366,7 @@ impl Worker {
     pub fn keep_alive(&self) -> JoinHandle<()> {
         let tx = self.tx.clone();
         tokio::spawn(async move {
-            let beat = || proto::WorkerMessage {
+            let beat = || proto::ConnectRequest {
                 msg: Some(WorkerMsg::Heartbeat(proto::Heartbeat {})),
             };
             while tx.send(beat()).await.is_ok() {
@@ -375,7 +377,7 @@ impl Worker {
 
     pub async fn send(&self, msg: WorkerMsg) {
         self.tx
-            .send(proto::WorkerMessage { msg: Some(msg) })
+            .send(proto::ConnectRequest { msg: Some(msg) })
             .await
             .unwrap();
     }
@@ -387,10 +389,10 @@ impl Worker {
                 .await
                 .expect("server message in time");
             match next {
-                Some(Ok(proto::ServerMessage {
+                Some(Ok(proto::ConnectResponse {
                     msg: Some(ServerMsg::Heartbeat(_)),
                 })) => continue,
-                Some(Ok(proto::ServerMessage { msg: Some(m) })) => return m,
+                Some(Ok(proto::ConnectResponse { msg: Some(m) })) => return m,
                 other => panic!("worker stream ended: {other:?}"),
             }
         }
@@ -498,7 +500,12 @@ pub async fn watch_all(
         .await
         .expect("event in time")
     {
-        events.push(event.expect("event"));
+        events.push(
+            event
+                .expect("event")
+                .event
+                .expect("an event in every answer"),
+        );
     }
     events
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use conveyor::history::{self, Scope, Store};
-use conveyor::proto::{self, JobState, Tier, job_event::Kind, server_message::Msg};
+use conveyor::proto::{self, JobState, Tier, connect_response::Msg, job_event::Kind};
 use conveyor_migrations::{Migrator, MigratorTrait};
 use sea_orm::ConnectionTrait;
 use tokio_stream::StreamExt;
@@ -349,8 +349,8 @@ fn resilient_worker(
             };
             let (tx, rx) = tokio::sync::mpsc::channel(256);
             let hello = harness::hello(&["loss"], 8, name);
-            let first = proto::WorkerMessage {
-                msg: Some(proto::worker_message::Msg::Hello(hello)),
+            let first = proto::ConnectRequest {
+                msg: Some(proto::connect_request::Msg::Hello(hello)),
             };
             tx.send(first).await.unwrap();
             let mut client = proto::worker_service_client::WorkerServiceClient::new(channel);
@@ -372,15 +372,15 @@ fn resilient_worker(
                             result: id,
                             ..Default::default()
                         };
-                        let msg = proto::worker_message::Msg::Complete(complete);
-                        let _ = tx.send(proto::WorkerMessage { msg: Some(msg) }).await;
+                        let msg = proto::connect_request::Msg::Complete(complete);
+                        let _ = tx.send(proto::ConnectRequest { msg: Some(msg) }).await;
                     }
                     Some(Msg::ReportResult(r)) if r.code == 0 => {
                         *accepted.lock().unwrap().entry(r.job_id).or_default() += 1;
                     }
                     Some(Msg::Heartbeat(_)) => {
-                        let msg = proto::worker_message::Msg::Heartbeat(proto::Heartbeat {});
-                        let _ = tx.send(proto::WorkerMessage { msg: Some(msg) }).await;
+                        let msg = proto::connect_request::Msg::Heartbeat(proto::Heartbeat {});
+                        let _ = tx.send(proto::ConnectRequest { msg: Some(msg) }).await;
                     }
                     _ => {}
                 }

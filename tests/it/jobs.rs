@@ -202,7 +202,7 @@ async fn a_watcher_that_does_not_read_neither_stalls_others_nor_misses_the_end()
 
     let mut seen = Vec::new();
     while let Some(event) = tokio_stream::StreamExt::next(&mut slow).await {
-        seen.push(event.unwrap());
+        seen.push(event.unwrap().event.unwrap());
     }
     let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in order, no repeats");

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use conveyor::proto::{self, JobState, server_message::Msg as ServerMsg};
+use conveyor::proto::{self, JobState, connect_response::Msg as ServerMsg};
 use conveyor::scheduler::KeyLimit;
 use tokio::sync::mpsc;
 
@@ -53,7 +53,7 @@ fn completing(mut worker: Worker, seen: mpsc::UnboundedSender<(String, String, i
                     ..Default::default()
                 };
                 worker
-                    .send(proto::worker_message::Msg::Complete(done))
+                    .send(proto::connect_request::Msg::Complete(done))
                     .await;
             }
         }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use conveyor::auth::keys::{self, NewCredential};
 use conveyor::auth::{Queues, Role, Scopes};
 use conveyor::client::{self, Target};
-use conveyor::proto::{self, server_message::Msg as ServerMsg};
+use conveyor::proto::{self, connect_response::Msg as ServerMsg};
 use tonic::Code;
 
 use crate::harness::{self, Redis, Server, Worker, eventually, submit, submit_job};
@@ -334,7 +334,15 @@ async fn a_waiting_job_says_why_and_where_it_stands() {
         after_seq: None,
     };
     let mut stream = jobs.watch_job(watch).await.unwrap().into_inner();
-    let snapshot = stream.message().await.unwrap().unwrap().job.unwrap();
+    let snapshot = stream
+        .message()
+        .await
+        .unwrap()
+        .unwrap()
+        .event
+        .unwrap()
+        .job
+        .unwrap();
     assert_eq!(snapshot.blocked_reason, "queue paused");
     // Running and finished jobs wait for nothing.
     let resume = proto::ResumeQueueRequest {

@@ -62,7 +62,7 @@ async fn a_drained_worker_takes_its_running_job_to_another_replica() {
     let stopping = tokio::spawn(a.stop());
     assert!(matches!(
         worker.recv().await,
-        conveyor::proto::server_message::Msg::Drain(_)
+        conveyor::proto::connect_response::Msg::Drain(_)
     ));
     drop(worker);
     stopping.await.unwrap();

@@ -4,7 +4,7 @@
 use conveyor::auth::keys::{self, NewCredential};
 use conveyor::auth::{Queues, Role, Scopes};
 use conveyor::client::{self, Target};
-use conveyor::proto::{self, worker_message::Msg as WorkerMsg};
+use conveyor::proto::{self, connect_request::Msg as WorkerMsg};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio_stream::StreamExt;
 use tonic::Code;
@@ -165,7 +165,7 @@ async fn client_certificates_map_to_tenants_and_workers() {
         .expect("the node connects");
     let mut assigned = None;
     while let Some(Ok(message)) = inbound.next().await {
-        if let Some(proto::server_message::Msg::Assignment(a)) = message.msg {
+        if let Some(proto::connect_response::Msg::Assignment(a)) = message.msg {
             assigned = a.job.map(|j| j.id);
             break;
         }

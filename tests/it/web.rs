@@ -153,7 +153,8 @@ async fn a_page_on_an_allowed_origin_submits_and_watches_over_grpc_web() {
         buf.extend_from_slice(&chunk);
         for (flag, payload) in frames(&mut buf) {
             assert_eq!(flag, 0, "no trailers while the job waits");
-            events.push(proto::JobEvent::decode(payload.as_slice()).unwrap());
+            let answer = proto::WatchJobResponse::decode(payload.as_slice()).unwrap();
+            events.push(answer.event.unwrap());
         }
     }
     use proto::job_event::Kind;

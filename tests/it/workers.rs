@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use conveyor::proto::{self, JobState, server_message::Msg};
+use conveyor::proto::{self, JobState, connect_response::Msg};
 use tokio::time::Instant;
 
 use crate::harness::{self, Server, Worker, get, hello, submit, submit_job, wait_state};
