@@ -136,32 +136,46 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let mut backoff = MIN_BACKOFF;
-    loop {
-        let started = Instant::now();
-        match worker.connection(endpoint.clone(), &mut stop).await? {
-            End::Stopped => return Ok(()),
-            End::Drained => {
-                tracing::info!("server is draining; reconnecting");
-                backoff = MIN_BACKOFF;
-                continue;
-            }
-            End::Broken(why) => {
-                if started.elapsed() > MAX_BACKOFF * 2 {
-                    backoff = MIN_BACKOFF;
-                }
-                let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
-                tracing::info!(retry_in = ?wait, "connection to {}: {why}", worker.options.server.addr);
-                if worker.idle_for(wait, &mut stop).await {
-                    return Ok(());
-                }
-                backoff = (backoff * 2).min(MAX_BACKOFF);
-            }
-        }
+    let ended = worker.serve(endpoint, &mut stop).await;
+    // The attempts' folders are gone; the root goes too when this process made it up.
+    if worker.options.output_root.is_none() {
+        let _ = std::fs::remove_dir(&worker.setup.output_root);
     }
+    ended
 }
 
 impl Worker {
+    /// Connects, and connects again, until a shutdown request is done.
+    async fn serve(
+        &mut self,
+        endpoint: tonic::transport::Endpoint,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(), Error> {
+        let mut backoff = MIN_BACKOFF;
+        loop {
+            let started = Instant::now();
+            match self.connection(endpoint.clone(), stop).await? {
+                End::Stopped => return Ok(()),
+                End::Drained => {
+                    tracing::info!("server is draining; reconnecting");
+                    backoff = MIN_BACKOFF;
+                    continue;
+                }
+                End::Broken(why) => {
+                    if started.elapsed() > MAX_BACKOFF * 2 {
+                        backoff = MIN_BACKOFF;
+                    }
+                    let wait = backoff.mul_f64(rand::rng().random_range(0.5..1.0));
+                    tracing::info!(retry_in = ?wait, "connection to {}: {why}", self.options.server.addr);
+                    if self.idle_for(wait, stop).await {
+                        return Ok(());
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
     fn hello(&self) -> Out {
         let held = self
             .running
