@@ -4,6 +4,7 @@ mod artifacts;
 mod auth;
 mod bad_inputs;
 mod batches;
+mod clients;
 mod cost;
 mod fairness;
 mod flows;

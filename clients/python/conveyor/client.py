@@ -1,0 +1,166 @@
+"""A typed client of Conveyor's JobService: submit, read, watch and cancel jobs, upload inputs,
+and fetch artifacts."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from typing import Iterator, Mapping, Optional, Sequence, Union
+
+import grpc
+
+from conveyor.v1 import jobs_pb2 as pb
+from conveyor.v1 import jobs_pb2_grpc
+
+Payload = Union[bytes, str, Mapping, Sequence, None]
+
+TIERS = {
+    "free": pb.TIER_FREE,
+    "pro": pb.TIER_PRO,
+    "premium": pb.TIER_PREMIUM,
+    "enterprise": pb.TIER_ENTERPRISE,
+}
+
+TERMINAL = {pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED}
+
+
+def channel(address: str, key: Optional[str] = None) -> grpc.Channel:
+    """A channel to `address` (`host:port`, or `https://host:port` for TLS) that presents `key`
+    (an API key or a token) on every call."""
+    secure = address.startswith("https://")
+    target = address.split("://", 1)[-1]
+    if secure:
+        creds = grpc.ssl_channel_credentials()
+        if key:
+            creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(key))
+        return grpc.secure_channel(target, creds)
+    chan = grpc.insecure_channel(target)
+    if key:
+        chan = grpc.intercept_channel(chan, _Bearer(key))
+    return chan
+
+
+class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+              grpc.StreamStreamClientInterceptor):
+    """Adds `authorization: Bearer <key>` to every call (insecure channels cannot carry call
+    credentials)."""
+
+    def __init__(self, key: str):
+        self._header = ("authorization", f"Bearer {key}")
+
+    def _with_key(self, details):
+        metadata = list(details.metadata or []) + [self._header]
+        return details._replace(metadata=metadata)
+
+    def intercept_unary_unary(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_unary_stream(self, continuation, details, request):
+        return continuation(self._with_key(details), request)
+
+    def intercept_stream_stream(self, continuation, details, requests):
+        return continuation(self._with_key(details), requests)
+
+
+def _payload(payload: Payload) -> tuple[bytes, str]:
+    if payload is None:
+        return b"{}", "application/json"
+    if isinstance(payload, bytes):
+        return payload, "application/octet-stream"
+    if isinstance(payload, str):
+        return payload.encode(), "application/json"
+    return json.dumps(payload).encode(), "application/json"
+
+
+class Client:
+    """JobService for one caller. `address` defaults to CONVEYOR_ADDR or 127.0.0.1:50051, `key`
+    to CONVEYOR_KEY."""
+
+    def __init__(self, address: Optional[str] = None, key: Optional[str] = None):
+        address = address or os.environ.get("CONVEYOR_ADDR", "127.0.0.1:50051")
+        key = key or os.environ.get("CONVEYOR_KEY")
+        self._channel = channel(address, key)
+        self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def submit(self, queue: str, payload: Payload = None, *, tier: str = "free",
+               priority: Optional[int] = None, labels: Optional[Mapping[str, str]] = None,
+               idempotency_key: str = "", inputs: Sequence[str] = (), keep: bool = False,
+               **fields) -> pb.Job:
+        """Submits a job and answers at once with it (QUEUED, or the first job of a repeated
+        idempotency key). Other SubmitJobRequest fields go in `fields`."""
+        data, content_type = _payload(payload)
+        request = pb.SubmitJobRequest(
+            queue=queue, payload=data, content_type=content_type, tier=TIERS[tier],
+            labels=dict(labels or {}), idempotency_key=idempotency_key, inputs=list(inputs),
+            keep=keep, **fields)
+        if priority is not None:
+            request.priority = priority
+        return self.jobs.SubmitJob(request).job
+
+    def get(self, job_id: str) -> pb.Job:
+        return self.jobs.GetJob(pb.GetJobRequest(job_id=job_id)).job
+
+    def cancel(self, job_id: str) -> pb.Job:
+        return self.jobs.CancelJob(pb.CancelJobRequest(job_id=job_id)).job
+
+    def watch(self, job_id: str, after_seq: Optional[int] = None) -> Iterator[pb.JobEvent]:
+        """The job's snapshot, then each event, ending after the terminal one (keep-alives are
+        left out)."""
+        request = pb.WatchJobRequest(job_id=job_id)
+        if after_seq is not None:
+            request.after_seq = after_seq
+        for answer in self.jobs.WatchJob(request):
+            if answer.event.kind != pb.JobEvent.KIND_KEEPALIVE:
+                yield answer.event
+
+    def wait(self, job_id: str) -> pb.Job:
+        """Watches the job to its end and returns it as it ended."""
+        for _ in self.watch(job_id):
+            pass
+        return self.get(job_id)
+
+    def upload_input(self, path: str, content_type: str = "") -> str:
+        """Uploads a file straight to the store through a presigned URL; returns the reference
+        to name in `submit(..., inputs=[...])`."""
+        name = os.path.basename(path)
+        answer = self.jobs.CreateInputUpload(
+            pb.CreateInputUploadRequest(name=name, content_type=content_type))
+        with open(path, "rb") as f:
+            _put(answer.url, f.read(), content_type)
+        return answer.input
+
+    def artifact_url(self, job_id: str, name: str) -> str:
+        """A presigned GET URL of one of the job's artifacts (an hour, the server's default)."""
+        return self.jobs.GetArtifactUrl(pb.GetArtifactUrlRequest(job_id=job_id, name=name)).url
+
+    def download(self, job_id: str, into: str) -> list[str]:
+        """Fetches every artifact of the job into the folder `into`; returns their paths."""
+        paths = []
+        for artifact in self.get(job_id).artifacts:
+            path = os.path.join(into, *artifact.name.split("/"))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with urllib.request.urlopen(self.artifact_url(job_id, artifact.name)) as r, \
+                    open(path, "wb") as f:
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+            paths.append(path)
+        return paths
+
+
+def _put(url: str, body: bytes, content_type: str = "") -> str:
+    """PUTs `body` to a presigned URL; returns the ETag the store answered."""
+    request = urllib.request.Request(url, data=body, method="PUT")
+    if content_type:
+        request.add_header("Content-Type", content_type)
+    with urllib.request.urlopen(request) as r:
+        return r.headers.get("ETag", "")

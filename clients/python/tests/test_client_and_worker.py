@@ -1,0 +1,115 @@
+"""The Python client and worker against a real server: submit, watch progress, upload
+artifacts (one in parts), download them, inputs, and failures with and without retries."""
+
+import os
+import threading
+import uuid
+
+import pytest
+
+from conveyor import Client, Fatal, Worker
+from conveyor.v1 import jobs_pb2 as pb
+
+
+def started(worker: Worker) -> threading.Thread:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_a_python_worker_reports_progress_and_its_artifacts_come_back(server, tmp_path):
+    queue = f"render-{uuid.uuid4().hex[:8]}"
+    big = tmp_path / "video.mp4"
+    # Above the server's 64 MiB threshold: uploaded in parts.
+    with open(big, "wb") as f:
+        f.write(b"frame\n" * (70 * (1 << 20) // 6))
+    worker = Worker(queues=[queue], concurrency=2, address=server)
+
+    @worker.job(queue)
+    def render(job, progress):
+        assert job.json() == {"title": "Weather for Lisbon"}
+        for percent, stage in [(30, "bundle"), (40, "composition"), (85, "render")]:
+            progress(percent, stage, f"at {percent}")
+        notes = tmp_path / f"notes-{job.attempt}.txt"
+        notes.write_text("rendered")
+        job.upload("notes.txt", str(notes))
+        job.upload("video.mp4", str(big))
+        return {"video": "video.mp4"}
+
+    thread = None
+    try:
+        with Client(server) as client:
+            job = client.submit(queue, {"title": "Weather for Lisbon"}, tier="premium")
+            assert job.state == pb.JOB_STATE_QUEUED
+            # The watch is open (its snapshot came) before the worker can report anything.
+            watch = client.watch(job.id)
+            events = [next(watch)]
+            thread = started(worker)
+            events += list(watch)
+            stages = [e.progress.stage for e in events if e.kind == pb.JobEvent.KIND_PROGRESS]
+            assert "render" in stages, stages
+            last = events[-1]
+            assert last.state == pb.JOB_STATE_SUCCEEDED, last
+            assert [a.name for a in last.artifacts] == ["notes.txt", "video.mp4"]
+            done = client.get(job.id)
+            assert done.result == '{"video": "video.mp4"}'
+            video = next(a for a in done.artifacts if a.name == "video.mp4")
+            assert video.size == os.path.getsize(big)
+            assert video.content_type == "video/mp4"
+            assert video.checksum.endswith("-5"), video.checksum  # 5 parts of 16 MiB
+            paths = client.download(job.id, str(tmp_path / "out"))
+            fetched = {os.path.basename(p): p for p in paths}
+            assert open(fetched["notes.txt"]).read() == "rendered"
+            assert os.path.getsize(fetched["video.mp4"]) == os.path.getsize(big)
+    finally:
+        worker.stop()
+        if thread:
+            thread.join(timeout=10)
+
+
+def test_inputs_reach_the_handler_and_failures_retry_unless_fatal(server, tmp_path):
+    queue = f"edit-{uuid.uuid4().hex[:8]}"
+    footage = tmp_path / "clip.mov"
+    footage.write_bytes(b"raw footage")
+    tries = {}
+    worker = Worker(queues=[queue], address=server)
+
+    @worker.job(queue)
+    def edit(job, progress):
+        kind = job.json()["kind"]
+        tries[kind] = tries.get(kind, 0) + 1
+        if kind == "fatal":
+            raise Fatal("the footage is unusable")
+        if kind == "flaky" and job.attempt == 1:
+            raise ValueError("out of memory")
+        return open(job.input("clip.mov", str(tmp_path))).read() if job.inputs else "ok"
+
+    thread = started(worker)
+    try:
+        with Client(server) as client:
+            clip = client.upload_input(str(footage))
+            with_input = client.submit(queue, {"kind": "input"}, inputs=[clip])
+            fatal = client.submit(queue, {"kind": "fatal"}, max_attempts=3)
+            flaky = client.submit(queue, {"kind": "flaky"}, max_attempts=3)
+            assert client.wait(with_input.id).result == "raw footage"
+            failed = client.wait(fatal.id)
+            assert failed.state == pb.JOB_STATE_FAILED
+            assert (failed.attempt, failed.error) == (1, "the footage is unusable")
+            retried = client.wait(flaky.id)
+            assert (retried.state, retried.attempt) == (pb.JOB_STATE_SUCCEEDED, 2)
+            assert tries == {"input": 1, "fatal": 1, "flaky": 2}
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+
+
+def test_bad_input_is_refused_with_its_status(server):
+    import grpc
+
+    with Client(server) as client:
+        with pytest.raises(grpc.RpcError) as refused:
+            client.submit("bad queue name!", {})
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as missing:
+            client.get("render:0190b5a0-0000-7000-8000-000000000000")
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND

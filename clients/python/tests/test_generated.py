@@ -1,0 +1,21 @@
+"""The checked-in conveyor/v1 modules are what generate.sh makes from today's proto files."""
+
+import os
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.abspath(os.path.join(os.path.dirname(__file__), ".."))
+PROTO = os.path.abspath(os.path.join(HERE, "..", "..", "proto"))
+
+
+def test_generated_code_is_current():
+    with tempfile.TemporaryDirectory() as out:
+        files = [os.path.join(PROTO, "conveyor", "v1", f) for f in ("jobs.proto", "workers.proto")]
+        subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-I", PROTO,
+                        f"--python_out={out}", f"--grpc_python_out={out}", f"--pyi_out={out}",
+                        *files], check=True)
+        for name in sorted(os.listdir(os.path.join(out, "conveyor", "v1"))):
+            fresh = open(os.path.join(out, "conveyor", "v1", name)).read()
+            kept = open(os.path.join(HERE, "conveyor", "v1", name)).read()
+            assert fresh == kept, f"conveyor/v1/{name} is stale: run clients/python/generate.sh"
