@@ -130,6 +130,14 @@ async fn storage_refuses_a_configuration_it_cannot_use() {
     assert!(Storage::new(too_long).await.is_err());
 }
 
+/// A server whose artifacts go to a fresh store.
+async fn stored() -> (S3, harness::Redis, harness::Server) {
+    let s3 = S3::start().await;
+    let redis = harness::Redis::start().await;
+    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    (s3, redis, server)
+}
+
 /// A server whose artifacts go to `s3`.
 fn with_storage(redis: &harness::Redis, s3: &S3) -> conveyor::config::Config {
     let mut config = harness::config(redis);
@@ -163,9 +171,7 @@ async fn ask(worker: &mut Worker, request: WorkerMsg) -> Result<proto::UploadUrl
 #[tokio::test]
 async fn a_worker_uploads_into_its_own_attempt_and_only_while_it_holds_the_lease() {
     harness::logs();
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let (s3, _redis, server) = stored().await;
     let mut jobs = server.jobs().await;
     let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
     let mut worker = Worker::connect(&server, &["render"], 1).await;
@@ -280,9 +286,7 @@ fn input_request(name: &str) -> proto::CreateInputUploadRequest {
 /// refused and change nothing.
 #[tokio::test]
 async fn a_client_uploads_an_input_and_the_workers_command_reads_it() {
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let (_s3, redis, server) = stored().await;
     let mut jobs = server.jobs().await;
     let scratch = tempfile::tempdir().unwrap();
     let source = scratch.path().join("source.mov");
@@ -650,9 +654,7 @@ fn time_now() -> i64 {
 
 #[tokio::test]
 async fn a_zombie_attempts_upload_never_becomes_the_jobs_artifact() {
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let (_s3, _redis, server) = stored().await;
     let mut jobs = server.jobs().await;
     let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
 
@@ -753,9 +755,7 @@ struct Watched {
 }
 
 async fn watched_job() -> Watched {
-    let s3 = S3::start().await;
-    let redis = harness::Redis::start().await;
-    let server = harness::Server::start(with_storage(&redis, &s3)).await;
+    let (s3, redis, server) = stored().await;
     let mut jobs = server.jobs().await;
     let job = harness::submit_job(&mut jobs, harness::submit("render", "{}")).await;
     let (mut watcher, id) = (jobs.clone(), job.id.clone());
