@@ -127,6 +127,8 @@ class Worker:
         # Completes and Fails not yet answered, sent again on the next stream.
         self._final: Dict[str, pb.ConnectRequest] = {}
         self._stop = threading.Event()
+        # Set once stopping is done: no stream is dialed again.
+        self._closed = threading.Event()
 
     def job(self, queue_name: str) -> Callable[[Handler], Handler]:
         """Registers the decorated function as the handler of `queue_name`'s jobs."""
@@ -135,10 +137,22 @@ class Worker:
             return handler
         return register
 
-    def stop(self) -> None:
-        """Ends `run` after the current stream; running handlers finish."""
+    def stop(self, grace: float = 30.0) -> None:
+        """Takes no new jobs, lets running handlers finish and their results be answered (for
+        at most `grace` seconds), then ends `run`."""
         self._stop.set()
-        self._send(None)
+
+        def close() -> None:
+            deadline = time.time() + grace
+            while time.time() < deadline:
+                with self._lock:
+                    if not self._running and not self._final:
+                        break
+                time.sleep(0.05)
+            self._closed.set()
+            self._send(None)
+
+        threading.Thread(target=close, daemon=True).start()
 
     def _send(self, message: Optional[pb.ConnectRequest]) -> None:
         with self._lock:
@@ -147,7 +161,7 @@ class Worker:
     def run(self) -> None:
         """Serves until `stop`, dialing again (with backoff) whenever the stream breaks."""
         backoff = 0.2
-        while not self._stop.is_set():
+        while not self._closed.is_set():
             try:
                 self._serve()
                 backoff = 0.2
@@ -156,7 +170,7 @@ class Worker:
                                 grpc.StatusCode.INVALID_ARGUMENT):
                     raise
                 log.info("stream to %s broke (%s); again in %.1fs", self.address, e.code(), backoff)
-            if not self._stop.wait(backoff):
+            if not self._closed.wait(backoff):
                 backoff = min(backoff * 2, 5.0)
         self._pool.shutdown(wait=True)
 
@@ -169,12 +183,13 @@ class Worker:
                 ask.cancel()
             self._asks.clear()
             old, self._outbox = self._outbox, outbox
-            old.put(None)
-            # Progress made while disconnected follows the Hello; so do unanswered ends.
+            # Progress made while disconnected follows the Hello; so do unanswered ends. The
+            # old stream's sender gets its end last.
             while not old.empty():
                 item = old.get_nowait()
                 if item is not None and item.WhichOneof("msg") == "progress":
                     outbox.put(item)
+            old.put(None)
             for final in self._final.values():
                 outbox.put(final)
         hello = pb.Hello(queues=self.queues, concurrency=self.concurrency,
@@ -221,8 +236,6 @@ class Worker:
                     self._answered(message.report_result)
                 elif kind == "drain":
                     return
-                if self._stop.is_set():
-                    return
         finally:
             chan.close()
 
@@ -236,7 +249,7 @@ class Worker:
             log.warning("report about %s refused: %s", r.job_id, r.message)
 
     def _heartbeat(self, every: float, stream) -> None:
-        while stream.is_active() and not self._stop.wait(every):
+        while stream.is_active() and not self._closed.wait(every):
             self._send(pb.ConnectRequest(heartbeat=pb.Heartbeat()))
 
     def _ask(self, job_id: str, name: str, message: pb.ConnectRequest) -> pb.ConnectResponse:
@@ -259,6 +272,9 @@ class Worker:
 
     def _start(self, assignment: pb.Assignment) -> None:
         job = Job(self, assignment)
+        if self._stop.is_set():
+            self._send_fail(job, "the worker is stopping", True)
+            return
         handler = self._handlers.get(job.queue)
         if handler is None:
             self._send_fail(job, f"this worker has no handler for queue {job.queue!r}", False)

@@ -113,3 +113,26 @@ def test_bad_input_is_refused_with_its_status(server):
         with pytest.raises(grpc.RpcError) as missing:
             client.get("render:0190b5a0-0000-7000-8000-000000000000")
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_stop_lets_a_running_job_finish_and_report(server):
+    queue = f"slow-{uuid.uuid4().hex[:8]}"
+    began, release = threading.Event(), threading.Event()
+    worker = Worker(queues=[queue], address=server)
+
+    @worker.job(queue)
+    def slow(job, progress):
+        began.set()
+        release.wait(10)
+        return "done"
+
+    thread = started(worker)
+    with Client(server) as client:
+        job = client.submit(queue, {})
+        assert began.wait(10)
+        worker.stop()
+        release.set()
+        thread.join(timeout=15)
+        assert not thread.is_alive(), "run ends once the result is answered"
+        done = client.get(job.id)
+        assert (done.state, done.result) == (pb.JOB_STATE_SUCCEEDED, "done")

@@ -157,6 +157,7 @@ export class Worker {
   private final = new Map<string, Request>();
   private asks = new Map<string, (answer: ConnectResponse) => void>();
   private outbox = new Outbox();
+  private stopping = false;
   private stopped = false;
   private transport: Transport;
 
@@ -170,9 +171,20 @@ export class Worker {
     return this;
   }
 
-  stop(): void {
-    this.stopped = true;
-    this.outbox.close();
+  /** Takes no new jobs, lets running handlers finish and their results be answered (for at
+   *  most `graceMs`), then ends `run`. */
+  stop(graceMs = 30_000): void {
+    this.stopping = true;
+    const deadline = Date.now() + graceMs;
+    const close = () => {
+      if ((this.running.size > 0 || this.final.size > 0) && Date.now() < deadline) {
+        setTimeout(close, 50);
+        return;
+      }
+      this.stopped = true;
+      this.outbox.close();
+    };
+    close();
   }
 
   /** Serves until `stop`, dialing again (with backoff) whenever the stream breaks. */
@@ -190,7 +202,6 @@ export class Worker {
       await new Promise((r) => setTimeout(r, backoff));
       backoff = Math.min(backoff * 2, 5000);
     }
-    while (this.running.size > 0) await new Promise((r) => setTimeout(r, 50));
   }
 
   /** Sends `msg` and waits for the server's answer about artifact `name` of job `jobId`. */
@@ -283,6 +294,10 @@ export class Worker {
 
   private start(a: Assignment): void {
     const job = new Job(this, a);
+    if (this.stopping) {
+      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: "the worker is stopping", retryable: true } });
+      return;
+    }
     const handler = this.handlers.get(job.queue);
     if (!handler) {
       this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: `this worker has no handler for queue ${job.queue}`, retryable: false } });

@@ -144,3 +144,25 @@ test("the browser client speaks gRPC-Web to the same port, and refusals carry th
     return e instanceof ConnectError && e.code === Code.InvalidArgument;
   });
 });
+
+test("stop lets a running job finish and report", async () => {
+  const queue = unique("slow");
+  let release!: () => void;
+  const released = new Promise<void>((r) => (release = r));
+  let began!: () => void;
+  const started = new Promise<void>((r) => (began = r));
+  const worker = new Worker({ address, queues: [queue] }).job(queue, async () => {
+    began();
+    await released;
+    return "done";
+  });
+  const running = worker.run();
+  const client = new Conveyor(grpcTransport({ address }));
+  const job = await client.submit({ queue });
+  await started;
+  worker.stop();
+  release();
+  await running;
+  const done = await client.get(job.id);
+  assert.deepEqual([done.state, done.result], [JobState.SUCCEEDED, "done"]);
+});
