@@ -44,3 +44,35 @@ fn the_typescript_client_tests_pass() {
         "`npm ci` in clients/typescript",
     );
 }
+
+/// `clients/examples/video`: the video pipeline (`conveyor dev`, the Python render worker, the
+/// backend that submits and watches) runs to a rendered video, with every stage reported.
+#[test]
+fn the_video_pipeline_example_runs() {
+    let port = crate::harness::free_port().to_string();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/examples/video/run.sh");
+    let out = Command::new("sh")
+        .arg(script)
+        .env("CONVEYOR_BIN", env!("CARGO_BIN_EXE_conveyor"))
+        .env("PORT", &port)
+        .env("STEP_SECONDS", "0.02")
+        .output()
+        .expect("sh runs the example");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for stage in [
+        "bundle",
+        "composition",
+        "render",
+        "upload",
+        "cleanup",
+        "JOB_STATE_SUCCEEDED",
+    ] {
+        assert!(said.contains(stage), "{stage} in {said}");
+    }
+    assert!(said.contains("weather.mp4 ("), "{said}");
+}
