@@ -1,5 +1,6 @@
-// Proto hygiene: the protocol is `buf lint` clean (STANDARD, proto/buf.yaml), and src/gen is
-// what `npm run generate` makes from today's proto files. buf comes from the npm registry.
+// Proto hygiene: the protocol is `buf lint` clean (STANDARD, proto/buf.yaml), does not break the
+// last release (`buf breaking` against proto/releases/), and src/gen is what `npm run generate`
+// makes from today's proto files. buf comes from the npm registry.
 
 import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
@@ -14,6 +15,15 @@ const PROTO = resolve(PACKAGE, "..", "..", "proto");
 
 test("the proto files are buf lint clean", () => {
   execFileSync(BUF, ["lint"], { cwd: PROTO, stdio: "pipe" });
+});
+
+test("the protocol does not break the last release", () => {
+  const releases = readdirSync(join(PROTO, "releases"))
+    .filter((f) => f.endsWith(".binpb"))
+    .sort((a, b) => a.localeCompare(b, "en", { numeric: true }));
+  assert.ok(releases.length > 0, "proto/releases holds each release's image");
+  const last = join(PROTO, "releases", releases[releases.length - 1]);
+  execFileSync(BUF, ["breaking", "--against", last], { cwd: PROTO, stdio: "pipe" });
 });
 
 test("src/gen is current", () => {
