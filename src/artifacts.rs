@@ -442,6 +442,15 @@ pub fn input_key(tenant: &str, input: &str) -> String {
     format!("{ROOT}{}/inputs/{input}", segment(tenant))
 }
 
+/// The file name of an input reference (what follows its id): a worker finds the input under
+/// it, so a job's inputs have different ones.
+pub fn input_name(input: &str) -> &str {
+    input
+        .split_once('/')
+        .map(|(_, name)| name)
+        .unwrap_or_default()
+}
+
 /// An input reference is `<uuid>/<name>` with a valid name.
 pub fn check_input(input: &str) -> Result<(), Error> {
     let bad = || {

@@ -1,6 +1,7 @@
 //! How a client reaches a server: the address, TLS when it is `https://` (a CA to trust, and a
 //! client certificate for mTLS), and a credential sent as `authorization: Bearer` on every call.
-//! The CLI, the worker runtime and the demo connect through here.
+//! The CLI, the worker runtime and the demo connect through here, and fetch the presigned URLs
+//! the server hands out.
 
 use std::path::PathBuf;
 
@@ -89,4 +90,43 @@ impl Interceptor for Bearer {
         }
         Ok(request)
     }
+}
+
+/// An HTTP client for presigned URLs. reqwest is built without a default crypto provider;
+/// rustls uses ring here, as everywhere in Conveyor.
+pub fn http() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// GETs `url` into the file at `path` (its folders made as needed), streaming; returns the
+/// bytes written. Errors name `what` is being fetched.
+pub async fn fetch_to(
+    http: &reqwest::Client,
+    url: &str,
+    path: &std::path::Path,
+    what: &str,
+) -> Result<u64, String> {
+    use tokio::io::AsyncWriteExt;
+    let on_file = |e: std::io::Error| format!("{}: {e}", path.display());
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let fetching = |e: reqwest::Error| format!("fetching {what}: {e}");
+    let mut response = http
+        .get(url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .map_err(fetching)?;
+    let mut file = tokio::fs::File::create(path).await.map_err(on_file)?;
+    let mut written = 0;
+    while let Some(chunk) = response.chunk().await.map_err(fetching)? {
+        written += chunk.len() as u64;
+        file.write_all(&chunk).await.map_err(on_file)?;
+    }
+    file.flush().await.map_err(on_file)?;
+    Ok(written)
 }

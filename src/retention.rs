@@ -145,12 +145,19 @@ impl Sweeper {
                 Located::Input => None,
             })
             .collect();
-        let jobs: HashMap<String, Kept> = match &self.history {
+        // Each job with the names of its accepted artifacts, decoded once per page.
+        let jobs: HashMap<String, (Kept, Vec<String>)> = match &self.history {
             Some(history) if !ids.is_empty() => history
                 .kept_state(ids.into_iter().map(str::to_string).collect())
                 .await?
                 .into_iter()
-                .map(|k| (k.id.clone(), k))
+                .map(|k| {
+                    let names = Artifact::decode(k.artifacts.as_deref().unwrap_or_default())
+                        .into_iter()
+                        .map(|a| a.name)
+                        .collect();
+                    (k.id.clone(), (k, names))
+                })
                 .collect(),
             _ => HashMap::new(),
         };
@@ -161,7 +168,13 @@ impl Sweeper {
             .collect())
     }
 
-    fn is_expired(&self, key: &str, modified: i64, jobs: &HashMap<String, Kept>, now: i64) -> bool {
+    fn is_expired(
+        &self,
+        key: &str,
+        modified: i64,
+        jobs: &HashMap<String, (Kept, Vec<String>)>,
+        now: i64,
+    ) -> bool {
         let (job_id, attempt, name) = match artifacts::locate(key) {
             None => return false,
             Some(Located::Input) => return modified < before(now, self.policy.inputs),
@@ -174,7 +187,7 @@ impl Sweeper {
         let keep = scheduler::keys::queue_of(job_id)
             .map(|queue| self.policy.of(queue))
             .unwrap_or(self.policy.default);
-        let Some(job) = jobs.get(job_id) else {
+        let Some((job, names)) = jobs.get(job_id) else {
             // No row: its history went at the end of its retention (or there is no database),
             // and its files were written before it ended.
             return modified < before(now, keep);
@@ -185,11 +198,7 @@ impl Sweeper {
         if job.keep {
             return false;
         }
-        let named = job.succeeded
-            && job.attempt == attempt
-            && Artifact::decode(job.artifacts.as_deref().unwrap_or_default())
-                .iter()
-                .any(|a| a.name == name);
+        let named = job.succeeded && job.attempt == attempt && names.iter().any(|n| n == name);
         match named {
             true => finished < before(now, keep),
             false => finished < before(now, self.policy.unnamed),

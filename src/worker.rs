@@ -106,9 +106,7 @@ pub async fn run(
         .worker_id
         .clone()
         .unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
-    // reqwest is built without a default crypto provider; rustls uses ring here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::builder()
+    let http = crate::client::http()
         .connect_timeout(Duration::from_secs(10))
         .build()
         .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;

@@ -302,7 +302,7 @@ fn inputs(inputs: Vec<String>) -> Result<Vec<String>, Error> {
     for (i, input) in inputs.iter().enumerate() {
         check_input(input).map_err(|e| invalid(format!("inputs[{i}]: {e}")))?;
         // A worker finds each input under its name, so names differ.
-        let name = |input: &str| input.split_once('/').map(|(_, name)| name.to_string());
+        let name = crate::artifacts::input_name;
         if inputs[..i].iter().any(|other| name(other) == name(input)) {
             return Err(invalid(format!(
                 "inputs[{i}]: another input has the name of {input:?}"

@@ -172,15 +172,14 @@ async fn download(
     job: &proto::Job,
     dir: &std::path::Path,
 ) -> Result<(), Error> {
-    use tokio::io::AsyncWriteExt;
     if job.artifacts.is_empty() {
         eprintln!("{} has no artifacts", job.id);
         return Ok(());
     }
-    // reqwest is built without a default crypto provider; rustls uses ring here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let http = reqwest::Client::new();
     let failed = |what: String| Error::Usage(what);
+    let http = crate::client::http()
+        .build()
+        .map_err(|e| failed(format!("HTTP client: {e}")))?;
     for artifact in &job.artifacts {
         // The name comes from the server; it still may not reach outside `dir`.
         crate::artifacts::check_name(&artifact.name).map_err(|e| failed(e.to_string()))?;
@@ -194,34 +193,9 @@ async fn download(
             .into_inner()
             .url;
         let path = dir.join(&artifact.name);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| failed(format!("{}: {e}", parent.display())))?;
-        }
-        let mut response = http
-            .get(&url)
-            .send()
+        let written = crate::client::fetch_to(&http, &url, &path, &artifact.name)
             .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| failed(format!("downloading {}: {e}", artifact.name)))?;
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        let mut written = 0;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| failed(format!("downloading {}: {e}", artifact.name)))?
-        {
-            written += chunk.len() as u64;
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| failed(format!("{}: {e}", path.display())))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| failed(format!("{}: {e}", path.display())))?;
+            .map_err(failed)?;
         if written != artifact.size {
             return Err(failed(format!(
                 "{}: got {written} bytes, the job says {}",

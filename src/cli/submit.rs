@@ -139,9 +139,9 @@ async fn upload_input(
     let body = tokio::fs::read(file)
         .await
         .map_err(|e| failed(format!("{}: {e}", file.display())))?;
-    // reqwest is built without a default crypto provider; rustls uses ring here.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::new()
+    crate::client::http()
+        .build()
+        .map_err(|e| failed(format!("HTTP client: {e}")))?
         .put(&upload.url)
         .header("content-type", content_type)
         .body(body)

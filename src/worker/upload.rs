@@ -67,41 +67,11 @@ pub async fn download_inputs(
     inputs: &[proto::InputUrl],
     dir: &Path,
 ) -> Result<(), String> {
-    use tokio::io::AsyncWriteExt;
     for input in inputs {
-        let name = input
-            .input
-            .split_once('/')
-            .map(|(_, name)| name)
-            .unwrap_or_default();
+        let name = artifacts::input_name(&input.input);
         artifacts::check_name(name).map_err(|e| e.to_string())?;
-        let path = dir.join(name);
-        if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
-                .await
-                .map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        let mut response = http
-            .get(&input.url)
-            .send()
-            .await
-            .and_then(|r| r.error_for_status())
-            .map_err(|e| format!("fetching input {name:?}: {e}"))?;
-        let mut file = tokio::fs::File::create(&path)
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|e| format!("fetching input {name:?}: {e}"))?
-        {
-            file.write_all(&chunk)
-                .await
-                .map_err(|e| format!("{}: {e}", path.display()))?;
-        }
-        file.flush()
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+        let what = format!("input {name:?}");
+        crate::client::fetch_to(http, &input.url, &dir.join(name), &what).await?;
     }
     Ok(())
 }

@@ -2,8 +2,10 @@
 // submit, watch, wait, inputs and artifact downloads.
 
 import { create } from "@bufbuild/protobuf";
-import { createClient, type Client, type Interceptor, type Transport } from "@connectrpc/connect";
+import { createClient, type Client, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
+
+import { bearer } from "./bearer.js";
 
 import {
   JobEvent_Kind,
@@ -18,13 +20,7 @@ import {
 
 export type JobServiceClient = Client<typeof JobService>;
 
-/** Adds `authorization: Bearer <key>` to every call. */
-export function bearer(key: string): Interceptor {
-  return (next) => async (req) => {
-    req.header.set("authorization", `Bearer ${key}`);
-    return next(req);
-  };
-}
+export { bearer };
 
 /** Where and as whom: `address` defaults to CONVEYOR_ADDR or http://127.0.0.1:50051. */
 export interface Options {

@@ -4,6 +4,7 @@
 import { createClient, type Client } from "@connectrpc/connect";
 import { createGrpcWebTransport } from "@connectrpc/connect-web";
 
+import { bearer } from "./bearer.js";
 import { JobService } from "./gen/conveyor/v1/jobs_pb.js";
 
 export * from "./gen/conveyor/v1/jobs_pb.js";
@@ -13,14 +14,7 @@ export * from "./gen/conveyor/v1/jobs_pb.js";
 export function jobService(baseUrl: string, token?: string): Client<typeof JobService> {
   const transport = createGrpcWebTransport({
     baseUrl,
-    interceptors: token
-      ? [
-          (next) => async (req) => {
-            req.header.set("authorization", `Bearer ${token}`);
-            return next(req);
-          },
-        ]
-      : [],
+    interceptors: token ? [bearer(token)] : [],
   });
   return createClient(JobService, transport);
 }
