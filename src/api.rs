@@ -2,6 +2,7 @@
 //! No scheduling logic and no Redis here.
 
 mod convert;
+pub mod dashboard;
 #[cfg(test)]
 mod fuzz;
 mod jobs;

@@ -2,6 +2,7 @@
 //! database chores `migrate`, `cleanup` and `keys`.
 
 pub mod database;
+pub mod drain;
 pub mod keys;
 pub mod queues;
 pub mod show;

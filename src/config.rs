@@ -366,6 +366,18 @@ pub struct Config {
     /// (a small machine), 1 does the same work with less CPU: fewer wake-ups across threads.
     #[arg(long, env = "CONVEYOR_THREADS", value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: Option<u16>,
+    /// The HTTP port: Prometheus `/metrics`, probes `/healthz` and `/readyz`, and `POST /drain`
+    /// (loopback callers only). `serve` defaults to 0.0.0.0:9090, `dev` has none; `off` turns
+    /// it off.
+    #[arg(long = "http-listen", env = "CONVEYOR_HTTP_LISTEN")]
+    pub http_listen: Option<String>,
+    /// How long a shutdown waits for open streams (watches, workers told to drain) before it
+    /// closes them; the history is flushed after.
+    #[arg(long, env = "CONVEYOR_SHUTDOWN_TIMEOUT", default_value = "20s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+    /// How often readiness checks that Redis and the database answer (a PING and a query).
+    #[arg(long, env = "CONVEYOR_HEALTH_CHECK", default_value = "5s", value_parser = parse_duration)]
+    pub health_check: Duration,
 }
 
 impl Config {

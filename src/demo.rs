@@ -49,6 +49,7 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         worker_id: None,
         labels: Default::default(),
         output_root: None,
+        shutdown_timeout: std::time::Duration::from_secs(30),
     };
     let worker = tokio::spawn(worker::run(options, async {
         let _ = worker_stopped.await;

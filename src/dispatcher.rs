@@ -107,6 +107,8 @@ enum Command {
         reserved: u32,
         /// The queue's `news` when the call started.
         news: u64,
+        /// When the call started (for the lease-to-start metric).
+        began: std::time::Instant,
         result: Result<Leased, scheduler::Error>,
     },
     Swept {
@@ -120,6 +122,20 @@ enum Command {
     Drain {
         done: oneshot::Sender<()>,
     },
+    Census {
+        reply: oneshot::Sender<Census>,
+    },
+}
+
+/// What the dispatcher has now (for the metrics).
+#[derive(Clone, Debug, Default)]
+pub struct Census {
+    /// Connected worker streams.
+    pub workers: u64,
+    /// Their free slots.
+    pub free_slots: u64,
+    /// The queues this replica serves or swept lately.
+    pub queues: Vec<String>,
 }
 
 #[derive(Clone)]
@@ -162,6 +178,15 @@ impl Handle {
         if self.tx.send(Command::Drain { done }).await.is_ok() {
             let _ = wait.await;
         }
+    }
+
+    /// Workers, free slots and queues as the dispatcher sees them now.
+    pub async fn census(&self) -> Census {
+        let (reply, answer) = oneshot::channel();
+        if self.tx.send(Command::Census { reply }).await.is_err() {
+            return Census::default();
+        }
+        answer.await.unwrap_or_default()
     }
 
     async fn send(&self, command: Command) -> Result<(), Error> {

@@ -1,6 +1,7 @@
 //! Job events: one Redis subscription per replica, fanned out in-process to watchers, and
 //! wake-ups and cancellations handed to the dispatcher.
 
+mod follow;
 mod watch;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use fred::prelude::{ClientLike, EventInterface, PubsubInterface};
 use tokio::sync::mpsc;
 
 use crate::scheduler::{Event, EventKind, JobState, keys};
+pub use follow::{Filter, Item as FollowItem, follow};
 pub use watch::{Item, watch};
 
 /// What the dispatcher needs to hear from Redis.
@@ -29,82 +31,177 @@ pub enum Signal {
 /// fresh snapshot from Redis, so one slow client never holds memory or the others back.
 const WATCHER_BUFFER: usize = 64;
 
-/// Watchers by job id: (watcher id, its buffer).
-type Watchers = HashMap<String, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
+/// Events buffered per WatchJobs stream, which hears whole queues.
+const FOLLOWER_BUFFER: usize = 1024;
+
+/// What a subscription hears: one job, or one tenant's jobs in some queues.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Topic {
+    Job(String),
+    Queue { queue: String, tenant: String },
+}
+
+/// Subscribers by topic: (subscription id, its buffer).
+type Subscribers = HashMap<Topic, Vec<(u64, mpsc::Sender<Arc<Event>>)>>;
 
 #[derive(Clone, Default)]
 pub struct Handle {
-    watchers: Arc<Mutex<Watchers>>,
+    subscribers: Arc<Mutex<Subscribers>>,
     next_id: Arc<AtomicU64>,
 }
 
-/// Live events of one job, in publication order; ends when the hub cuts it loose.
+/// Live events of one job, or of a tenant's jobs in some queues, in publication order; ends
+/// when the hub cuts it loose.
 pub struct Subscription {
     pub rx: mpsc::Receiver<Arc<Event>>,
     hub: Handle,
-    job_id: String,
+    topics: Vec<Topic>,
     id: u64,
 }
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.remove(&self.job_id, self.id);
+        self.hub.remove(&self.topics, self.id);
     }
 }
 
 impl Handle {
     pub fn subscribe(&self, job_id: &str) -> Subscription {
-        let (tx, rx) = mpsc::channel(WATCHER_BUFFER);
+        self.add(vec![Topic::Job(job_id.to_string())], WATCHER_BUFFER)
+    }
+
+    /// Every event of `tenant`'s jobs in `queues` that the scripts publish (those of followed
+    /// jobs, see follow.lua, and of jobs watched one by one).
+    pub fn subscribe_queues(&self, tenant: &str, queues: &[String]) -> Subscription {
+        let topics = queues
+            .iter()
+            .map(|queue| Topic::Queue {
+                queue: queue.clone(),
+                tenant: tenant.to_string(),
+            })
+            .collect();
+        self.add(topics, FOLLOWER_BUFFER)
+    }
+
+    fn add(&self, topics: Vec<Topic>, buffer: usize) -> Subscription {
+        let (tx, rx) = mpsc::channel(buffer);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers
-            .entry(job_id.to_string())
-            .or_default()
-            .push((id, tx));
+        let mut subscribers = self.lock();
+        for topic in &topics {
+            subscribers
+                .entry(topic.clone())
+                .or_default()
+                .push((id, tx.clone()));
+        }
         Subscription {
             rx,
             hub: self.clone(),
-            job_id: job_id.to_string(),
+            topics,
             id,
         }
     }
 
-    fn remove(&self, job_id: &str, id: u64) {
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(list) = watchers.get_mut(job_id) {
-            list.retain(|(w, _)| *w != id);
-            if list.is_empty() {
-                watchers.remove(job_id);
-            }
-        }
+    fn lock(&self) -> std::sync::MutexGuard<'_, Subscribers> {
+        self.subscribers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Hands each event to the watchers of its job; one shared copy per event.
-    fn publish(&self, events: Vec<Event>) {
-        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        for event in events {
-            if let Some(list) = watchers.get_mut(&event.job_id) {
-                let event = Arc::new(event);
-                // A full or closed channel drops the watcher; it resyncs from Redis.
-                list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+    fn remove(&self, topics: &[Topic], id: u64) {
+        let mut subscribers = self.lock();
+        for topic in topics {
+            if let Some(list) = subscribers.get_mut(topic) {
+                list.retain(|(s, _)| *s != id);
                 if list.is_empty() {
-                    watchers.remove(&event.job_id);
+                    subscribers.remove(topic);
                 }
             }
         }
     }
 
-    /// Cuts every watcher loose, so each re-reads what it may have missed.
-    fn reset(&self) {
-        self.watchers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+    /// Hands each event to the subscribers of its job and of its queue; one shared copy per
+    /// event.
+    fn publish(&self, events: Vec<Event>) {
+        let mut subscribers = self.lock();
+        for event in events {
+            let event = Arc::new(event);
+            let mut topics = vec![Topic::Job(event.job_id.clone())];
+            if let Some(scope) = &event.scope {
+                topics.push(Topic::Queue {
+                    queue: scope.queue.clone(),
+                    tenant: scope.tenant.clone(),
+                });
+            }
+            for topic in topics {
+                if let Some(list) = subscribers.get_mut(&topic) {
+                    // A full or closed channel drops the subscriber; it resyncs from Redis.
+                    list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+                    if list.is_empty() {
+                        subscribers.remove(&topic);
+                    }
+                }
+            }
+        }
     }
 
+    /// Cuts every subscriber loose, so each re-reads what it may have missed.
+    fn reset(&self) {
+        self.lock().clear();
+    }
+
+    /// Open WatchJob streams (one per job watched).
     pub fn watcher_count(&self) -> usize {
-        let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
-        watchers.values().map(Vec::len).sum()
+        self.lock()
+            .iter()
+            .filter(|(topic, _)| matches!(topic, Topic::Job(_)))
+            .map(|(_, list)| list.len())
+            .sum()
+    }
+
+    /// Open streams here: WatchJob ones (per job) and WatchJobs ones.
+    pub fn counts(&self) -> (usize, usize) {
+        let subscribers = self.lock();
+        let mut jobs = 0;
+        let mut followers = std::collections::HashSet::new();
+        for (topic, list) in subscribers.iter() {
+            match topic {
+                Topic::Job(_) => jobs += list.len(),
+                Topic::Queue { .. } => followers.extend(list.iter().map(|(id, _)| *id)),
+            }
+        }
+        (jobs, followers.len())
+    }
+
+    /// The queues WatchJobs streams here follow.
+    pub fn followed_queues(&self) -> Vec<String> {
+        let mut queues: Vec<String> = self
+            .lock()
+            .keys()
+            .filter_map(|topic| match topic {
+                Topic::Queue { queue, .. } => Some(queue.clone()),
+                Topic::Job(_) => None,
+            })
+            .collect();
+        queues.sort();
+        queues.dedup();
+        queues
+    }
+}
+
+/// Keeps the `watched` mark of every queue a WatchJobs stream here follows alive (a third of
+/// its life between refreshes), until the process ends.
+pub async fn keep_followed(hub: Handle, scheduler: crate::scheduler::Handle) {
+    let mut tick = tokio::time::interval(crate::scheduler::WATCHED_TTL / 3);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let queues = hub.followed_queues();
+        if queues.is_empty() {
+            continue;
+        }
+        if let Err(e) = scheduler.keep_watched(&queues).await {
+            // A mark that lapses costs followers their new jobs' events until Redis is back;
+            // the reconnect after it makes every stream read its queues again.
+            tracing::warn!(error = %e, "could not renew the watched mark of followed queues");
+        }
     }
 }
 
@@ -187,6 +284,8 @@ mod tests {
             error: String::new(),
             time_ms: 0,
             artifacts: Vec::new(),
+            scope: None,
+            job: None,
         }
     }
 

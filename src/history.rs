@@ -193,6 +193,13 @@ impl Store {
         &self.db
     }
 
+    /// Whether the database answers (the readiness check).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let ping = self.db.ping();
+        crate::metrics::timed(&crate::metrics::get().db_calls, "ping", ping).await?;
+        Ok(())
+    }
+
     pub fn backend(&self) -> DbBackend {
         self.db.get_database_backend()
     }
@@ -200,7 +207,8 @@ impl Store {
     /// Commits new jobs (and their labels), in one transaction with whatever other submits
     /// arrive meanwhile (`commit.rs`).
     pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), Error> {
-        Ok(self.commits.insert(rows).await?)
+        let insert = self.commits.insert(rows);
+        Ok(crate::metrics::timed(&crate::metrics::get().db_calls, "insert", insert).await?)
     }
 
     /// Deletes jobs that `insert` wrote but Redis did not take (an idempotent repeat, or Redis

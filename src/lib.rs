@@ -13,10 +13,14 @@ pub mod dev;
 pub mod dispatcher;
 pub mod events;
 pub mod flows;
+pub mod health;
 pub mod history;
+pub mod http;
+pub mod metrics;
 pub mod retention;
 pub mod scheduler;
 pub mod server;
+pub mod telemetry;
 pub mod webhooks;
 pub mod worker;
 

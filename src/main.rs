@@ -85,16 +85,9 @@ enum Command {
     Pause(cli::queues::QueueArgs),
     /// Start leasing from a paused queue again; needs the admin scope.
     Resume(cli::queues::QueueArgs),
-}
-
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    /// Take the server on this host out of service before it stops (a pod's pre-stop hook):
+    /// its readiness goes down and its workers move to other replicas; then wait.
+    Drain(cli::drain::DrainArgs),
 }
 
 async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
@@ -130,8 +123,12 @@ async fn run(cli: Cli) -> ExitCode {
         return client(cli.command).await;
     }
     let outcome: Result<ExitCode, Box<dyn std::error::Error>> = match cli.command {
-        Command::Serve(config) => {
-            init_logging("info");
+        Command::Serve(mut config) => {
+            let _traces = conveyor::telemetry::init("info");
+            // Probes and Prometheus expect the HTTP port of a server that is deployed.
+            config
+                .http_listen
+                .get_or_insert_with(|| "0.0.0.0:9090".into());
             if config.database_url.is_none() {
                 eprintln!(
                     "error: set DATABASE_URL (postgres://user@host/db): the database is Conveyor's \
@@ -146,7 +143,7 @@ async fn run(cli: Cli) -> ExitCode {
             mut config,
             data_dir,
         } => {
-            init_logging("info");
+            let _traces = conveyor::telemetry::init("info");
             config.insecure = true;
             eprintln!(
                 "\n  conveyor dev: AUTHENTICATION IS OFF. Every caller is the tenant `default` and \
@@ -198,7 +195,7 @@ async fn run(cli: Cli) -> ExitCode {
 
 /// Client commands log only warnings, so their output stays readable; a worker says more.
 async fn client(command: Command) -> ExitCode {
-    init_logging(if matches!(command, Command::Worker(_)) {
+    let _traces = conveyor::telemetry::init(if matches!(command, Command::Worker(_)) {
         "info"
     } else {
         "warn"
@@ -224,6 +221,7 @@ async fn client(command: Command) -> ExitCode {
         Command::Stats(args) => cli::queues::stats(args).await,
         Command::Pause(args) => cli::queues::pause(args, true).await,
         Command::Resume(args) => cli::queues::pause(args, false).await,
+        Command::Drain(args) => cli::drain::run(args).await,
         Command::Serve(_) | Command::Dev { .. } => unreachable!("handled in main"),
     })
 }

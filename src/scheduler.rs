@@ -10,9 +10,11 @@ mod durable;
 mod error;
 mod event;
 mod flows;
+mod follow;
 mod job;
 pub mod keys;
 mod leases;
+mod metered;
 mod queues;
 mod reconcile;
 mod retry;
@@ -29,7 +31,8 @@ use rand::Rng;
 
 pub use durable::ListFilter;
 pub use error::Error;
-pub use event::{Event, EventKind};
+pub use event::{Event, EventKind, Scope};
+pub use follow::{Cursor as FollowCursor, WATCHED_TTL};
 pub use job::{Artifact, Flow, Job, JobState, NewJob, Progress, Tier};
 pub use leases::{Holder, Report, Verdict};
 pub use queues::{QueueStats, QueueSummary, StateCounts};
@@ -412,6 +415,7 @@ impl Handle {
             other => other?,
         };
         let job = Job::from_fields(reply.into_iter().next().unwrap_or(Value::Null))?;
+        metered::ended(&queue, &(job.tier as i32).to_string(), "CANCELLED");
         let change = durable::ended(id, JobState::Cancelled, None, None, None);
         self.record(vec![change]);
         Ok(job)

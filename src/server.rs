@@ -12,12 +12,11 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
+use crate::health::Health;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
 use crate::{api, auth, dispatcher, events, history, proto, scheduler};
 
-/// How long shutdown waits for open streams after telling workers to drain.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Room for the rest of a SubmitJob beside the largest payload, so a payload one byte over the
 /// limit reaches our own check (INVALID_ARGUMENT) while anything far bigger is refused by tonic.
 const ENVELOPE: usize = 64 * 1024;
@@ -132,6 +131,20 @@ async fn connect(
     Ok((client, subscriber))
 }
 
+/// The HTTP port's listener, if the config has one.
+async fn http_listener(config: &Config) -> Result<Option<TcpListener>, Error> {
+    let address = match config.http_listen.as_deref() {
+        None | Some("off") | Some("") => return Ok(None),
+        Some(address) => address,
+    };
+    let listener = TcpListener::bind(address).await.map_err(|e| {
+        Error::Config(format!(
+            "cannot listen on {address} for HTTP: {e} (set CONVEYOR_HTTP_LISTEN, or off)"
+        ))
+    })?;
+    Ok(Some(listener))
+}
+
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -200,16 +213,43 @@ pub async fn run(
         signals_tx,
         flows,
     ));
+    background.push(tokio::spawn(events::keep_followed(
+        hub.clone(),
+        scheduler.clone(),
+    )));
+
+    // Health: the gRPC service and the HTTP probes, down while Redis or the database does not
+    // answer, and from the start of a drain or shutdown.
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health = Health::new(reporter).await;
+    background.push(tokio::spawn(crate::health::watch(
+        health.clone(),
+        scheduler.clone(),
+        scheduler.history().cloned(),
+        config.health_check,
+    )));
+    if let Some(listener) = http_listener(&config).await? {
+        tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "metrics and probes over HTTP");
+        let port = crate::http::Port {
+            health: health.clone(),
+            dispatcher: dispatcher.clone(),
+            hub: hub.clone(),
+            scheduler: scheduler.clone(),
+        };
+        background.push(tokio::spawn(crate::http::serve(listener, port)));
+    }
 
     let (stopping_tx, stopping) = watch::channel(false);
     let drain = dispatcher.clone();
     let stopped = async move {
         shutdown.await;
         tracing::info!("shutting down: draining workers and watchers");
+        health.drain().await;
         drain.drain().await;
         let _ = stopping_tx.send(true);
     };
     let mut stopped_rx = stopping.clone();
+    let shutdown_timeout = config.shutdown_timeout;
 
     let cors = api::web::cors(&config.cors_origins).map_err(Error::Config)?;
     let max_message = config.max_payload + ENVELOPE;
@@ -239,11 +279,6 @@ pub async fn run(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message)
     .accept_compressed(CompressionEncoding::Gzip);
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<JobServiceServer<api::Jobs>>().await;
-    health
-        .set_serving::<WorkerServiceServer<api::Workers>>()
-        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -263,9 +298,13 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .http2_max_header_list_size(Some(config.max_metadata))
+        // A span per RPC, continuing the caller's trace (its `traceparent` metadata).
+        .trace_fn(crate::telemetry::rpc_span)
         // Browsers: gRPC-Web over HTTP/1.1 on the same port, translated to gRPC, behind the
         // CORS policy (whose preflights need no credentials).
         .accept_http1(true)
+        // The dashboard's page, on the same origin as the calls it makes.
+        .layer(api::dashboard::Layer)
         .layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())
         // Every service sits behind authentication (health and reflection pass through).
@@ -279,9 +318,9 @@ pub async fn run(
         result = server => result.map_err(Error::from),
         _ = async {
             let _ = stopped_rx.wait_for(|s| *s).await;
-            tokio::time::sleep(SHUTDOWN_GRACE).await;
+            tokio::time::sleep(shutdown_timeout).await;
         } => {
-            tracing::warn!("streams still open after {SHUTDOWN_GRACE:?}; closing them");
+            tracing::warn!("streams still open after {shutdown_timeout:?}; closing them");
             Ok(())
         }
     };

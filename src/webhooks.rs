@@ -250,6 +250,17 @@ async fn deliver(job: &Job, options: &Options, slots: &Semaphore) {
         };
         let outcome = post(job, &body, &delivery, options).await;
         drop(slot);
+        let counted = match &outcome {
+            Ok(()) => "delivered",
+            Err(Failure::Retry(_)) if attempt < options.attempts => "retry",
+            Err(_) => "failed",
+        };
+        crate::metrics::get()
+            .webhook_deliveries
+            .get_or_create(&crate::metrics::Outcome {
+                outcome: counted.to_string(),
+            })
+            .inc();
         match outcome {
             Ok(()) => {
                 tracing::debug!(job = job.id, attempt, "webhook delivered");

@@ -31,6 +31,8 @@ pub struct Options {
     /// Where each attempt gets its output folder (`CONVEYOR_OUTPUT_DIR`); a folder under the
     /// system's temporary one when `None`.
     pub output_root: Option<std::path::PathBuf>,
+    /// How long running jobs may take to finish after a shutdown request.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +50,15 @@ pub enum Error {
 /// Reconnect delays: from this, doubling, up to `MAX_BACKOFF`, with jitter.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
-/// How long running jobs may take to finish after a shutdown request.
-const STOP_GRACE: Duration = Duration::from_secs(30);
 
 /// A job this process is running.
 struct Running {
     token: u64,
     cancel: oneshot::Sender<()>,
+    /// The attempt's span in the job's trace (when traces are exported here), and the
+    /// traceparent the command and the server's records continue.
+    span: Option<opentelemetry::global::BoxedSpan>,
+    trace_context: String,
 }
 
 /// The worker's state across connections.
@@ -221,27 +225,38 @@ impl Worker {
             outcome,
         } = event
         {
-            self.running.remove(&job_id);
+            let running = self.running.remove(&job_id);
             self.outbox
-                .insert(job_id.clone(), report(job_id, token, outcome));
+                .insert(job_id.clone(), report(job_id, token, outcome, running));
         }
     }
 }
 
-/// The message that tells the server how an attempt ended.
-fn report(job_id: String, token: u64, outcome: Outcome) -> Out {
-    match outcome {
+/// The message that tells the server how an attempt ended; the attempt's span ends with it.
+fn report(job_id: String, token: u64, outcome: Outcome, running: Option<Running>) -> Out {
+    let (mut span, trace_context) = running
+        .map(|r| (r.span, r.trace_context))
+        .unwrap_or_default();
+    if let (Some(span), Outcome::Failed { error, .. }) = (&mut span, &outcome) {
+        use opentelemetry::trace::Span as _;
+        span.set_status(opentelemetry::trace::Status::error(error.clone()));
+    }
+    let message = match outcome {
         Outcome::Succeeded { result, artifacts } => Out::Complete(proto::Complete {
             job_id,
             token,
             result,
             artifacts,
+            trace_context,
         }),
         Outcome::Failed { error, retryable } => Out::Fail(proto::Fail {
             job_id,
             token,
             error,
             retryable,
+            trace_context,
         }),
-    }
+    };
+    crate::telemetry::end(span);
+    message
 }

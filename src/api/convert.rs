@@ -168,7 +168,7 @@ pub fn to_worker(m: ToWorker, inputs: Vec<proto::InputUrl>) -> proto::ConnectRes
             token: j.token,
             attempt: j.attempt,
             deadline: Some(timestamp(deadline_ms)),
-            trace_context: String::new(),
+            trace_context: j.trace_context.clone(),
             job: Some(job(*j)),
             inputs,
         }),

@@ -129,22 +129,25 @@ fn worker_message() -> impl Strategy<Value = Msg> {
         any::<u64>(),
         text(),
         proptest::collection::vec(text(), 0..4),
+        text(),
     )
-        .prop_map(|(job_id, token, result, artifacts)| {
+        .prop_map(|(job_id, token, result, artifacts, trace_context)| {
             Msg::Complete(proto::Complete {
                 job_id,
                 token,
                 result,
                 artifacts,
+                trace_context,
             })
         });
-    let fail = (text(), any::<u64>(), text(), any::<bool>()).prop_map(
-        |(job_id, token, error, retryable)| {
+    let fail = (text(), any::<u64>(), text(), any::<bool>(), text()).prop_map(
+        |(job_id, token, error, retryable, trace_context)| {
             Msg::Fail(proto::Fail {
                 job_id,
                 token,
                 error,
                 retryable,
+                trace_context,
             })
         },
     );

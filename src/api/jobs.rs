@@ -12,9 +12,10 @@ use tonic::{Request, Response, Status};
 use super::status::{Error, invalid};
 use super::{Limits, Quotas, caller, convert, validate};
 use crate::artifacts::{self, Storage};
-use crate::events::{self, Item};
+use crate::events::{self, FollowItem, Item};
 use crate::proto::{self, job_service_server::JobService};
 use crate::scheduler::{self, NewJob, Tier};
+use crate::telemetry;
 
 /// Most jobs one SubmitJobs call may carry.
 const MAX_BATCH: usize = 1000;
@@ -56,6 +57,16 @@ impl Jobs {
     pub fn keepalive(mut self, every: Duration) -> Self {
         self.keepalive = every;
         self
+    }
+
+    /// One of the tenant's open watch streams (WatchJob and WatchJobs count alike).
+    fn watch_permit(&self, tenant: &str) -> Result<super::quota::WatchPermit, Error> {
+        self.quotas.watch(tenant).ok_or_else(|| {
+            let cap = self.quotas.max_watches();
+            Error::Exhausted(format!(
+                "this tenant already has {cap} open watch streams; close some first"
+            ))
+        })
     }
 
     /// What `job` names exists for the tenant: the jobs it depends on and its inputs.
@@ -106,6 +117,7 @@ fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobResponse, Status>> + Send>>;
+type FollowStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobsResponse, Status>> + Send>>;
 
 /// `events`, with a keep-alive event whenever it has been quiet for `every` (proxies with idle
 /// timeouts would cut a watch of a long render otherwise); ends when `events` does.
@@ -131,6 +143,38 @@ fn with_keepalive(job_id: String, events: EventStream, every: Duration) -> Event
     Box::pin(stream)
 }
 
+/// A WatchJobs stream with keep-alives (see `with_keepalive`), which carry the last resume
+/// token.
+fn with_follow_keepalive(responses: FollowStream, every: Duration) -> FollowStream {
+    let stream = futures_util::stream::unfold(
+        (responses, String::new()),
+        move |(mut responses, mut token)| async move {
+            match tokio::time::timeout(every, responses.next()).await {
+                Ok(Some(item)) => {
+                    if let Ok(r) = &item {
+                        token.clone_from(&r.resume_token);
+                    }
+                    Some((item, (responses, token)))
+                }
+                Ok(None) => None,
+                Err(_) => {
+                    let beat = proto::WatchJobsResponse {
+                        event: Some(proto::JobEvent {
+                            kind: proto::job_event::Kind::Keepalive as i32,
+                            time: Some(convert::timestamp(scheduler::now_ms())),
+                            ..Default::default()
+                        }),
+                        resume_token: token.clone(),
+                        synced: false,
+                    };
+                    Some((Ok(beat), (responses, token)))
+                }
+            }
+        },
+    );
+    Box::pin(stream)
+}
+
 #[tonic::async_trait]
 impl JobService for Jobs {
     async fn submit_job(
@@ -138,7 +182,9 @@ impl JobService for Jobs {
         request: Request<proto::SubmitJobRequest>,
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let tenant = caller(&request)?.tenant;
-        let job = validate::submit(request.into_inner(), &self.limits)?;
+        let trace_context = telemetry::job_trace_context(request.metadata().as_ref());
+        let mut job = validate::submit(request.into_inner(), &self.limits)?;
+        job.trace_context = trace_context;
         self.check_references(&tenant, &job).await?;
         self.quotas
             .submit(&tenant, &[(job.tier, 1)])
@@ -159,6 +205,7 @@ impl JobService for Jobs {
         request: Request<proto::SubmitJobsRequest>,
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
         let tenant = caller(&request)?.tenant;
+        let trace_context = telemetry::job_trace_context(request.metadata().as_ref());
         let requests = request.into_inner().jobs;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             let n = requests.len();
@@ -172,8 +219,9 @@ impl JobService for Jobs {
                     format!("jobs[{i}].queue: every job of one call goes to one queue ({queue:?})");
                 return Err(invalid(message).into());
             }
-            let job =
+            let mut job =
                 validate::submit(r, &self.limits).map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
+            job.trace_context.clone_from(&trace_context);
             self.check_references(&tenant, &job)
                 .await
                 .map_err(|e| invalid(format!("jobs[{i}].{e}")))?;
@@ -327,12 +375,7 @@ impl JobService for Jobs {
         let tenant = caller(&request)?.tenant;
         let r = request.into_inner();
         validate::job_id(&r.job_id)?;
-        let permit = self.quotas.watch(&tenant).ok_or_else(|| {
-            let cap = self.quotas.max_watches();
-            Error::Exhausted(format!(
-                "this tenant already has {cap} open watch streams; close some first"
-            ))
-        })?;
+        let permit = self.watch_permit(&tenant)?;
         let job_id = r.job_id.clone();
         let items = events::watch(
             self.hub.clone(),
@@ -357,6 +400,52 @@ impl JobService for Jobs {
         let responses =
             events.map(|event| event.map(|event| proto::WatchJobResponse { event: Some(event) }));
         Ok(Response::new(Box::pin(responses)))
+    }
+
+    type WatchJobsStream = FollowStream;
+
+    async fn watch_jobs(
+        &self,
+        request: Request<proto::WatchJobsRequest>,
+    ) -> Result<Response<FollowStream>, Status> {
+        let tenant = caller(&request)?.tenant;
+        let (filter, resume) = validate::follow(tenant, request.into_inner())?;
+        let permit = self.watch_permit(&filter.tenant)?;
+        let items = events::follow(
+            self.hub.clone(),
+            self.scheduler.clone(),
+            filter,
+            resume,
+            self.stopping.clone(),
+        );
+        // The permit goes with the stream. Keep-alives carry the last resume token too.
+        let mut token = String::new();
+        let responses = items.map(move |item| {
+            let _ = &permit;
+            let (item, resume) = item.map_err(|e| Status::from(Error::from(e)))?;
+            if let Some(ms) = resume {
+                token = validate::resume_token(ms);
+            }
+            let (event, synced) = match item {
+                FollowItem::Snapshot(job) => (Some(convert::snapshot(*job)), false),
+                FollowItem::Event(event) => (Some(convert::event(&event)), false),
+                FollowItem::Synced => (None, true),
+                FollowItem::Stopping => {
+                    return Err(Status::unavailable(
+                        "server shutting down; watch again with resume_token",
+                    ));
+                }
+            };
+            Ok(proto::WatchJobsResponse {
+                event,
+                resume_token: token.clone(),
+                synced,
+            })
+        });
+        Ok(Response::new(with_follow_keepalive(
+            Box::pin(responses),
+            self.keepalive,
+        )))
     }
 
     async fn pause_queue(

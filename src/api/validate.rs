@@ -247,6 +247,7 @@ fn submit_at(
             depends_on,
             cancel_if_dependency_fails,
         },
+        trace_context: String::new(),
     })
 }
 
@@ -368,6 +369,57 @@ pub fn retry(r: proto::RetryJobRequest) -> Result<RetryTarget, Error> {
         }
         _ => Err(invalid("name either a job_id or a queue")),
     }
+}
+
+/// Most queues one WatchJobs stream follows.
+pub const MAX_FOLLOWED_QUEUES: usize = 32;
+
+/// A WatchJobs request of `tenant`'s checked: what it follows (each queue once), and its
+/// resume point (ms).
+pub fn follow(
+    tenant: String,
+    r: proto::WatchJobsRequest,
+) -> Result<(crate::events::Filter, Option<i64>), Error> {
+    if r.queues.is_empty() || r.queues.len() > MAX_FOLLOWED_QUEUES {
+        return Err(invalid(format!(
+            "queues: name 1 to {MAX_FOLLOWED_QUEUES} queues, not {}",
+            r.queues.len()
+        )));
+    }
+    let mut queues = r.queues;
+    for q in &queues {
+        queue(q)?;
+    }
+    queues.sort();
+    queues.dedup();
+    if r.labels.len() > MAX_LABELS {
+        return Err(invalid(format!(
+            "labels: {} labels is over the limit of {MAX_LABELS}",
+            r.labels.len()
+        )));
+    }
+    let resume = match r.resume_token.as_str() {
+        "" => None,
+        t => Some(resume_point(t).ok_or_else(|| {
+            invalid("resume_token: not a token from a previous WatchJobs stream")
+        })?),
+    };
+    let filter = crate::events::Filter {
+        tenant,
+        queues,
+        labels: r.labels.into_iter().collect(),
+    };
+    Ok((filter, resume))
+}
+
+/// A WatchJobs resume token: `r1.<unix ms>`, the version first so it can change.
+pub fn resume_token(ms: i64) -> String {
+    format!("r1.{ms}")
+}
+
+fn resume_point(token: &str) -> Option<i64> {
+    let ms: i64 = token.strip_prefix("r1.")?.parse().ok()?;
+    (0..=253_402_300_799_999).contains(&ms).then_some(ms)
 }
 
 pub const DEFAULT_PAGE: u32 = 50;

@@ -161,6 +161,7 @@ async fn serve(
             received = inbound.message(), if pending.len() < MAX_PENDING => {
                 let Ok(Some(m)) = received else { break };
                 last_heard = Instant::now();
+                traced_end(m.msg.as_ref());
                 let report = match m.msg {
                     Some(Msg::Hello(_)) => {
                         let _ = tx.send(Err(Status::failed_precondition("second Hello on one stream"))).await;
@@ -271,6 +272,17 @@ async fn answer(tx: &Outbound, applied: Applied) -> Result<(), ()> {
             .map_err(|_| ())?;
     }
     Ok(())
+}
+
+/// Marks an attempt's reported end in the job's trace (a child of the worker's span).
+fn traced_end(msg: Option<&Msg>) {
+    let (name, job_id, trace_context) = match msg {
+        Some(Msg::Complete(c)) => ("job.complete", &c.job_id, &c.trace_context),
+        Some(Msg::Fail(f)) => ("job.fail", &f.job_id, &f.trace_context),
+        _ => return,
+    };
+    let span = crate::telemetry::job_span(name, trace_context, job_id, None);
+    crate::telemetry::end(span);
 }
 
 /// A Progress, Complete or Fail as the scheduler takes it, or why it is refused.

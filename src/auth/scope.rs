@@ -124,7 +124,7 @@ pub fn need(path: &str) -> Need {
             "conveyor.v1.JobService",
             "GetJob" | "ListJobs" | "GetQueueStats" | "ListQueues" | "GetArtifactUrl",
         ) => Need::Client(Scope::Read),
-        ("conveyor.v1.JobService", "WatchJob") => Need::Client(Scope::Watch),
+        ("conveyor.v1.JobService", "WatchJob" | "WatchJobs") => Need::Client(Scope::Watch),
         ("conveyor.v1.JobService", "CancelJob") => Need::Client(Scope::Cancel),
         ("conveyor.v1.JobService", "PauseQueue" | "ResumeQueue") => Need::Client(Scope::Admin),
         _ => Need::Known,

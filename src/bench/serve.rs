@@ -79,6 +79,8 @@ pub async fn start(redis_url: &str, dir: &Path, options: Options<'_>) -> Result<
         .env("REDIS_URL", redis_url)
         .env("DATABASE_URL", database)
         .env("CONVEYOR_LISTEN", &listen)
+        // Several benchmark servers may run at once; none needs the HTTP port.
+        .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("CONVEYOR_INSECURE", insecure.to_string())
         .env("CONVEYOR_SUBMIT_RATE", "unlimited")
         .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))

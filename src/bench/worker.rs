@@ -106,6 +106,7 @@ fn complete(job_id: String, token: u64) -> proto::ConnectRequest {
         token,
         result: String::new(),
         artifacts: Vec::new(),
+        trace_context: String::new(),
     }))
 }
 

@@ -29,6 +29,11 @@ pub struct WorkerArgs {
     /// system's temporary folder).
     #[arg(long, env = "CONVEYOR_OUTPUT_ROOT")]
     pub output_root: Option<std::path::PathBuf>,
+    /// On SIGTERM, how long running jobs may take to finish; those still running then are
+    /// stopped, and the server hands them to another worker.
+    #[arg(long, env = "CONVEYOR_SHUTDOWN_TIMEOUT", default_value = "30s",
+          value_parser = crate::config::parse_duration)]
+    pub shutdown_timeout: std::time::Duration,
     /// The command run per job: payload on stdin; `PROGRESS <pct> [stage] [msg]`, `RESULT
     /// <json>` and `ARTIFACT <path> [name]` lines on stdout; a non-zero exit fails the attempt.
     #[arg(last = true, required = true)]
@@ -53,6 +58,7 @@ pub async fn run(args: WorkerArgs) -> Outcome {
         worker_id: args.worker_id,
         labels: Default::default(),
         output_root: args.output_root,
+        shutdown_timeout: args.shutdown_timeout,
     };
     worker::run(options, shutdown()).await?;
     Ok(ExitCode::SUCCESS)

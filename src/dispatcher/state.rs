@@ -129,8 +129,9 @@ impl State {
                 session,
                 reserved,
                 news,
+                began,
                 result,
-            } => self.leased(queue, session, reserved, news, result),
+            } => self.leased(queue, session, reserved, news, began, result),
             Command::Swept { queue, result } => self.swept(queue, result),
             Command::Lost { ids } => {
                 let lost: HashSet<String> = ids.into_iter().collect();
@@ -140,6 +141,18 @@ impl State {
                 );
             }
             Command::Signal(signal) => self.signal(signal),
+            Command::Census { reply } => {
+                let connected = self.sessions.values().filter(|s| s.connected);
+                let (workers, free_slots) =
+                    connected.fold((0, 0), |(n, free), s| (n + 1, free + s.free as u64));
+                let mut queues: Vec<String> = self.queues.keys().cloned().collect();
+                queues.sort();
+                let _ = reply.send(super::Census {
+                    workers,
+                    free_slots,
+                    queues,
+                });
+            }
             Command::Drain { done } => {
                 self.draining = true;
                 for s in self.sessions.values() {

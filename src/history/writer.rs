@@ -122,7 +122,10 @@ async fn run(db: DatabaseConnection, every: Duration, mut rx: mpsc::UnboundedRec
             }
         }
         if !pending.is_empty() {
-            match write(&db, &pending).await {
+            let written = write(&db, &pending);
+            match crate::metrics::timed(&crate::metrics::get().db_calls, "write_behind", written)
+                .await
+            {
                 Ok(()) => pending = Pending::default(),
                 Err(e) => {
                     // Kept, and merged with what comes next: nothing is lost while the database

@@ -101,6 +101,8 @@ pub(super) fn job(row: jobs::Model) -> Result<Job, Error> {
         limit_key: row.limit_key,
         keep: row.keep,
         inputs: serde_json::from_str(&row.inputs).unwrap_or_default(),
+        // Not kept in the history: a restored job starts a new trace.
+        trace_context: String::new(),
         flow: Flow {
             on_success: row.on_success.unwrap_or_default(),
             parent_id: row.parent_id,
@@ -240,9 +242,10 @@ pub(super) fn succeeded(id: &str, result: &str, artifacts: &[Artifact]) -> Chang
     }
 }
 
-/// The history changes of a script's ENDED list (see common.lua): id, state, error, run_at.
+/// The history changes of a script's ENDED list (see common.lua): id, state, error, run_at,
+/// tier.
 pub(super) fn ended_list(flat: Vec<String>) -> Vec<Change> {
-    flat.chunks_exact(4)
+    flat.chunks_exact(5)
         .filter_map(|e| {
             let state = JobState::parse(&e[1])?;
             Some(ended(

@@ -1,8 +1,10 @@
 //! Job events as the scripts publish them: a JSON array per script call on `cv:events`.
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 
-use super::{Artifact, Error, JobState, Progress};
+use super::{Artifact, Error, Job, JobState, Progress};
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum EventKind {
@@ -22,6 +24,18 @@ pub struct Event {
     pub time_ms: i64,
     /// On SUCCEEDED: the job's files.
     pub artifacts: Vec<Artifact>,
+    /// Where the job belongs, on events of jobs a WatchJobs stream follows.
+    pub scope: Option<Box<Scope>>,
+    /// The new job (its payload aside), on the event of seq 0 a followed queue's submit sends.
+    pub job: Option<Box<Job>>,
+}
+
+/// What a WatchJobs stream filters a job's events by.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Scope {
+    pub queue: String,
+    pub tenant: String,
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Event {
@@ -71,6 +85,19 @@ struct Raw {
     /// The JSON list, as complete.lua got it.
     #[serde(default)]
     arts: String,
+    #[serde(default)]
+    scope: Option<RawScope>,
+    /// The new job's hash fields, flat (submit.lua).
+    #[serde(default)]
+    job: Option<Vec<serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+struct RawScope {
+    q: String,
+    tenant: String,
+    /// The labels as the job hash keeps them (a JSON object; an empty Lua table is `{}` too).
+    labels: String,
 }
 
 impl Raw {
@@ -95,8 +122,30 @@ impl Raw {
             error: self.error,
             time_ms: self.t as i64,
             artifacts: Artifact::decode(&self.arts),
+            scope: self.scope.map(|raw| {
+                Box::new(Scope {
+                    queue: raw.q,
+                    tenant: raw.tenant,
+                    labels: serde_json::from_str(&raw.labels).unwrap_or_default(),
+                })
+            }),
+            job: match self.job {
+                Some(fields) => Some(Box::new(Job::from_fields(fred::prelude::Value::Array(
+                    fields.into_iter().map(text).collect(),
+                ))?)),
+                None => None,
+            },
         })
     }
+}
+
+/// A field name or value as the job decoder takes it (Lua numbers arrive as JSON numbers).
+fn text(v: serde_json::Value) -> fred::prelude::Value {
+    let text = match v {
+        serde_json::Value::String(s) => s,
+        other => other.to_string(),
+    };
+    fred::prelude::Value::String(text.into())
 }
 
 #[cfg(test)]

@@ -69,6 +69,7 @@ impl Handle {
             args,
         )
         .await?;
+        super::metered::ended_list(&queue, &ended);
         self.record(durable::ended_list(ended));
         Ok(())
     }

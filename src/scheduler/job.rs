@@ -136,6 +136,8 @@ pub struct NewJob {
     /// Files uploaded for it (`artifacts::check_input` references).
     pub inputs: Vec<String>,
     pub flow: Flow,
+    /// The submit's W3C traceparent (empty: none), handed to the worker.
+    pub trace_context: String,
 }
 
 /// A job's place in a flow: what it waits for, what its success submits, what submitted it.
@@ -178,6 +180,9 @@ pub struct Job {
     pub keep: bool,
     pub inputs: Vec<String>,
     pub flow: Flow,
+    /// The submit's W3C traceparent (empty: none). Kept in Redis only: a job restored from the
+    /// history starts without one.
+    pub trace_context: String,
     pub created_ms: i64,
     pub run_at_ms: i64,
     pub started_ms: Option<i64>,
@@ -247,7 +252,7 @@ impl Default for Raw {
 }
 
 /// The hash fields a `Job` is made of (`payload` aside); others are the scripts' own.
-const TEXT_FIELDS: [&str; 34] = [
+const TEXT_FIELDS: [&str; 35] = [
     "id",
     "queue",
     "tenant",
@@ -282,6 +287,7 @@ const TEXT_FIELDS: [&str; 34] = [
     "arts",
     "keep",
     "inputs",
+    "tp",
 ];
 
 fn field_index(name: &[u8]) -> Option<usize> {
@@ -345,6 +351,7 @@ impl Raw {
                 depends_on: serde_json::from_str(&take("deps")).unwrap_or_default(),
                 cancel_if_dependency_fails: take("dfail") == "cancel",
             },
+            trace_context: take("tp"),
             created_ms: int(take("created")),
             run_at_ms: int(take("run_at")),
             started_ms: opt(take("started")),

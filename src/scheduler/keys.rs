@@ -30,6 +30,11 @@ pub fn leased(queue: &str) -> String {
     format!("cv:{{{queue}}}:leased")
 }
 
+/// Present while a WatchJobs stream follows the queue (see follow.lua).
+pub fn watched(queue: &str) -> String {
+    format!("cv:{{{queue}}}:watched")
+}
+
 pub fn all(queue: &str) -> String {
     format!("cv:{{{queue}}}:all")
 }

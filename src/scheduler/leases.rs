@@ -5,6 +5,7 @@ use std::collections::HashMap;
 
 use fred::prelude::Value;
 
+use super::metered;
 use super::scripts::call;
 use super::{
     Artifact, Error, Handle, Job, JobState, Leased, Progress, durable, jitter, keys, ms, now_ms, s,
@@ -61,7 +62,21 @@ impl Report {
 }
 
 /// The history change of an accepted report; `reply` is its script answer.
-fn change(report: &Report, reply: &[String]) -> Change {
+/// The history change of an applied report (and its count, when the script says this call
+/// ended the attempt: it then answers the job's tier).
+fn change(queue: &str, report: &Report, reply: &[String]) -> Change {
+    match report {
+        Report::Complete { .. } | Report::Fail { .. } => {
+            let (state, tier) = match report {
+                Report::Complete { .. } => ("SUCCEEDED", reply.get(2)),
+                _ => (reply.get(1).map_or("", String::as_str), reply.get(3)),
+            };
+            if let Some(tier) = tier {
+                metered::ended(queue, tier, state);
+            }
+        }
+        Report::Progress { .. } => {}
+    }
     match report {
         Report::Progress {
             job_id, progress, ..
@@ -211,6 +226,7 @@ impl Handle {
             .transpose()?
             .unwrap_or_default();
         let jobs: Vec<Job> = items.map(Job::from_fields).collect::<Result<_, _>>()?;
+        metered::ended_list(queue, &ended);
         let mut changes = durable::ended_list(ended);
         changes.extend(jobs.iter().map(|job| Change::Started {
             id: job.id.clone(),
@@ -247,6 +263,7 @@ impl Handle {
         }
         let (lost, ended): (Vec<String>, Vec<String>) =
             call(&self.redis, &self.scripts.renew, keys::leased(queue), args).await?;
+        metered::ended_list(queue, &ended);
         self.record(durable::ended_list(ended));
         Ok(lost)
     }
@@ -348,7 +365,7 @@ impl Handle {
             .zip(&answered_by)
             .filter_map(|(report, answer)| {
                 let reply = &replies[*answer.as_ref().ok()?];
-                (reply.first()? == "OK").then(|| change(report, reply))
+                (reply.first()? == "OK").then(|| change(queue, report, reply))
             })
             .collect();
         self.record(changes);
@@ -378,6 +395,7 @@ impl Handle {
             args,
         )
         .await?;
+        metered::ended_list(queue, &ended);
         self.record(durable::ended_list(ended));
         Ok(())
     }

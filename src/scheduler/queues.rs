@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use fred::prelude::{KeysInterface, Value};
+use fred::prelude::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface, Value};
 
 use super::scripts::call;
 use super::{Error, Handle, JobState, Tier, keys, now_ms};
@@ -74,6 +74,40 @@ impl Handle {
         let changed: i64 =
             call(&self.redis, &self.scripts.pause, keys::paused(queue), args).await?;
         Ok(changed == 1)
+    }
+
+    /// Whether Redis answers (the readiness check).
+    pub async fn ping(&self) -> Result<(), Error> {
+        let _: String = self.redis.ping(None).await?;
+        Ok(())
+    }
+
+    /// Per tier that has QUEUED jobs in line: how many, and since when (unix ms) the job at the
+    /// head of the line could run. For the metrics: one ZCARD per tier, and a ZRANGE and an
+    /// HMGET per tier with jobs.
+    pub async fn depth(&self, queue: &str) -> Result<Vec<(Tier, u64, Option<i64>)>, Error> {
+        let mut out = Vec::new();
+        for tier in Tier::ALL {
+            let key = keys::ready(queue, tier as i32);
+            let n: u64 = self.redis.zcard(&key).await?;
+            if n == 0 {
+                continue;
+            }
+            let head: Vec<String> = self
+                .redis
+                .zrange(&key, 0, 0, None, false, None, false)
+                .await?;
+            let mut since = None;
+            if let Some(id) = head.first() {
+                let times: Vec<Option<i64>> = self
+                    .redis
+                    .hmget(keys::job(queue, id), vec!["created", "run_at"])
+                    .await?;
+                since = times.into_iter().flatten().max();
+            }
+            out.push((tier, n, since));
+        }
+        Ok(out)
     }
 
     pub async fn is_paused(&self, queue: &str) -> Result<bool, Error> {

@@ -7,64 +7,77 @@ use fred::types::scripts::Script;
 /// what a batch shares); Redis scripts cannot import, so it is prepended to each one.
 const COMMON: &str = include_str!("scripts/common.lua");
 
-pub struct Scripts {
-    pub submit: Script,
-    pub lease: Script,
-    pub renew: Script,
-    pub progress: Script,
-    pub complete: Script,
-    pub fail: Script,
-    pub cancel: Script,
-    pub release: Script,
-    pub reattach: Script,
-    pub list: Script,
-    pub watch: Script,
-    pub unwatch: Script,
-    pub restore: Script,
-    pub peek: Script,
-    pub pause: Script,
-    pub retry: Script,
-    pub register: Script,
-    pub resolve: Script,
-    pub after: Script,
+/// A script and its name (what the Redis call metrics are labelled with).
+pub struct Named {
+    name: &'static str,
+    script: Script,
 }
 
-fn script(body: &str) -> Script {
-    Script::from_lua(format!("{COMMON}\n{body}"))
+pub struct Scripts {
+    pub submit: Named,
+    pub lease: Named,
+    pub renew: Named,
+    pub progress: Named,
+    pub complete: Named,
+    pub fail: Named,
+    pub cancel: Named,
+    pub release: Named,
+    pub reattach: Named,
+    pub list: Named,
+    pub watch: Named,
+    pub unwatch: Named,
+    pub follow: Named,
+    pub restore: Named,
+    pub peek: Named,
+    pub pause: Named,
+    pub retry: Named,
+    pub register: Named,
+    pub resolve: Named,
+    pub after: Named,
+}
+
+fn script(name: &'static str, body: &str) -> Named {
+    Named {
+        name,
+        script: Script::from_lua(format!("{COMMON}\n{body}")),
+    }
 }
 
 impl Scripts {
     pub fn new() -> Self {
         Self {
-            submit: script(include_str!("scripts/submit.lua")),
-            lease: script(include_str!("scripts/lease.lua")),
-            renew: script(include_str!("scripts/renew.lua")),
-            progress: script(include_str!("scripts/progress.lua")),
-            complete: script(include_str!("scripts/complete.lua")),
-            fail: script(include_str!("scripts/fail.lua")),
-            cancel: script(include_str!("scripts/cancel.lua")),
-            release: script(include_str!("scripts/release.lua")),
-            reattach: script(include_str!("scripts/reattach.lua")),
-            list: script(include_str!("scripts/list.lua")),
-            watch: script(include_str!("scripts/watch.lua")),
-            unwatch: script(include_str!("scripts/unwatch.lua")),
-            restore: script(include_str!("scripts/restore.lua")),
-            peek: script(include_str!("scripts/peek.lua")),
-            pause: script(include_str!("scripts/pause.lua")),
-            retry: script(include_str!("scripts/retry.lua")),
-            register: script(include_str!("scripts/register.lua")),
-            resolve: script(include_str!("scripts/resolve.lua")),
-            after: script(include_str!("scripts/after.lua")),
+            submit: script("submit", include_str!("scripts/submit.lua")),
+            lease: script("lease", include_str!("scripts/lease.lua")),
+            renew: script("renew", include_str!("scripts/renew.lua")),
+            progress: script("progress", include_str!("scripts/progress.lua")),
+            complete: script("complete", include_str!("scripts/complete.lua")),
+            fail: script("fail", include_str!("scripts/fail.lua")),
+            cancel: script("cancel", include_str!("scripts/cancel.lua")),
+            release: script("release", include_str!("scripts/release.lua")),
+            reattach: script("reattach", include_str!("scripts/reattach.lua")),
+            list: script("list", include_str!("scripts/list.lua")),
+            watch: script("watch", include_str!("scripts/watch.lua")),
+            unwatch: script("unwatch", include_str!("scripts/unwatch.lua")),
+            follow: script("follow", include_str!("scripts/follow.lua")),
+            restore: script("restore", include_str!("scripts/restore.lua")),
+            peek: script("peek", include_str!("scripts/peek.lua")),
+            pause: script("pause", include_str!("scripts/pause.lua")),
+            retry: script("retry", include_str!("scripts/retry.lua")),
+            register: script("register", include_str!("scripts/register.lua")),
+            resolve: script("resolve", include_str!("scripts/resolve.lua")),
+            after: script("after", include_str!("scripts/after.lua")),
         }
     }
 }
 
-/// Runs `script` with one routing key and string arguments.
+/// Runs `script` with one routing key and string arguments, timed into the Redis call metrics.
 pub async fn call<R: FromValue>(
     client: &Client,
-    script: &Script,
+    script: &Named,
     key: String,
     args: Vec<Value>,
 ) -> Result<R, fred::error::Error> {
-    script.evalsha_with_reload(client, key, args).await
+    let metrics = crate::metrics::get();
+    let call = script.script.evalsha_with_reload(client, key, args);
+    crate::metrics::timed(&metrics.redis_calls, script.name, call).await
 }

@@ -84,6 +84,9 @@ impl Handle {
             .map(|(job, created, _)| (job, created))
             .collect();
         for (job, created) in &answered {
+            if *created {
+                super::metered::submitted(&queue, job.tier, 1);
+            }
             if *created && job.state == JobState::Waiting {
                 self.register(job).await?;
             }
@@ -140,7 +143,7 @@ fn is_no_queue(reply: &Value) -> bool {
 }
 
 /// The job `submit.lua` will create from `job` (defaults applied), and its 19 script arguments.
-fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 21]) {
+fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Value; 22]) {
     let millis = |ms: Option<u64>, default: Option<Duration>| {
         ms.unwrap_or(default.unwrap_or_default().as_millis() as u64)
     };
@@ -181,6 +184,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         keep: job.keep,
         inputs: job.inputs,
         flow: job.flow,
+        trace_context: job.trace_context,
         created_ms: now,
         run_at_ms,
         started_ms: None,
@@ -221,6 +225,7 @@ fn prepare(tenant: &str, job: NewJob, d: &QueueDefaults, now: i64) -> (Job, [Val
         }),
         s(if created.keep { "1" } else { "" }),
         s(json_list(&created.inputs)),
+        s(created.trace_context.as_str()),
     ];
     (created, args)
 }

@@ -98,8 +98,15 @@ pub async fn run(
         upload::download_inputs(&setup.http, &a.inputs, &inputs)
             .await
             .map_err(|e| failed(e, true))?;
-        spawn(&setup.command, &job, a.attempt, &inputs, &output)
-            .map_err(|e| failed(format!("could not start {program:?}: {e}"), false))
+        spawn(
+            &setup.command,
+            &job,
+            a.attempt,
+            &a.trace_context,
+            &inputs,
+            &output,
+        )
+        .map_err(|e| failed(format!("could not start {program:?}: {e}"), false))
     };
     let spawned = tokio::select! {
         spawned = spawned => spawned,
@@ -296,6 +303,7 @@ fn spawn(
     command: &[String],
     job: &proto::Job,
     attempt: u32,
+    trace_context: &str,
     inputs: &Path,
     output: &Path,
 ) -> std::io::Result<Child> {
@@ -311,6 +319,8 @@ fn spawn(
         .env("CONVEYOR_CONTENT_TYPE", &job.content_type)
         .env("CONVEYOR_INPUT_DIR", inputs)
         .env("CONVEYOR_OUTPUT_DIR", output)
+        // The W3C variable OpenTelemetry SDKs read to continue a trace (empty: none).
+        .env("TRACEPARENT", trace_context)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

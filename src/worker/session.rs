@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::command::{self, Event};
-use super::{End, Error, Running, STOP_GRACE, Worker, report};
+use super::{End, Error, Running, Worker, report};
 use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 
 impl Worker {
@@ -102,8 +102,8 @@ impl Worker {
                             progress: Some(proto::Progress { percent: progress.percent, stage: progress.stage, message: progress.message }),
                         }),
                         Event::Finished { job_id, token, outcome } => {
-                            self.running.remove(&job_id);
-                            let message = report(job_id.clone(), token, outcome);
+                            let running = self.running.remove(&job_id);
+                            let message = report(job_id.clone(), token, outcome, running);
                             self.outbox.insert(job_id, message.clone());
                             message
                         }
@@ -130,10 +130,11 @@ impl Worker {
                 _ = stop.changed(), if !self.stopping => {
                     tracing::info!(running = self.running.len(), "stopping after the running jobs finish");
                     self.stopping = true;
-                    stop_deadline = Some(Instant::now() + STOP_GRACE);
+                    stop_deadline = Some(Instant::now() + self.options.shutdown_timeout);
                 }
                 _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
-                    tracing::warn!("jobs still running after {STOP_GRACE:?}; stopping them");
+                    let grace = self.options.shutdown_timeout;
+                    tracing::warn!("jobs still running after {grace:?}; stopping them");
                     let ids: Vec<String> = self.running.keys().cloned().collect();
                     ids.iter().for_each(|id| self.kill(id));
                     return Ok(End::Stopped);
@@ -142,7 +143,7 @@ impl Worker {
         }
     }
 
-    async fn start(&mut self, a: proto::Assignment, tx: &mpsc::Sender<proto::ConnectRequest>) {
+    async fn start(&mut self, mut a: proto::Assignment, tx: &mpsc::Sender<proto::ConnectRequest>) {
         let job_id = a.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
         let refuse = if self.stopping {
             Some("the worker is shutting down")
@@ -158,17 +159,25 @@ impl Worker {
                 token: a.token,
                 error: why.into(),
                 retryable: true,
+                trace_context: a.trace_context.clone(),
             });
             let _ = tx.send(proto::ConnectRequest { msg: Some(fail) }).await;
             return;
         }
         tracing::info!(job = job_id, attempt = a.attempt, "starting job");
         let (cancel, cancelled) = oneshot::channel();
+        // The attempt's span continues the submitter's trace; the command gets its context.
+        let span = crate::telemetry::job_span("job.run", &a.trace_context, &job_id, None);
+        if let Some(span) = &span {
+            a.trace_context = crate::telemetry::traceparent_of_span(span);
+        }
         self.running.insert(
             job_id,
             Running {
                 token: a.token,
                 cancel,
+                span,
+                trace_context: a.trace_context.clone(),
             },
         );
         tokio::spawn(command::run(

@@ -48,7 +48,7 @@ impl S3 {
     }
 }
 
-fn http() -> reqwest::Client {
+pub fn http() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
@@ -425,6 +425,7 @@ fn complete_with(job_id: &str, token: u64, artifacts: &[&str]) -> WorkerMsg {
         token,
         result: "{}".into(),
         artifacts: artifacts.iter().map(|a| a.to_string()).collect(),
+        ..Default::default()
     })
 }
 
@@ -1050,6 +1051,7 @@ async fn credentials_come_from_the_aws_chain_when_the_config_has_none() {
     let _server = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
         .arg("serve")
         .env("CONVEYOR_INSECURE", "true")
+        .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("REDIS_URL", redis.url())
         .env("DATABASE_URL", "none")
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))

@@ -133,6 +133,11 @@ async fn every_rpc_answers(s: &Secured, token: Option<&str>, expected: Code) {
         after_seq: None,
     };
     assert_eq!(code(jobs.watch_job(watch).await), expected);
+    let follow = proto::WatchJobsRequest {
+        queues: vec!["render".into()],
+        ..Default::default()
+    };
+    assert_eq!(code(jobs.watch_jobs(follow).await), expected);
     let artifact = proto::GetArtifactUrlRequest {
         job_id: "render:0190b5a0-0000-7000-8000-000000000000".into(),
         name: "video.mp4".into(),

@@ -34,14 +34,15 @@ fn the_python_client_tests_pass() {
 }
 
 /// `clients/typescript`: `npm test` compiles the package and runs node:test suites that start
-/// `conveyor dev` themselves, plus `buf lint` and a check that src/gen is current.
+/// `conveyor dev` themselves, plus `buf lint` and checks that src/gen and the dashboard's bundle
+/// are current; the dashboard's suite drives headless Chromium against it.
 #[test]
 fn the_typescript_client_tests_pass() {
     suite(
         "typescript",
         "npm",
         &["test", "--silent"],
-        "`npm ci` in clients/typescript",
+        "`npm ci` in clients/typescript, and Debian's `chromium` for the dashboard test",
     );
 }
 

@@ -155,6 +155,8 @@ pub fn config(redis: &Redis) -> Config {
     c.submit_rate = [None; 4];
     // Its claim is a Redis key, which tests counting keys would see; retention has its own.
     c.retention_sweep = Duration::ZERO;
+    c.health_check = Duration::from_millis(200);
+    c.shutdown_timeout = Duration::from_secs(10);
     c
 }
 
@@ -475,6 +477,7 @@ impl Worker {
             token,
             error: error.into(),
             retryable,
+            ..Default::default()
         };
         self.send(WorkerMsg::Fail(f)).await;
         self.report_result().await

@@ -289,6 +289,7 @@ async fn what_a_killed_server_never_wrote_to_the_history_is_repaired() {
     let mut server = Command::new(BIN)
         .arg("serve")
         .env("CONVEYOR_INSECURE", "true")
+        .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("REDIS_URL", redis.url())
         .env("DATABASE_URL", &url)
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
@@ -374,6 +375,7 @@ async fn keys_made_with_the_cli_admit_a_client_and_a_worker_until_revoked() {
     let _server = serve
         .arg("serve")
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONVEYOR_HTTP_LISTEN", "off")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -505,4 +507,101 @@ async fn the_readme_video_pipeline_runs_end_to_end() {
         "{video}"
     );
     assert!(into.join("thumbnail.png").exists());
+}
+
+/// A load balancer in front of replicas, as a Service is: each connection goes to the first
+/// backend that accepts it.
+async fn balancer(backends: Vec<u16>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let backends = backends.clone();
+            tokio::spawn(async move {
+                for backend in backends {
+                    let to = tokio::net::TcpStream::connect(("127.0.0.1", backend)).await;
+                    if let Ok(mut outbound) = to {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A rolling update: two `conveyor serve` replicas behind a balancer, a real worker running a
+/// job on the first. SIGTERM to that replica: it stops taking connections, tells the worker
+/// to drain and exits within its shutdown timeout; the worker moves to the other replica with
+/// the job still running, and the same attempt finishes there. No job is lost.
+#[tokio::test]
+async fn sigterm_moves_a_running_jobs_worker_to_the_other_replica() {
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let url = harness::sqlite_url();
+    let ports = [harness::free_port(), harness::free_port()];
+    let replica = |port: u16| {
+        Command::new(BIN)
+            .arg("serve")
+            .env("CONVEYOR_INSECURE", "true")
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_URL", &url)
+            .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONVEYOR_HTTP_LISTEN", "off")
+            .env("CONVEYOR_SHUTDOWN_TIMEOUT", "5s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let mut first = replica(ports[0]);
+    let mut jobs = answering(&format!("http://127.0.0.1:{}", ports[0])).await;
+    let _second = replica(ports[1]);
+    answering(&format!("http://127.0.0.1:{}", ports[1])).await;
+    let balanced = format!("http://127.0.0.1:{}", balancer(ports.to_vec()).await);
+
+    let dir = tempfile::tempdir().unwrap();
+    let go = dir.path().join("go");
+    let script = format!(
+        "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
+        go = go.display()
+    );
+    let _worker = worker(&balanced, "rolling", &script);
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    wait_state(&mut jobs, &job.id, JobState::Running).await;
+    let key = format!("cv:{{render}}:job:{}", job.id);
+    let session = || async {
+        redis
+            .command(&["HGET", &key, "session"])
+            .await
+            .unwrap_or_default()
+    };
+    let before = session().await;
+
+    let pid = nix::unistd::Pid::from_raw(first.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let exited = tokio::time::timeout(std::time::Duration::from_secs(15), first.wait()).await;
+    let status = exited
+        .expect("the replica exits within its shutdown timeout")
+        .unwrap();
+    assert!(status.success(), "{status}");
+
+    let mut jobs = answering(&format!("http://127.0.0.1:{}", ports[1])).await;
+    eventually(
+        "the job to be re-attached through the other replica",
+        || async {
+            let now = session().await;
+            (now != before && now.len() > 8).then_some(())
+        },
+    )
+    .await;
+    std::fs::write(&go, "").unwrap();
+    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
+    assert_eq!(
+        (done.attempt, done.result.as_str()),
+        (1, r#"{"attempt":1}"#),
+        "the same attempt carried on"
+    );
 }

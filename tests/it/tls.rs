@@ -11,12 +11,12 @@ use tonic::Code;
 
 use crate::harness::{self, Redis, Server, submit};
 
-struct Ca {
-    pem: String,
+pub struct Ca {
+    pub pem: String,
     issuer: Issuer<'static, KeyPair>,
 }
 
-fn ca(name: &str) -> Ca {
+pub fn ca(name: &str) -> Ca {
     let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.distinguished_name.push(DnType::CommonName, name);
@@ -29,7 +29,7 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate and key (PEM) signed by `ca`, named `cn`, valid for `sans`.
-fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
+pub fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
     let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(sans).unwrap();
     params.distinguished_name.push(DnType::CommonName, cn);

@@ -14,6 +14,9 @@ with Client() as client:
     job = client.submit("render", {"city": "Lisbon", "forecast": "sunny, 24°C"},
                         tier="premium", labels={"user": "42"})
     print(f"accepted {job.id}")
+    # The same bar in a browser: the dashboard the server serves.
+    address = os.environ.get("CONVEYOR_ADDR", "127.0.0.1:50051")
+    print(f"watch it in a browser: http://{address}/dashboard/#job={job.id}")
     for event in client.watch(job.id):
         progress = event.job.progress if event.HasField("job") else event.progress
         if event.kind == pb.JobEvent.KIND_PROGRESS or event.HasField("job"):

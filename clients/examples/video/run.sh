@@ -18,3 +18,8 @@ python3 -c "import grpc; grpc.channel_ready_future(grpc.insecure_channel('$CONVE
 python3 "$here/worker.py" >"$data/worker.log" 2>&1 &
 worker=$!
 python3 "$here/backend.py"
+# In a terminal, keep the server up so the page can be looked at, until Enter.
+if [ -t 0 ]; then
+  printf 'the dashboard: http://%s/dashboard/ (Enter stops the server)\n' "$CONVEYOR_ADDR"
+  read -r _
+fi

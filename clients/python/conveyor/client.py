@@ -123,6 +123,18 @@ class Client:
             if answer.event.kind != pb.JobEvent.KIND_KEEPALIVE:
                 yield answer.event
 
+    def watch_jobs(self, queues: list[str], labels: Optional[dict[str, str]] = None,
+                   resume_token: str = "") -> Iterator[pb.WatchJobsResponse]:
+        """Every job of yours in `queues` carrying `labels` (a page's room): a snapshot per
+        unfinished job, one answer with `synced`, then live events, new jobs included (as
+        snapshots of seq 0). Keep-alives are left out. Pass the last `resume_token` seen to
+        come back after a disconnect without missing anything Redis still holds."""
+        request = pb.WatchJobsRequest(queues=queues, labels=labels or {},
+                                      resume_token=resume_token)
+        for answer in self.jobs.WatchJobs(request):
+            if answer.event.kind != pb.JobEvent.KIND_KEEPALIVE:
+                yield answer
+
     def wait(self, job_id: str) -> pb.Job:
         """Watches the job to its end and returns it as it ended."""
         for _ in self.watch(job_id):

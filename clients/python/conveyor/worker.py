@@ -64,6 +64,9 @@ class Job:
         }
         self.cancelled = threading.Event()
         self.artifacts: list[str] = []
+        # The submitter's W3C traceparent (empty: none). Continue the trace in the handler with
+        # OpenTelemetry: `propagate.extract({"traceparent": job.traceparent})`.
+        self.traceparent: str = assignment.trace_context
 
     def json(self):
         """The payload, decoded as JSON."""
@@ -295,7 +298,8 @@ class Worker:
                 return
             text = result if isinstance(result, str) else json.dumps(result)
             self._finish(job, pb.ConnectRequest(complete=pb.Complete(
-                job_id=job.id, token=job.token, result=text, artifacts=job.artifacts)))
+                job_id=job.id, token=job.token, result=text, artifacts=job.artifacts,
+                trace_context=job.traceparent)))
         except Fatal as e:
             self._send_fail(job, str(e), False)
         except Exception as e:  # the attempt failed; the server retries it with backoff
@@ -307,7 +311,8 @@ class Worker:
 
     def _send_fail(self, job: Job, error: str, retryable: bool) -> None:
         self._finish(job, pb.ConnectRequest(fail=pb.Fail(
-            job_id=job.id, token=job.token, error=error, retryable=retryable)))
+            job_id=job.id, token=job.token, error=error, retryable=retryable,
+            trace_context=job.traceparent)))
 
     def _finish(self, job: Job, message: pb.ConnectRequest) -> None:
         with self._lock:

@@ -136,3 +136,70 @@ def test_stop_lets_a_running_job_finish_and_report(server):
         assert not thread.is_alive(), "run ends once the result is answered"
         done = client.get(job.id)
         assert (done.state, done.result) == (pb.JOB_STATE_SUCCEEDED, "done")
+
+
+def test_a_room_of_one_users_jobs_follows_new_jobs_to_their_end(server):
+    queue = f"render-{uuid.uuid4().hex[:8]}"
+    worker = Worker(queues=[queue], concurrency=2, address=server)
+
+    @worker.job(queue)
+    def render(job, progress):
+        progress(50, "render")
+        return "ok"
+
+    with Client(server) as client:
+        old = client.submit(queue, "a", labels={"user": "42"})
+        client.submit(queue, "b", labels={"user": "7"})
+        room = client.watch_jobs([queue], {"user": "42"})
+        first = next(room)
+        assert first.event.job.id == old.id and not first.event.job.payload
+        assert next(room).synced
+        new = client.submit(queue, "c", labels={"user": "42"})
+        thread = started(worker)
+        try:
+            ended, token = set(), ""
+            for answer in room:
+                token = answer.resume_token or token
+                event = answer.event
+                assert event.job_id in (old.id, new.id) or event.job.id == new.id, event
+                if event.kind == pb.JobEvent.KIND_STATE and event.state == pb.JOB_STATE_SUCCEEDED:
+                    ended.add(event.job_id)
+                if ended == {old.id, new.id}:
+                    break
+            assert token.startswith("r1.")
+            # Back with the token: both ended jobs are in the snapshot.
+            again = client.watch_jobs([queue], {"user": "42"}, resume_token=token)
+            snapshot = set()
+            for answer in again:
+                if answer.synced:
+                    break
+                snapshot.add(answer.event.job.id)
+            assert snapshot == {old.id, new.id}
+        finally:
+            worker.stop()
+            thread.join()
+
+
+def test_a_handler_gets_the_submitters_trace_context(server):
+    queue = f"render-{uuid.uuid4().hex[:8]}"
+    traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    worker = Worker(queues=[queue], concurrency=1, address=server)
+    seen = []
+
+    @worker.job(queue)
+    def render(job, progress):
+        seen.append(job.traceparent)
+        return "ok"
+
+    with Client(server) as client:
+        # What an OpenTelemetry-instrumented backend sends with its call.
+        request = pb.SubmitJobRequest(queue=queue, payload=b"{}", tier=pb.TIER_FREE)
+        job = client.jobs.SubmitJob(request, metadata=[("traceparent", traceparent)]).job
+        thread = started(worker)
+        try:
+            assert client.wait(job.id).state == pb.JOB_STATE_SUCCEEDED
+        finally:
+            worker.stop()
+            thread.join()
+    # This server exports no traces, so it hands the caller's context on as it came.
+    assert seen == [traceparent]

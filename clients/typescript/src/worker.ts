@@ -79,6 +79,9 @@ export class Job {
   readonly artifacts: string[] = [];
   /** Input file name → download URL. */
   readonly inputs: Map<string, string>;
+  /** The submitter's W3C traceparent ("" for none); continue the trace with OpenTelemetry's
+   *  `propagation.extract(context.active(), { traceparent: job.traceparent })`. */
+  readonly traceparent: string;
 
   constructor(private worker: Worker, a: Assignment) {
     this.proto = a.job!;
@@ -87,6 +90,7 @@ export class Job {
     this.payload = a.job!.payload;
     this.attempt = a.attempt;
     this.token = a.token;
+    this.traceparent = a.traceContext;
     this.inputs = new Map(a.inputs.map((i) => [i.input.split("/").slice(1).join("/"), i.url]));
   }
 
@@ -295,12 +299,12 @@ export class Worker {
   private start(a: Assignment): void {
     const job = new Job(this, a);
     if (this.stopping) {
-      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: "the worker is stopping", retryable: true } });
+      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: "the worker is stopping", retryable: true, traceContext: job.traceparent } });
       return;
     }
     const handler = this.handlers.get(job.queue);
     if (!handler) {
-      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: `this worker has no handler for queue ${job.queue}`, retryable: false } });
+      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: `this worker has no handler for queue ${job.queue}`, retryable: false, traceContext: job.traceparent } });
       return;
     }
     this.running.set(job.id, job);
@@ -319,12 +323,12 @@ export class Worker {
       .then((result) => {
         if (job.cancelled) return;
         const text = typeof result === "string" ? result : JSON.stringify(result ?? null);
-        this.finish(job, { case: "complete", value: { $typeName: "conveyor.v1.Complete", jobId: job.id, token: job.token, result: text, artifacts: job.artifacts } });
+        this.finish(job, { case: "complete", value: { $typeName: "conveyor.v1.Complete", jobId: job.id, token: job.token, result: text, artifacts: job.artifacts, traceContext: job.traceparent } });
       })
       .catch((e: Error) => {
         const retryable = !(e instanceof Fatal);
         const error = retryable ? `${e.name}: ${e.message}` : e.message;
-        this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error, retryable } });
+        this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error, retryable, traceContext: job.traceparent } });
       })
       .finally(() => this.running.delete(job.id));
   }

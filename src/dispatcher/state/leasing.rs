@@ -42,6 +42,7 @@ impl State {
             session.clone(),
             s.worker.clone(),
         );
+        let began = std::time::Instant::now();
         self.later(async move {
             let result = scheduler.lease(&queue, n, &session, &worker).await;
             Command::Leased {
@@ -49,6 +50,7 @@ impl State {
                 session,
                 reserved: n,
                 news,
+                began,
                 result,
             }
         });
@@ -60,6 +62,7 @@ impl State {
         session: String,
         reserved: u32,
         news: u64,
+        began: std::time::Instant,
         result: Result<Leased, scheduler::Error>,
     ) {
         let q = self.queues.entry(queue.clone()).or_default();
@@ -87,6 +90,7 @@ impl State {
                 s.free += unused;
                 let deadline_ms = ms_from_now(self.scheduler.options().lease_ttl);
                 for job in leased.jobs {
+                    count_start(&queue, &job, began);
                     s.held.insert(job.id.clone(), queue.clone());
                     if s.out
                         .try_send(ToWorker::Assign {
@@ -223,4 +227,26 @@ impl State {
             self.sweep(&name);
         }
     }
+}
+
+/// Counts a job's start: its wait since it could run, and the lease call's time to its worker.
+fn count_start(queue: &str, job: &scheduler::Job, began: std::time::Instant) {
+    let metrics = crate::metrics::get();
+    let labels = crate::metrics::queue_tier(queue, job.tier);
+    metrics.started.get_or_create(&labels).inc();
+    let eligible = job.created_ms.max(job.run_at_ms);
+    let waited = (scheduler::now_ms() - eligible).max(0) as f64 / 1000.0;
+    metrics
+        .submit_to_start
+        .get_or_create(&labels)
+        .observe(waited);
+    let queue = crate::metrics::Queue {
+        queue: queue.to_string(),
+    };
+    let took = began.elapsed().as_secs_f64();
+    metrics.lease_to_start.get_or_create(&queue).observe(took);
+    // The wait in line, in the job's trace.
+    let start = crate::telemetry::at_ms(eligible);
+    let span = crate::telemetry::job_span("job.queued", &job.trace_context, &job.id, Some(start));
+    crate::telemetry::end(span);
 }

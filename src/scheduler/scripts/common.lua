@@ -7,6 +7,9 @@
 -- (A running job's lease deadline is its score in the leased set, not a field.)
 -- `seq` grows by one per event of the job; `w` counts the open watches of the job, and its
 -- events are published only while it is above zero (nobody pays for events nobody reads).
+-- `qw` = '1' marks a job of a queue a WatchJobs stream follows (the queue's `watched` key,
+-- refreshed by the replicas serving such streams): its events are published too, with its
+-- queue, tenant and labels, for the rest of its life.
 --
 -- Hot paths keep Redis's work per job small: they read only the fields they need (a job hash is
 -- a listpack, searched field by field), and they pass times as the strings the caller sent
@@ -25,17 +28,17 @@ local WAKE = { ready = false, due = nil } -- one PUBLISH on cv:wake per kind
 -- Ended jobs with something to do after them (follow-ups to submit, jobs waiting for them):
 -- one ZADD to the queue's `after` set, read by crate::flows, and one PUBLISH on cv:after.
 local AFTER = {}
--- Attempts that `retry_or_fail` ended, for the caller's history: id, new state, error, run_at
--- ('' unless SCHEDULED), four flat entries per job.
+-- Attempts that `retry_or_fail` ended, for the caller's history and metrics: id, new state,
+-- error, run_at ('' unless SCHEDULED), tier; five flat entries per job.
 local ENDED = {}
 
 -- The job fields the transitions read (`FIELDS`), and the fewer that a lease check and `settle`
 -- need (`SETTLE_FIELDS`).
-local FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'idem', 'tenant', 'result',
+local FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'qw', 'idem', 'tenant', 'result',
   'lk', 'after', 'session', 'max_attempts', 'backoff_initial', 'backoff_max', 'tier',
   'priority', 'rank', 'timeout', 'timeout_at', 'error' }
-local SETTLE_FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'idem', 'tenant', 'result',
-  'lk', 'after' }
+local SETTLE_FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'qw', 'idem', 'tenant', 'result',
+  'lk', 'after', 'tier' }
 
 -- The job's `fields` (default: all) by name, or nil when the job does not exist. The first field
 -- must be `state`, which every job has.
@@ -51,11 +54,22 @@ end
 -- Records an event for the job's watchers, if it has any. `seq` is the job's new sequence
 -- number, which the caller writes with its own HSET.
 local function emit(id, seq, j, ev)
-  if j.w and j.w ~= '0' then
+  local followed = j.qw == '1'
+  if followed or (j.w and j.w ~= '0') then
     ev.id = id
     ev.seq = seq
+    -- `finish` adds what a WatchJobs stream filters by.
+    if followed then ev.scope = true end
     EVENTS[#EVENTS + 1] = ev
   end
+end
+
+-- Whether a WatchJobs stream follows the queue (read at most once per call): new jobs, and
+-- jobs that come back, are then marked `qw`.
+local WATCHED = nil
+local function queue_watched(prefix)
+  if WATCHED == nil then WATCHED = redis.call('EXISTS', prefix .. 'watched') == 1 end
+  return WATCHED
 end
 
 -- Score in a tier's ready set: priority first, then submission order.
@@ -212,7 +226,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   local attempt, max = tonumber(j.attempt), tonumber(j.max_attempts)
   if attempt >= max then
     settle(prefix, id, j, 'FAILED', now, retention_ms, { 'error', err }, { error = err })
-    for _, v in ipairs({ id, 'FAILED', err, '' }) do ENDED[#ENDED + 1] = v end
+    for _, v in ipairs({ id, 'FAILED', err, '', j.tier or '' }) do ENDED[#ENDED + 1] = v end
     return 'FAILED'
   end
   UNLEASED[#UNLEASED + 1] = id
@@ -223,7 +237,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
     redis.call('HSET', jkey, 'state', 'QUEUED', 'error', err, 'seq', seq)
     admit(prefix, id, j, ready_score(j.priority, j.rank))
     emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, error = err, t = tonumber(now) })
-    for _, v in ipairs({ id, 'QUEUED', err, '' }) do ENDED[#ENDED + 1] = v end
+    for _, v in ipairs({ id, 'QUEUED', err, '', j.tier or '' }) do ENDED[#ENDED + 1] = v end
     return 'QUEUED'
   end
   -- Exponential backoff with "equal jitter": half fixed, half random.
@@ -235,7 +249,7 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   emit(id, seq, j, { kind = 'state', state = 'SCHEDULED', attempt = attempt, error = err,
     run_at = due, t = tonumber(now) })
   wake_at(due)
-  for _, v in ipairs({ id, 'SCHEDULED', err, tostring(due) }) do ENDED[#ENDED + 1] = v end
+  for _, v in ipairs({ id, 'SCHEDULED', err, tostring(due), j.tier or '' }) do ENDED[#ENDED + 1] = v end
   return 'SCHEDULED', due
 end
 
@@ -271,10 +285,16 @@ local function finish(prefix, now, retention_ms)
     end
     redis.call('ZADD', prefix .. 'expiring', unpack(args))
   end
+  local queue = string.sub(prefix, 5, -3) -- the prefix is 'cv:{' .. queue .. '}:'
   if #EVENTS > 0 then
+    for _, ev in ipairs(EVENTS) do
+      if ev.scope == true then
+        local v = redis.call('HMGET', prefix .. 'job:' .. ev.id, 'tenant', 'labels')
+        ev.scope = { q = queue, tenant = v[1] or '', labels = v[2] or '' }
+      end
+    end
     redis.call('PUBLISH', 'cv:events', cjson.encode(EVENTS))
   end
-  local queue = string.sub(prefix, 5, -3) -- the prefix is 'cv:{' .. queue .. '}:'
   if #AFTER > 0 then
     local args = {}
     for _, id in ipairs(AFTER) do

@@ -3,7 +3,8 @@
 -- KEYS[1] the queue's leased set
 -- ARGV prefix now retention worker, then (id token result artifacts) per report; artifacts is
 -- the JSON list of the attempt's files, or empty
--- Returns one {code, message} per report: {'OK', ''} | {'FAILED_PRECONDITION', message}
+-- Returns one {code, message} per report: {'OK', '', tier (only when this call applied it)} |
+--   {'FAILED_PRECONDITION', message}
 local prefix, now, retention, worker = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local out = {}
 for i = 5, #ARGV, 4 do
@@ -26,6 +27,7 @@ for i = 5, #ARGV, 4 do
         ev.arts = arts
       end
       settle(prefix, id, j, 'SUCCEEDED', now, retention, fields, ev)
+      reply[3] = j.tier
     end
   end
   out[#out + 1] = reply

@@ -193,8 +193,9 @@ local function allowance(st) return key_allowance(now, st) end
 -- limit key; the tenant goes along with inputs, whose keys are the tenant's).
 local ASSIGN = { 'id', 'queue', 'tier', 'priority', 'payload', 'ctype', 'labels', 'attempt',
   'max_attempts', 'timeout', 'idem', 'created', 'run_at', 'token', 'seq', 'w', 'error', 'par',
-  'inputs' }
+  'inputs', 'tp' }
 local READ = { unpack(ASSIGN) }
+READ[#READ + 1] = 'qw'
 READ[#READ + 1] = 'tenant'
 READ[#READ + 1] = 'lk'
 local out, deadlines = {}, {}
@@ -289,6 +290,7 @@ while #out < n and looked < n + 500 do
             f[#f + 1] = 'lk'
             f[#f + 1] = lk
           end
+          h.qw = v[#ASSIGN + 1]
           if h.inputs then
             f[#f + 1] = 'tenant'
             f[#f + 1] = v[#READ - 1]

@@ -4,7 +4,7 @@
 -- ARGV prefix now worker, then (id token percent stage message) per report
 -- Returns one {code, message} per report: {'OK', ''} | {'FAILED_PRECONDITION', message}
 local prefix, now, worker = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local READ = { 'state', 'token', 'worker', 'seq', 'w' }
+local READ = { 'state', 'token', 'worker', 'seq', 'w', 'qw' }
 local out = {}
 for i = 4, #ARGV, 5 do
   local id, token = ARGV[i], ARGV[i + 1]

@@ -7,7 +7,7 @@
 -- Returns ENDED (see common.lua): the job's new state, if it changed.
 local prefix, id, dep, dep_state = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now, retention = ARGV[5], ARGV[6]
-local j = load(KEYS[1], { 'state', 'seq', 'w', 'idem', 'tenant', 'attempt', 'token', 'worker',
+local j = load(KEYS[1], { 'state', 'seq', 'w', 'qw', 'idem', 'tenant', 'attempt', 'token', 'worker',
   'result', 'lk', 'after', 'tier', 'priority', 'rank', 'run_at', 'dfail' })
 if not j or j.state ~= 'WAITING' then return ENDED end
 local pending = prefix .. 'pending:' .. id
@@ -21,19 +21,19 @@ if dep_state == 'SUCCEEDED' then
     redis.call('ZADD', prefix .. 'delayed', run_at, id)
     wake_at(run_at)
     emit(id, seq, j, { kind = 'state', state = 'SCHEDULED', run_at = run_at, t = tonumber(now) })
-    for _, v in ipairs({ id, 'SCHEDULED', '', j.run_at }) do ENDED[#ENDED + 1] = v end
+    for _, v in ipairs({ id, 'SCHEDULED', '', j.run_at, j.tier or '' }) do ENDED[#ENDED + 1] = v end
   else
     redis.call('HSET', KEYS[1], 'state', 'QUEUED', 'seq', seq)
     admit(prefix, id, j, ready_score(j.priority, j.rank))
     emit(id, seq, j, { kind = 'state', state = 'QUEUED', t = tonumber(now) })
-    for _, v in ipairs({ id, 'QUEUED', '', '' }) do ENDED[#ENDED + 1] = v end
+    for _, v in ipairs({ id, 'QUEUED', '', '', j.tier or '' }) do ENDED[#ENDED + 1] = v end
   end
 else
   redis.call('DEL', pending)
   local state = j.dfail == 'cancel' and 'CANCELLED' or 'FAILED'
   local err = 'dependency ' .. dep .. ' ended ' .. dep_state
   settle(prefix, id, j, state, now, retention, { 'error', err }, { error = err })
-  for _, v in ipairs({ id, state, err, '' }) do ENDED[#ENDED + 1] = v end
+  for _, v in ipairs({ id, state, err, '', j.tier or '' }) do ENDED[#ENDED + 1] = v end
 end
 finish(prefix, now, retention)
 return ENDED

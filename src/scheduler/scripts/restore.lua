@@ -54,6 +54,7 @@ for i = 4, #ARGV, PER_JOB do
       'finished', finished, 'pct', ARGV[i + 18], 'stage', ARGV[i + 19], 'msg', ARGV[i + 20],
       'result', ARGV[i + 21], 'error', err, 'token', ARGV[2], 'seq', ARGV[2], 'rank', '0',
       'w', '0')
+    if queue_watched(prefix) then redis.call('HSET', jkey, 'qw', '1') end
     if ARGV[i + 23] ~= '' then redis.call('HSET', jkey, 'cb', ARGV[i + 23]) end
     if ARGV[i + 24] ~= '' then redis.call('HSET', jkey, 'lk', ARGV[i + 24]) end
     if ARGV[i + 25] ~= '' then

@@ -14,15 +14,17 @@
 -- behind them, instead of entering its ready set only to be parked by the next lease.
 -- A job with dependencies is WAITING, in no line, until resolve.lua lets it in; the caller
 -- registers it with each dependency (register.lua).
+-- In a queue a WatchJobs stream follows (see common.lua), each new job is marked `qw` and
+-- announced with an event of seq 0 that carries the job (its payload aside).
 -- ARGV prefix tenant now create(0|1) nlimits, then the queue's key limits as lease.lua takes
---   them (4 per limit), then 21 per job: id tier priority payload ctype labels
+--   them (4 per limit), then 22 per job: id tier priority payload ctype labels
 --   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key callback_url
 --   limit_key on_success parent_id depends_on(JSON array or '') if_dependency_fails('cancel'|'')
---   keep('1'|'') inputs(JSON array or '')
+--   keep('1'|'') inputs(JSON array or '') trace_context(W3C traceparent or '')
 -- Returns {'OK', {answer...}} | {'ALREADY_EXISTS', message} | {'NO_QUEUE'}, an answer per job:
 --   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local PER_JOB = 21
+local PER_JOB = 22
 local FIRST = 6 + 4 * tonumber(ARGV[5])
 local limit_of = key_limits(6, FIRST - 1)
 local queue = string.sub(prefix, 5, -3)
@@ -143,6 +145,23 @@ for i = FIRST, #ARGV, PER_JOB do
     if ARGV[i + 20] ~= '' then
       fields[#fields + 1] = 'inputs'
       fields[#fields + 1] = ARGV[i + 20]
+    end
+    if ARGV[i + 21] ~= '' then
+      fields[#fields + 1] = 'tp'
+      fields[#fields + 1] = ARGV[i + 21]
+    end
+    if queue_watched(prefix) then
+      local job = {}
+      for k = 1, #fields, 2 do
+        if fields[k] ~= 'payload' then
+          job[#job + 1] = fields[k]
+          job[#job + 1] = fields[k + 1]
+        end
+      end
+      fields[#fields + 1] = 'qw'
+      fields[#fields + 1] = '1'
+      EVENTS[#EVENTS + 1] = { id = id, seq = 0, kind = 'state', state = state, t = now, job = job,
+        scope = { q = queue, tenant = tenant, labels = ARGV[i + 5] } }
     end
     redis.call('HSET', prefix .. 'job:' .. id, unpack(fields))
     if idem ~= '' then redis.call('SET', prefix .. 'idem:' .. tenant .. ':' .. idem, id) end

@@ -295,6 +295,33 @@ class WatchJobResponse(_message.Message):
     event: JobEvent
     def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ...) -> None: ...
 
+class WatchJobsRequest(_message.Message):
+    __slots__ = ("queues", "labels", "resume_token")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    QUEUES_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    queues: _containers.RepeatedScalarFieldContainer[str]
+    labels: _containers.ScalarMap[str, str]
+    resume_token: str
+    def __init__(self, queues: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., resume_token: _Optional[str] = ...) -> None: ...
+
+class WatchJobsResponse(_message.Message):
+    __slots__ = ("event", "resume_token", "synced")
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SYNCED_FIELD_NUMBER: _ClassVar[int]
+    event: JobEvent
+    resume_token: str
+    synced: bool
+    def __init__(self, event: _Optional[_Union[JobEvent, _Mapping]] = ..., resume_token: _Optional[str] = ..., synced: _Optional[bool] = ...) -> None: ...
+
 class JobEvent(_message.Message):
     __slots__ = ("job_id", "seq", "kind", "job", "state", "progress", "attempt", "result", "error", "time", "artifacts")
     class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):

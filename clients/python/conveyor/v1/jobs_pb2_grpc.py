@@ -64,6 +64,11 @@ class JobServiceStub:
                 request_serializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobResponse.FromString,
                 _registered_method=True)
+        self.WatchJobs = channel.unary_stream(
+                '/conveyor.v1.JobService/WatchJobs',
+                request_serializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+                response_deserializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobsResponse.FromString,
+                _registered_method=True)
         self.PauseQueue = channel.unary_unary(
                 '/conveyor.v1.JobService/PauseQueue',
                 request_serializer=conveyor_dot_v1_dot_jobs__pb2.PauseQueueRequest.SerializeToString,
@@ -140,6 +145,17 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """Sends the job's snapshot, then every event in order, and ends after the terminal one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchJobs(self, request, context):
+        """Every job of the caller's in the given queues that carries the given labels (a page's
+        "room"): a snapshot of each unfinished job, `synced`, then every event of every such job,
+        new ones included, until the client leaves. A client that comes back with the last
+        `resume_token` gets a fresh snapshot of each unfinished job and of each job that finished
+        since, so it misses nothing Redis still holds (the server's retention, 1 h by default).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -235,6 +251,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
                     response_serializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobResponse.SerializeToString,
+            ),
+            'WatchJobs': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchJobs,
+                    request_deserializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobsRequest.FromString,
+                    response_serializer=conveyor_dot_v1_dot_jobs__pb2.WatchJobsResponse.SerializeToString,
             ),
             'PauseQueue': grpc.unary_unary_rpc_method_handler(
                     servicer.PauseQueue,
@@ -434,6 +455,33 @@ class JobService:
             '/conveyor.v1.JobService/WatchJob',
             conveyor_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
             conveyor_dot_v1_dot_jobs__pb2.WatchJobResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchJobs(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/conveyor.v1.JobService/WatchJobs',
+            conveyor_dot_v1_dot_jobs__pb2.WatchJobsRequest.SerializeToString,
+            conveyor_dot_v1_dot_jobs__pb2.WatchJobsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -99,28 +99,32 @@ class ProgressReport(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., progress: _Optional[_Union[_jobs_pb2.Progress, _Mapping]] = ...) -> None: ...
 
 class Complete(_message.Message):
-    __slots__ = ("job_id", "token", "result", "artifacts")
+    __slots__ = ("job_id", "token", "result", "artifacts", "trace_context")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     token: int
     result: str
     artifacts: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., result: _Optional[str] = ..., artifacts: _Optional[_Iterable[str]] = ...) -> None: ...
+    trace_context: str
+    def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., result: _Optional[str] = ..., artifacts: _Optional[_Iterable[str]] = ..., trace_context: _Optional[str] = ...) -> None: ...
 
 class Fail(_message.Message):
-    __slots__ = ("job_id", "token", "error", "retryable")
+    __slots__ = ("job_id", "token", "error", "retryable", "trace_context")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RETRYABLE_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     token: int
     error: str
     retryable: bool
-    def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ...) -> None: ...
+    trace_context: str
+    def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., error: _Optional[str] = ..., retryable: _Optional[bool] = ..., trace_context: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ()

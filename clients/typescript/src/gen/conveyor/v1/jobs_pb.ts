@@ -14,7 +14,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/jobs.proto.
  */
 export const file_conveyor_v1_jobs: GenFile = /*@__PURE__*/
-  fileDesc("ChZjb252ZXlvci92MS9qb2JzLnByb3RvEgtjb252ZXlvci52MSI7CghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgCEg0KBXN0YWdlGAIgASgJEg8KB21lc3NhZ2UYAyABKAki2wcKA0pvYhIKCgJpZBgBIAEoCRINCgVxdWV1ZRgCIAEoCRIfCgR0aWVyGAMgASgOMhEuY29udmV5b3IudjEuVGllchIQCghwcmlvcml0eRgEIAEoBRIkCgVzdGF0ZRgFIAEoDjIVLmNvbnZleW9yLnYxLkpvYlN0YXRlEg8KB3BheWxvYWQYBiABKAwSFAoMY29udGVudF90eXBlGAcgASgJEiwKBmxhYmVscxgIIAMoCzIcLmNvbnZleW9yLnYxLkpvYi5MYWJlbHNFbnRyeRIPCgdhdHRlbXB0GAkgASgNEhQKDG1heF9hdHRlbXB0cxgKIAEoDRInCghwcm9ncmVzcxgLIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzEg4KBnJlc3VsdBgMIAEoCRINCgVlcnJvchgNIAEoCRIRCgl3b3JrZXJfaWQYDiABKAkSLgoKY3JlYXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGcnVuX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoHdGltZW91dBgTIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCg9pZGVtcG90ZW5jeV9rZXkYFCABKAkSFAoMY2FsbGJhY2tfdXJsGBUgASgJEhYKDmJsb2NrZWRfcmVhc29uGBYgASgJEi8KC2VsaWdpYmxlX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCgpqb2JzX2FoZWFkGBggASgESACIAQESEQoJbGltaXRfa2V5GBkgASgJEhEKCXBhcmVudF9pZBgaIAEoCRISCgpkZXBlbmRzX29uGBsgAygJEjsKE2lmX2RlcGVuZGVuY3lfZmFpbHMYHCABKA4yHi5jb252ZXlvci52MS5EZXBlbmRlbmN5RmFpbHVyZRISCgpmb2xsb3dfdXBzGB0gASgNEigKCWFydGlmYWN0cxgeIAMoCzIVLmNvbnZleW9yLnYxLkFydGlmYWN0EgwKBGtlZXAYHyABKAgSDgoGaW5wdXRzGCAgAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDQoLX2pvYnNfYWhlYWQiTgoIQXJ0aWZhY3QSDAoEbmFtZRgBIAEoCRIMCgRzaXplGAIgASgEEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIQCghjaGVja3N1bRgEIAEoCSKDBgoQU3VibWl0Sm9iUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIfCgR0aWVyGAQgASgOMhEuY29udmV5b3IudjEuVGllchIVCghwcmlvcml0eRgFIAEoBUgAiAEBEjkKBmxhYmVscxgGIAMoCzIpLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlcXVlc3QuTGFiZWxzRW50cnkSKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgVkZWxheRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZCgxtYXhfYXR0ZW1wdHMYCSABKA1IAYgBARIyCg9iYWNrb2ZmX2luaXRpYWwYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLYmFja29mZl9tYXgYCyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoHdGltZW91dBgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCg9pZGVtcG90ZW5jeV9rZXkYDSABKAkSFAoMZmFpcm5lc3Nfa2V5GA4gASgJEhQKDGNhbGxiYWNrX3VybBgPIAEoCRIRCglsaW1pdF9rZXkYECABKAkSMQoKb25fc3VjY2VzcxgRIAMoCzIdLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlcXVlc3QSEgoKZGVwZW5kc19vbhgSIAMoCRI7ChNpZl9kZXBlbmRlbmN5X2ZhaWxzGBMgASgOMh4uY29udmV5b3IudjEuRGVwZW5kZW5jeUZhaWx1cmUSDAoEa2VlcBgUIAEoCBIOCgZpbnB1dHMYFSADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcHJpb3JpdHlCDwoNX21heF9hdHRlbXB0cyJDChFTdWJtaXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5jb252ZXlvci52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChFTdWJtaXRKb2JzUmVxdWVzdBIrCgRqb2JzGAEgAygLMh0uY29udmV5b3IudjEuU3VibWl0Sm9iUmVxdWVzdCJFChJTdWJtaXRKb2JzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlc3BvbnNlIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmNvbnZleW9yLnYxLkpvYiLdAgoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuY29udmV5b3IudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkSHwoEdGllchgFIAEoDjIRLmNvbnZleW9yLnYxLlRpZXISMAoMY3JlYXRlZF9mcm9tGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoGbGFiZWxzGAggAygLMiguY29udmV5b3IudjEuTGlzdEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuY29udmV5b3IudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIyChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5jb252ZXlvci52MS5Kb2IiRwoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCglhZnRlcl9zZXEYAiABKARIAIgBAUIMCgpfYWZ0ZXJfc2VxIjgKEFdhdGNoSm9iUmVzcG9uc2USJAoFZXZlbnQYASABKAsyFS5jb252ZXlvci52MS5Kb2JFdmVudCKrAwoISm9iRXZlbnQSDgoGam9iX2lkGAEgASgJEgsKA3NlcRgCIAEoBBIoCgRraW5kGAMgASgOMhouY29udmV5b3IudjEuSm9iRXZlbnQuS2luZBIdCgNqb2IYBCABKAsyEC5jb252ZXlvci52MS5Kb2ISJAoFc3RhdGUYBSABKA4yFS5jb252ZXlvci52MS5Kb2JTdGF0ZRInCghwcm9ncmVzcxgGIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzEg8KB2F0dGVtcHQYByABKA0SDgoGcmVzdWx0GAggASgJEg0KBWVycm9yGAkgASgJEigKBHRpbWUYCiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEigKCWFydGlmYWN0cxgLIAMoCzIVLmNvbnZleW9yLnYxLkFydGlmYWN0ImYKBEtpbmQSFAoQS0lORF9VTlNQRUNJRklFRBAAEhEKDUtJTkRfU05BUFNIT1QQARIOCgpLSU5EX1NUQVRFEAISEQoNS0lORF9QUk9HUkVTUxADEhIKDktJTkRfS0VFUEFMSVZFEAQiIgoRUGF1c2VRdWV1ZVJlcXVlc3QSDQoFcXVldWUYASABKAkiJQoSUGF1c2VRdWV1ZVJlc3BvbnNlEg8KB2NoYW5nZWQYASABKAgiIwoSUmVzdW1lUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiYKE1Jlc3VtZVF1ZXVlUmVzcG9uc2USDwoHY2hhbmdlZBgBIAEoCCIlChRHZXRRdWV1ZVN0YXRzUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSKpAQoLU3RhdGVDb3VudHMSHwoEdGllchgBIAEoDjIRLmNvbnZleW9yLnYxLlRpZXISEQoJc2NoZWR1bGVkGAIgASgEEg4KBnF1ZXVlZBgDIAEoBBIPCgdydW5uaW5nGAQgASgEEhEKCXN1Y2NlZWRlZBgFIAEoBBIOCgZmYWlsZWQYBiABKAQSEQoJY2FuY2VsbGVkGAcgASgEEg8KB3dhaXRpbmcYCCABKAQi2QEKFUdldFF1ZXVlU3RhdHNSZXNwb25zZRINCgVxdWV1ZRgBIAEoCRIOCgZwYXVzZWQYAiABKAgSJwoFdG90YWwYAyABKAsyGC5jb252ZXlvci52MS5TdGF0ZUNvdW50cxInCgV0aWVycxgEIAMoCzIYLmNvbnZleW9yLnYxLlN0YXRlQ291bnRzEjEKDm9sZGVzdF93YWl0aW5nGAUgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEhwKFGZpbmlzaGVkX2xhc3RfbWludXRlGAYgASgEIhMKEUxpc3RRdWV1ZXNSZXF1ZXN0Ik8KDFF1ZXVlU3VtbWFyeRINCgVxdWV1ZRgBIAEoCRIOCgZwYXVzZWQYAiABKAgSDwoHd2FpdGluZxgDIAEoBBIPCgdydW5uaW5nGAQgASgEIj8KEkxpc3RRdWV1ZXNSZXNwb25zZRIpCgZxdWV1ZXMYASADKAsyGS5jb252ZXlvci52MS5RdWV1ZVN1bW1hcnkioAIKD1JldHJ5Sm9iUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFcXVldWUYAiABKAkSHwoEdGllchgDIAEoDjIRLmNvbnZleW9yLnYxLlRpZXISOAoGbGFiZWxzGAQgAygLMiguY29udmV5b3IudjEuUmV0cnlKb2JSZXF1ZXN0LkxhYmVsc0VudHJ5EjAKDGNyZWF0ZWRfZnJvbRgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASMgoOY3JlYXRlZF9iZWZvcmUYBiABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiQAoQUmV0cnlKb2JSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuY29udmV5b3IudjEuSm9iEgwKBG1vcmUYAiABKAgiYAoVR2V0QXJ0aWZhY3RVcmxSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIMCgRuYW1lGAIgASgJEikKBmV4cGlyeRgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbiJ+ChZHZXRBcnRpZmFjdFVybFJlc3BvbnNlEgsKA3VybBgBIAEoCRIuCgpleHBpcmVzX2F0GAIgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBInCghhcnRpZmFjdBgDIAEoCzIVLmNvbnZleW9yLnYxLkFydGlmYWN0Ij4KGENyZWF0ZUlucHV0VXBsb2FkUmVxdWVzdBIMCgRuYW1lGAEgASgJEhQKDGNvbnRlbnRfdHlwZRgCIAEoCSJnChlDcmVhdGVJbnB1dFVwbG9hZFJlc3BvbnNlEg0KBWlucHV0GAEgASgJEgsKA3VybBgCIAEoCRIuCgpleHBpcmVzX2F0GAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcCpgCgRUaWVyEhQKEFRJRVJfVU5TUEVDSUZJRUQQABINCglUSUVSX0ZSRUUQARIMCghUSUVSX1BSTxACEhAKDFRJRVJfUFJFTUlVTRADEhMKD1RJRVJfRU5URVJQUklTRRAEKsoBCghKb2JTdGF0ZRIZChVKT0JfU1RBVEVfVU5TUEVDSUZJRUQQABIXChNKT0JfU1RBVEVfU0NIRURVTEVEEAESFAoQSk9CX1NUQVRFX1FVRVVFRBACEhUKEUpPQl9TVEFURV9SVU5OSU5HEAMSFwoTSk9CX1NUQVRFX1NVQ0NFRURFRBAEEhQKEEpPQl9TVEFURV9GQUlMRUQQBRIXChNKT0JfU1RBVEVfQ0FOQ0VMTEVEEAYSFQoRSk9CX1NUQVRFX1dBSVRJTkcQBypzChFEZXBlbmRlbmN5RmFpbHVyZRIiCh5ERVBFTkRFTkNZX0ZBSUxVUkVfVU5TUEVDSUZJRUQQABIbChdERVBFTkRFTkNZX0ZBSUxVUkVfRkFJTBABEh0KGURFUEVOREVOQ1lfRkFJTFVSRV9DQU5DRUwQAjKaCAoKSm9iU2VydmljZRJKCglTdWJtaXRKb2ISHS5jb252ZXlvci52MS5TdWJtaXRKb2JSZXF1ZXN0Gh4uY29udmV5b3IudjEuU3VibWl0Sm9iUmVzcG9uc2USTQoKU3VibWl0Sm9icxIeLmNvbnZleW9yLnYxLlN1Ym1pdEpvYnNSZXF1ZXN0Gh8uY29udmV5b3IudjEuU3VibWl0Sm9ic1Jlc3BvbnNlEkEKBkdldEpvYhIaLmNvbnZleW9yLnYxLkdldEpvYlJlcXVlc3QaGy5jb252ZXlvci52MS5HZXRKb2JSZXNwb25zZRJHCghMaXN0Sm9icxIcLmNvbnZleW9yLnYxLkxpc3RKb2JzUmVxdWVzdBodLmNvbnZleW9yLnYxLkxpc3RKb2JzUmVzcG9uc2USSgoJQ2FuY2VsSm9iEh0uY29udmV5b3IudjEuQ2FuY2VsSm9iUmVxdWVzdBoeLmNvbnZleW9yLnYxLkNhbmNlbEpvYlJlc3BvbnNlEkkKCFdhdGNoSm9iEhwuY29udmV5b3IudjEuV2F0Y2hKb2JSZXF1ZXN0Gh0uY29udmV5b3IudjEuV2F0Y2hKb2JSZXNwb25zZTABEk0KClBhdXNlUXVldWUSHi5jb252ZXlvci52MS5QYXVzZVF1ZXVlUmVxdWVzdBofLmNvbnZleW9yLnYxLlBhdXNlUXVldWVSZXNwb25zZRJQCgtSZXN1bWVRdWV1ZRIfLmNvbnZleW9yLnYxLlJlc3VtZVF1ZXVlUmVxdWVzdBogLmNvbnZleW9yLnYxLlJlc3VtZVF1ZXVlUmVzcG9uc2USVgoNR2V0UXVldWVTdGF0cxIhLmNvbnZleW9yLnYxLkdldFF1ZXVlU3RhdHNSZXF1ZXN0GiIuY29udmV5b3IudjEuR2V0UXVldWVTdGF0c1Jlc3BvbnNlEk0KCkxpc3RRdWV1ZXMSHi5jb252ZXlvci52MS5MaXN0UXVldWVzUmVxdWVzdBofLmNvbnZleW9yLnYxLkxpc3RRdWV1ZXNSZXNwb25zZRJHCghSZXRyeUpvYhIcLmNvbnZleW9yLnYxLlJldHJ5Sm9iUmVxdWVzdBodLmNvbnZleW9yLnYxLlJldHJ5Sm9iUmVzcG9uc2USWQoOR2V0QXJ0aWZhY3RVcmwSIi5jb252ZXlvci52MS5HZXRBcnRpZmFjdFVybFJlcXVlc3QaIy5jb252ZXlvci52MS5HZXRBcnRpZmFjdFVybFJlc3BvbnNlEmIKEUNyZWF0ZUlucHV0VXBsb2FkEiUuY29udmV5b3IudjEuQ3JlYXRlSW5wdXRVcGxvYWRSZXF1ZXN0GiYuY29udmV5b3IudjEuQ3JlYXRlSW5wdXRVcGxvYWRSZXNwb25zZWIGcHJvdG8z", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
+  fileDesc("ChZjb252ZXlvci92MS9qb2JzLnByb3RvEgtjb252ZXlvci52MSI7CghQcm9ncmVzcxIPCgdwZXJjZW50GAEgASgCEg0KBXN0YWdlGAIgASgJEg8KB21lc3NhZ2UYAyABKAki2wcKA0pvYhIKCgJpZBgBIAEoCRINCgVxdWV1ZRgCIAEoCRIfCgR0aWVyGAMgASgOMhEuY29udmV5b3IudjEuVGllchIQCghwcmlvcml0eRgEIAEoBRIkCgVzdGF0ZRgFIAEoDjIVLmNvbnZleW9yLnYxLkpvYlN0YXRlEg8KB3BheWxvYWQYBiABKAwSFAoMY29udGVudF90eXBlGAcgASgJEiwKBmxhYmVscxgIIAMoCzIcLmNvbnZleW9yLnYxLkpvYi5MYWJlbHNFbnRyeRIPCgdhdHRlbXB0GAkgASgNEhQKDG1heF9hdHRlbXB0cxgKIAEoDRInCghwcm9ncmVzcxgLIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzEg4KBnJlc3VsdBgMIAEoCRINCgVlcnJvchgNIAEoCRIRCgl3b3JrZXJfaWQYDiABKAkSLgoKY3JlYXRlZF9hdBgPIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoGcnVuX2F0GBAgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIuCgpzdGFydGVkX2F0GBEgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIvCgtmaW5pc2hlZF9hdBgSIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASKgoHdGltZW91dBgTIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCg9pZGVtcG90ZW5jeV9rZXkYFCABKAkSFAoMY2FsbGJhY2tfdXJsGBUgASgJEhYKDmJsb2NrZWRfcmVhc29uGBYgASgJEi8KC2VsaWdpYmxlX2F0GBcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIXCgpqb2JzX2FoZWFkGBggASgESACIAQESEQoJbGltaXRfa2V5GBkgASgJEhEKCXBhcmVudF9pZBgaIAEoCRISCgpkZXBlbmRzX29uGBsgAygJEjsKE2lmX2RlcGVuZGVuY3lfZmFpbHMYHCABKA4yHi5jb252ZXlvci52MS5EZXBlbmRlbmN5RmFpbHVyZRISCgpmb2xsb3dfdXBzGB0gASgNEigKCWFydGlmYWN0cxgeIAMoCzIVLmNvbnZleW9yLnYxLkFydGlmYWN0EgwKBGtlZXAYHyABKAgSDgoGaW5wdXRzGCAgAygJGi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAFCDQoLX2pvYnNfYWhlYWQiTgoIQXJ0aWZhY3QSDAoEbmFtZRgBIAEoCRIMCgRzaXplGAIgASgEEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIQCghjaGVja3N1bRgEIAEoCSKDBgoQU3VibWl0Sm9iUmVxdWVzdBINCgVxdWV1ZRgBIAEoCRIPCgdwYXlsb2FkGAIgASgMEhQKDGNvbnRlbnRfdHlwZRgDIAEoCRIfCgR0aWVyGAQgASgOMhEuY29udmV5b3IudjEuVGllchIVCghwcmlvcml0eRgFIAEoBUgAiAEBEjkKBmxhYmVscxgGIAMoCzIpLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlcXVlc3QuTGFiZWxzRW50cnkSKgoGcnVuX2F0GAcgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCgVkZWxheRgIIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIZCgxtYXhfYXR0ZW1wdHMYCSABKA1IAYgBARIyCg9iYWNrb2ZmX2luaXRpYWwYCiABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SLgoLYmFja29mZl9tYXgYCyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SKgoHdGltZW91dBgMIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIXCg9pZGVtcG90ZW5jeV9rZXkYDSABKAkSFAoMZmFpcm5lc3Nfa2V5GA4gASgJEhQKDGNhbGxiYWNrX3VybBgPIAEoCRIRCglsaW1pdF9rZXkYECABKAkSMQoKb25fc3VjY2VzcxgRIAMoCzIdLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlcXVlc3QSEgoKZGVwZW5kc19vbhgSIAMoCRI7ChNpZl9kZXBlbmRlbmN5X2ZhaWxzGBMgASgOMh4uY29udmV5b3IudjEuRGVwZW5kZW5jeUZhaWx1cmUSDAoEa2VlcBgUIAEoCBIOCgZpbnB1dHMYFSADKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4AUILCglfcHJpb3JpdHlCDwoNX21heF9hdHRlbXB0cyJDChFTdWJtaXRKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5jb252ZXlvci52MS5Kb2ISDwoHY3JlYXRlZBgCIAEoCCJAChFTdWJtaXRKb2JzUmVxdWVzdBIrCgRqb2JzGAEgAygLMh0uY29udmV5b3IudjEuU3VibWl0Sm9iUmVxdWVzdCJFChJTdWJtaXRKb2JzUmVzcG9uc2USLwoHcmVzdWx0cxgBIAMoCzIeLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlc3BvbnNlIh8KDUdldEpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJIi8KDkdldEpvYlJlc3BvbnNlEh0KA2pvYhgBIAEoCzIQLmNvbnZleW9yLnYxLkpvYiLdAgoPTGlzdEpvYnNSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJEiQKBXN0YXRlGAIgASgOMhUuY29udmV5b3IudjEuSm9iU3RhdGUSEQoJcGFnZV9zaXplGAMgASgNEhIKCnBhZ2VfdG9rZW4YBCABKAkSHwoEdGllchgFIAEoDjIRLmNvbnZleW9yLnYxLlRpZXISMAoMY3JlYXRlZF9mcm9tGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIyCg5jcmVhdGVkX2JlZm9yZRgHIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASOAoGbGFiZWxzGAggAygLMiguY29udmV5b3IudjEuTGlzdEpvYnNSZXF1ZXN0LkxhYmVsc0VudHJ5Gi0KC0xhYmVsc0VudHJ5EgsKA2tleRgBIAEoCRINCgV2YWx1ZRgCIAEoCToCOAEiSwoQTGlzdEpvYnNSZXNwb25zZRIeCgRqb2JzGAEgAygLMhAuY29udmV5b3IudjEuSm9iEhcKD25leHRfcGFnZV90b2tlbhgCIAEoCSIiChBDYW5jZWxKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCSIyChFDYW5jZWxKb2JSZXNwb25zZRIdCgNqb2IYASABKAsyEC5jb252ZXlvci52MS5Kb2IiRwoPV2F0Y2hKb2JSZXF1ZXN0Eg4KBmpvYl9pZBgBIAEoCRIWCglhZnRlcl9zZXEYAiABKARIAIgBAUIMCgpfYWZ0ZXJfc2VxIjgKEFdhdGNoSm9iUmVzcG9uc2USJAoFZXZlbnQYASABKAsyFS5jb252ZXlvci52MS5Kb2JFdmVudCKiAQoQV2F0Y2hKb2JzUmVxdWVzdBIOCgZxdWV1ZXMYASADKAkSOQoGbGFiZWxzGAIgAygLMikuY29udmV5b3IudjEuV2F0Y2hKb2JzUmVxdWVzdC5MYWJlbHNFbnRyeRIUCgxyZXN1bWVfdG9rZW4YAyABKAkaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASJfChFXYXRjaEpvYnNSZXNwb25zZRIkCgVldmVudBgBIAEoCzIVLmNvbnZleW9yLnYxLkpvYkV2ZW50EhQKDHJlc3VtZV90b2tlbhgCIAEoCRIOCgZzeW5jZWQYAyABKAgiqwMKCEpvYkV2ZW50Eg4KBmpvYl9pZBgBIAEoCRILCgNzZXEYAiABKAQSKAoEa2luZBgDIAEoDjIaLmNvbnZleW9yLnYxLkpvYkV2ZW50LktpbmQSHQoDam9iGAQgASgLMhAuY29udmV5b3IudjEuSm9iEiQKBXN0YXRlGAUgASgOMhUuY29udmV5b3IudjEuSm9iU3RhdGUSJwoIcHJvZ3Jlc3MYBiABKAsyFS5jb252ZXlvci52MS5Qcm9ncmVzcxIPCgdhdHRlbXB0GAcgASgNEg4KBnJlc3VsdBgIIAEoCRINCgVlcnJvchgJIAEoCRIoCgR0aW1lGAogASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIoCglhcnRpZmFjdHMYCyADKAsyFS5jb252ZXlvci52MS5BcnRpZmFjdCJmCgRLaW5kEhQKEEtJTkRfVU5TUEVDSUZJRUQQABIRCg1LSU5EX1NOQVBTSE9UEAESDgoKS0lORF9TVEFURRACEhEKDUtJTkRfUFJPR1JFU1MQAxISCg5LSU5EX0tFRVBBTElWRRAEIiIKEVBhdXNlUXVldWVSZXF1ZXN0Eg0KBXF1ZXVlGAEgASgJIiUKElBhdXNlUXVldWVSZXNwb25zZRIPCgdjaGFuZ2VkGAEgASgIIiMKElJlc3VtZVF1ZXVlUmVxdWVzdBINCgVxdWV1ZRgBIAEoCSImChNSZXN1bWVRdWV1ZVJlc3BvbnNlEg8KB2NoYW5nZWQYASABKAgiJQoUR2V0UXVldWVTdGF0c1JlcXVlc3QSDQoFcXVldWUYASABKAkiqQEKC1N0YXRlQ291bnRzEh8KBHRpZXIYASABKA4yES5jb252ZXlvci52MS5UaWVyEhEKCXNjaGVkdWxlZBgCIAEoBBIOCgZxdWV1ZWQYAyABKAQSDwoHcnVubmluZxgEIAEoBBIRCglzdWNjZWVkZWQYBSABKAQSDgoGZmFpbGVkGAYgASgEEhEKCWNhbmNlbGxlZBgHIAEoBBIPCgd3YWl0aW5nGAggASgEItkBChVHZXRRdWV1ZVN0YXRzUmVzcG9uc2USDQoFcXVldWUYASABKAkSDgoGcGF1c2VkGAIgASgIEicKBXRvdGFsGAMgASgLMhguY29udmV5b3IudjEuU3RhdGVDb3VudHMSJwoFdGllcnMYBCADKAsyGC5jb252ZXlvci52MS5TdGF0ZUNvdW50cxIxCg5vbGRlc3Rfd2FpdGluZxgFIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhIcChRmaW5pc2hlZF9sYXN0X21pbnV0ZRgGIAEoBCITChFMaXN0UXVldWVzUmVxdWVzdCJPCgxRdWV1ZVN1bW1hcnkSDQoFcXVldWUYASABKAkSDgoGcGF1c2VkGAIgASgIEg8KB3dhaXRpbmcYAyABKAQSDwoHcnVubmluZxgEIAEoBCI/ChJMaXN0UXVldWVzUmVzcG9uc2USKQoGcXVldWVzGAEgAygLMhkuY29udmV5b3IudjEuUXVldWVTdW1tYXJ5IqACCg9SZXRyeUpvYlJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXF1ZXVlGAIgASgJEh8KBHRpZXIYAyABKA4yES5jb252ZXlvci52MS5UaWVyEjgKBmxhYmVscxgEIAMoCzIoLmNvbnZleW9yLnYxLlJldHJ5Sm9iUmVxdWVzdC5MYWJlbHNFbnRyeRIwCgxjcmVhdGVkX2Zyb20YBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEjIKDmNyZWF0ZWRfYmVmb3JlGAYgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIkAKEFJldHJ5Sm9iUmVzcG9uc2USHgoEam9icxgBIAMoCzIQLmNvbnZleW9yLnYxLkpvYhIMCgRtb3JlGAIgASgIImAKFUdldEFydGlmYWN0VXJsUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDAoEbmFtZRgCIAEoCRIpCgZleHBpcnkYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24ifgoWR2V0QXJ0aWZhY3RVcmxSZXNwb25zZRILCgN1cmwYASABKAkSLgoKZXhwaXJlc19hdBgCIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASJwoIYXJ0aWZhY3QYAyABKAsyFS5jb252ZXlvci52MS5BcnRpZmFjdCI+ChhDcmVhdGVJbnB1dFVwbG9hZFJlcXVlc3QSDAoEbmFtZRgBIAEoCRIUCgxjb250ZW50X3R5cGUYAiABKAkiZwoZQ3JlYXRlSW5wdXRVcGxvYWRSZXNwb25zZRINCgVpbnB1dBgBIAEoCRILCgN1cmwYAiABKAkSLgoKZXhwaXJlc19hdBgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXAqYAoEVGllchIUChBUSUVSX1VOU1BFQ0lGSUVEEAASDQoJVElFUl9GUkVFEAESDAoIVElFUl9QUk8QAhIQCgxUSUVSX1BSRU1JVU0QAxITCg9USUVSX0VOVEVSUFJJU0UQBCrKAQoISm9iU3RhdGUSGQoVSk9CX1NUQVRFX1VOU1BFQ0lGSUVEEAASFwoTSk9CX1NUQVRFX1NDSEVEVUxFRBABEhQKEEpPQl9TVEFURV9RVUVVRUQQAhIVChFKT0JfU1RBVEVfUlVOTklORxADEhcKE0pPQl9TVEFURV9TVUNDRUVERUQQBBIUChBKT0JfU1RBVEVfRkFJTEVEEAUSFwoTSk9CX1NUQVRFX0NBTkNFTExFRBAGEhUKEUpPQl9TVEFURV9XQUlUSU5HEAcqcwoRRGVwZW5kZW5jeUZhaWx1cmUSIgoeREVQRU5ERU5DWV9GQUlMVVJFX1VOU1BFQ0lGSUVEEAASGwoXREVQRU5ERU5DWV9GQUlMVVJFX0ZBSUwQARIdChlERVBFTkRFTkNZX0ZBSUxVUkVfQ0FOQ0VMEAIy6AgKCkpvYlNlcnZpY2USSgoJU3VibWl0Sm9iEh0uY29udmV5b3IudjEuU3VibWl0Sm9iUmVxdWVzdBoeLmNvbnZleW9yLnYxLlN1Ym1pdEpvYlJlc3BvbnNlEk0KClN1Ym1pdEpvYnMSHi5jb252ZXlvci52MS5TdWJtaXRKb2JzUmVxdWVzdBofLmNvbnZleW9yLnYxLlN1Ym1pdEpvYnNSZXNwb25zZRJBCgZHZXRKb2ISGi5jb252ZXlvci52MS5HZXRKb2JSZXF1ZXN0GhsuY29udmV5b3IudjEuR2V0Sm9iUmVzcG9uc2USRwoITGlzdEpvYnMSHC5jb252ZXlvci52MS5MaXN0Sm9ic1JlcXVlc3QaHS5jb252ZXlvci52MS5MaXN0Sm9ic1Jlc3BvbnNlEkoKCUNhbmNlbEpvYhIdLmNvbnZleW9yLnYxLkNhbmNlbEpvYlJlcXVlc3QaHi5jb252ZXlvci52MS5DYW5jZWxKb2JSZXNwb25zZRJJCghXYXRjaEpvYhIcLmNvbnZleW9yLnYxLldhdGNoSm9iUmVxdWVzdBodLmNvbnZleW9yLnYxLldhdGNoSm9iUmVzcG9uc2UwARJMCglXYXRjaEpvYnMSHS5jb252ZXlvci52MS5XYXRjaEpvYnNSZXF1ZXN0Gh4uY29udmV5b3IudjEuV2F0Y2hKb2JzUmVzcG9uc2UwARJNCgpQYXVzZVF1ZXVlEh4uY29udmV5b3IudjEuUGF1c2VRdWV1ZVJlcXVlc3QaHy5jb252ZXlvci52MS5QYXVzZVF1ZXVlUmVzcG9uc2USUAoLUmVzdW1lUXVldWUSHy5jb252ZXlvci52MS5SZXN1bWVRdWV1ZVJlcXVlc3QaIC5jb252ZXlvci52MS5SZXN1bWVRdWV1ZVJlc3BvbnNlElYKDUdldFF1ZXVlU3RhdHMSIS5jb252ZXlvci52MS5HZXRRdWV1ZVN0YXRzUmVxdWVzdBoiLmNvbnZleW9yLnYxLkdldFF1ZXVlU3RhdHNSZXNwb25zZRJNCgpMaXN0UXVldWVzEh4uY29udmV5b3IudjEuTGlzdFF1ZXVlc1JlcXVlc3QaHy5jb252ZXlvci52MS5MaXN0UXVldWVzUmVzcG9uc2USRwoIUmV0cnlKb2ISHC5jb252ZXlvci52MS5SZXRyeUpvYlJlcXVlc3QaHS5jb252ZXlvci52MS5SZXRyeUpvYlJlc3BvbnNlElkKDkdldEFydGlmYWN0VXJsEiIuY29udmV5b3IudjEuR2V0QXJ0aWZhY3RVcmxSZXF1ZXN0GiMuY29udmV5b3IudjEuR2V0QXJ0aWZhY3RVcmxSZXNwb25zZRJiChFDcmVhdGVJbnB1dFVwbG9hZBIlLmNvbnZleW9yLnYxLkNyZWF0ZUlucHV0VXBsb2FkUmVxdWVzdBomLmNvbnZleW9yLnYxLkNyZWF0ZUlucHV0VXBsb2FkUmVzcG9uc2ViBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp]);
 
 /**
  * @generated from message conveyor.v1.Progress
@@ -710,6 +710,73 @@ export const WatchJobResponseSchema: GenMessage<WatchJobResponse> = /*@__PURE__*
   messageDesc(file_conveyor_v1_jobs, 14);
 
 /**
+ * @generated from message conveyor.v1.WatchJobsRequest
+ */
+export type WatchJobsRequest = Message<"conveyor.v1.WatchJobsRequest"> & {
+  /**
+   * The queues to watch: 1 to 32.
+   *
+   * @generated from field: repeated string queues = 1;
+   */
+  queues: string[];
+
+  /**
+   * Only jobs that carry all of these labels.
+   *
+   * @generated from field: map<string, string> labels = 2;
+   */
+  labels: { [key: string]: string };
+
+  /**
+   * The last `resume_token` a stream gave; empty for a fresh start.
+   *
+   * @generated from field: string resume_token = 3;
+   */
+  resumeToken: string;
+};
+
+/**
+ * Describes the message conveyor.v1.WatchJobsRequest.
+ * Use `create(WatchJobsRequestSchema)` to create a new message.
+ */
+export const WatchJobsRequestSchema: GenMessage<WatchJobsRequest> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_jobs, 15);
+
+/**
+ * @generated from message conveyor.v1.WatchJobsResponse
+ */
+export type WatchJobsResponse = Message<"conveyor.v1.WatchJobsResponse"> & {
+  /**
+   * A job's snapshot (KIND_SNAPSHOT; its `job` has no payload: GetJob has it), one of its
+   * state or progress events, or a keep-alive. Unset on the `synced` response.
+   *
+   * @generated from field: conveyor.v1.JobEvent event = 1;
+   */
+  event?: JobEvent | undefined;
+
+  /**
+   * Where to resume after a disconnect; set on the `synced` response and every one after it.
+   *
+   * @generated from field: string resume_token = 2;
+   */
+  resumeToken: string;
+
+  /**
+   * True on the one response that ends the snapshot: the client has every matching job.
+   *
+   * @generated from field: bool synced = 3;
+   */
+  synced: boolean;
+};
+
+/**
+ * Describes the message conveyor.v1.WatchJobsResponse.
+ * Use `create(WatchJobsResponseSchema)` to create a new message.
+ */
+export const WatchJobsResponseSchema: GenMessage<WatchJobsResponse> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_jobs, 16);
+
+/**
  * @generated from message conveyor.v1.JobEvent
  */
 export type JobEvent = Message<"conveyor.v1.JobEvent"> & {
@@ -778,7 +845,7 @@ export type JobEvent = Message<"conveyor.v1.JobEvent"> & {
  * Use `create(JobEventSchema)` to create a new message.
  */
 export const JobEventSchema: GenMessage<JobEvent> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 15);
+  messageDesc(file_conveyor_v1_jobs, 17);
 
 /**
  * @generated from enum conveyor.v1.JobEvent.Kind
@@ -824,7 +891,7 @@ export enum JobEvent_Kind {
  * Describes the enum conveyor.v1.JobEvent.Kind.
  */
 export const JobEvent_KindSchema: GenEnum<JobEvent_Kind> = /*@__PURE__*/
-  enumDesc(file_conveyor_v1_jobs, 15, 0);
+  enumDesc(file_conveyor_v1_jobs, 17, 0);
 
 /**
  * @generated from message conveyor.v1.PauseQueueRequest
@@ -841,7 +908,7 @@ export type PauseQueueRequest = Message<"conveyor.v1.PauseQueueRequest"> & {
  * Use `create(PauseQueueRequestSchema)` to create a new message.
  */
 export const PauseQueueRequestSchema: GenMessage<PauseQueueRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 16);
+  messageDesc(file_conveyor_v1_jobs, 18);
 
 /**
  * @generated from message conveyor.v1.PauseQueueResponse
@@ -860,7 +927,7 @@ export type PauseQueueResponse = Message<"conveyor.v1.PauseQueueResponse"> & {
  * Use `create(PauseQueueResponseSchema)` to create a new message.
  */
 export const PauseQueueResponseSchema: GenMessage<PauseQueueResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 17);
+  messageDesc(file_conveyor_v1_jobs, 19);
 
 /**
  * @generated from message conveyor.v1.ResumeQueueRequest
@@ -877,7 +944,7 @@ export type ResumeQueueRequest = Message<"conveyor.v1.ResumeQueueRequest"> & {
  * Use `create(ResumeQueueRequestSchema)` to create a new message.
  */
 export const ResumeQueueRequestSchema: GenMessage<ResumeQueueRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 18);
+  messageDesc(file_conveyor_v1_jobs, 20);
 
 /**
  * @generated from message conveyor.v1.ResumeQueueResponse
@@ -896,7 +963,7 @@ export type ResumeQueueResponse = Message<"conveyor.v1.ResumeQueueResponse"> & {
  * Use `create(ResumeQueueResponseSchema)` to create a new message.
  */
 export const ResumeQueueResponseSchema: GenMessage<ResumeQueueResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 19);
+  messageDesc(file_conveyor_v1_jobs, 21);
 
 /**
  * @generated from message conveyor.v1.GetQueueStatsRequest
@@ -913,7 +980,7 @@ export type GetQueueStatsRequest = Message<"conveyor.v1.GetQueueStatsRequest"> &
  * Use `create(GetQueueStatsRequestSchema)` to create a new message.
  */
 export const GetQueueStatsRequestSchema: GenMessage<GetQueueStatsRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 20);
+  messageDesc(file_conveyor_v1_jobs, 22);
 
 /**
  * How many of the caller's jobs are in each state.
@@ -969,7 +1036,7 @@ export type StateCounts = Message<"conveyor.v1.StateCounts"> & {
  * Use `create(StateCountsSchema)` to create a new message.
  */
 export const StateCountsSchema: GenMessage<StateCounts> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 21);
+  messageDesc(file_conveyor_v1_jobs, 23);
 
 /**
  * @generated from message conveyor.v1.GetQueueStatsResponse
@@ -1017,7 +1084,7 @@ export type GetQueueStatsResponse = Message<"conveyor.v1.GetQueueStatsResponse">
  * Use `create(GetQueueStatsResponseSchema)` to create a new message.
  */
 export const GetQueueStatsResponseSchema: GenMessage<GetQueueStatsResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 22);
+  messageDesc(file_conveyor_v1_jobs, 24);
 
 /**
  * @generated from message conveyor.v1.ListQueuesRequest
@@ -1030,7 +1097,7 @@ export type ListQueuesRequest = Message<"conveyor.v1.ListQueuesRequest"> & {
  * Use `create(ListQueuesRequestSchema)` to create a new message.
  */
 export const ListQueuesRequestSchema: GenMessage<ListQueuesRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 23);
+  messageDesc(file_conveyor_v1_jobs, 25);
 
 /**
  * @generated from message conveyor.v1.QueueSummary
@@ -1064,7 +1131,7 @@ export type QueueSummary = Message<"conveyor.v1.QueueSummary"> & {
  * Use `create(QueueSummarySchema)` to create a new message.
  */
 export const QueueSummarySchema: GenMessage<QueueSummary> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 24);
+  messageDesc(file_conveyor_v1_jobs, 26);
 
 /**
  * @generated from message conveyor.v1.ListQueuesResponse
@@ -1081,7 +1148,7 @@ export type ListQueuesResponse = Message<"conveyor.v1.ListQueuesResponse"> & {
  * Use `create(ListQueuesResponseSchema)` to create a new message.
  */
 export const ListQueuesResponseSchema: GenMessage<ListQueuesResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 25);
+  messageDesc(file_conveyor_v1_jobs, 27);
 
 /**
  * @generated from message conveyor.v1.RetryJobRequest
@@ -1128,7 +1195,7 @@ export type RetryJobRequest = Message<"conveyor.v1.RetryJobRequest"> & {
  * Use `create(RetryJobRequestSchema)` to create a new message.
  */
 export const RetryJobRequestSchema: GenMessage<RetryJobRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 26);
+  messageDesc(file_conveyor_v1_jobs, 28);
 
 /**
  * @generated from message conveyor.v1.RetryJobResponse
@@ -1154,7 +1221,7 @@ export type RetryJobResponse = Message<"conveyor.v1.RetryJobResponse"> & {
  * Use `create(RetryJobResponseSchema)` to create a new message.
  */
 export const RetryJobResponseSchema: GenMessage<RetryJobResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 27);
+  messageDesc(file_conveyor_v1_jobs, 29);
 
 /**
  * @generated from message conveyor.v1.GetArtifactUrlRequest
@@ -1185,7 +1252,7 @@ export type GetArtifactUrlRequest = Message<"conveyor.v1.GetArtifactUrlRequest">
  * Use `create(GetArtifactUrlRequestSchema)` to create a new message.
  */
 export const GetArtifactUrlRequestSchema: GenMessage<GetArtifactUrlRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 28);
+  messageDesc(file_conveyor_v1_jobs, 30);
 
 /**
  * @generated from message conveyor.v1.GetArtifactUrlResponse
@@ -1212,7 +1279,7 @@ export type GetArtifactUrlResponse = Message<"conveyor.v1.GetArtifactUrlResponse
  * Use `create(GetArtifactUrlResponseSchema)` to create a new message.
  */
 export const GetArtifactUrlResponseSchema: GenMessage<GetArtifactUrlResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 29);
+  messageDesc(file_conveyor_v1_jobs, 31);
 
 /**
  * @generated from message conveyor.v1.CreateInputUploadRequest
@@ -1239,7 +1306,7 @@ export type CreateInputUploadRequest = Message<"conveyor.v1.CreateInputUploadReq
  * Use `create(CreateInputUploadRequestSchema)` to create a new message.
  */
 export const CreateInputUploadRequestSchema: GenMessage<CreateInputUploadRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 30);
+  messageDesc(file_conveyor_v1_jobs, 32);
 
 /**
  * @generated from message conveyor.v1.CreateInputUploadResponse
@@ -1270,7 +1337,7 @@ export type CreateInputUploadResponse = Message<"conveyor.v1.CreateInputUploadRe
  * Use `create(CreateInputUploadResponseSchema)` to create a new message.
  */
 export const CreateInputUploadResponseSchema: GenMessage<CreateInputUploadResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_jobs, 31);
+  messageDesc(file_conveyor_v1_jobs, 33);
 
 /**
  * The customer class that sets a job's share of the workers.
@@ -1463,6 +1530,20 @@ export const JobService: GenService<{
     methodKind: "server_streaming";
     input: typeof WatchJobRequestSchema;
     output: typeof WatchJobResponseSchema;
+  },
+  /**
+   * Every job of the caller's in the given queues that carries the given labels (a page's
+   * "room"): a snapshot of each unfinished job, `synced`, then every event of every such job,
+   * new ones included, until the client leaves. A client that comes back with the last
+   * `resume_token` gets a fresh snapshot of each unfinished job and of each job that finished
+   * since, so it misses nothing Redis still holds (the server's retention, 1 h by default).
+   *
+   * @generated from rpc conveyor.v1.JobService.WatchJobs
+   */
+  watchJobs: {
+    methodKind: "server_streaming";
+    input: typeof WatchJobsRequestSchema;
+    output: typeof WatchJobsResponseSchema;
   },
   /**
    * Stops leasing from a queue: its jobs wait, running jobs finish. Needs the admin scope (a

@@ -1,0 +1,196 @@
+//! Running it: the HTTP port's metrics and probes, the gRPC health service, and a drain.
+
+use std::time::Duration;
+
+use conveyor::proto::connect_response::Msg as ServerMsg;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+
+use crate::harness::{self, Redis, Server, Worker, eventually, free_port, submit, submit_job};
+
+/// A server with its HTTP port on; the port's base URL.
+async fn serving(redis: &Redis) -> (Server, String) {
+    let mut config = harness::config(redis);
+    let port = free_port();
+    config.http_listen = Some(format!("127.0.0.1:{port}"));
+    let server = Server::start(config).await;
+    // The server binds it once it has connected to Redis.
+    let base = format!("http://127.0.0.1:{port}");
+    let healthz = format!("{base}/healthz");
+    eventually("the HTTP port to listen", || {
+        let healthz = healthz.clone();
+        async move {
+            let answer = crate::artifacts::http().get(healthz).send().await;
+            answer.ok().map(|_| ())
+        }
+    })
+    .await;
+    (server, base)
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = crate::artifacts::http()
+        .get(url)
+        .send()
+        .await
+        .expect("the HTTP port answers");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// The value of the metric line that starts with `series` (name and labels, as rendered).
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn grpc_health(server: &Server, service: &str) -> ServingStatus {
+    let mut health = HealthClient::new(server.channel().await);
+    let request = HealthCheckRequest {
+        service: service.into(),
+    };
+    let status = health.check(request).await.unwrap().into_inner().status;
+    ServingStatus::try_from(status).unwrap()
+}
+
+#[tokio::test]
+async fn counters_move_as_a_job_runs_and_probes_answer() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let (server, http) = serving(&redis).await;
+    assert_eq!(get(&format!("{http}/healthz")).await.0, 200);
+    assert_eq!(
+        get(&format!("{http}/readyz")).await,
+        (200, "ready\n".into())
+    );
+    for service in ["", "conveyor.v1.JobService", "conveyor.v1.WorkerService"] {
+        assert_eq!(grpc_health(&server, service).await, ServingStatus::Serving);
+    }
+
+    // A queue of this test's own: the registry is the process's, shared with other tests.
+    let queue = "metered-render";
+    let mut jobs = server.jobs().await;
+    let mut worker = Worker::connect(&server, &[queue], 1).await;
+    let mut premium = submit(queue, "x");
+    premium.tier = conveyor::proto::Tier::Premium as i32;
+    let job = submit_job(&mut jobs, premium).await;
+    let lease = worker.assignment().await;
+    let done = worker.complete(&job.id, lease.token, "ok").await;
+    assert_eq!(done.code, 0);
+    // Two more: the worker's one slot takes the first, the second waits in line.
+    let first = submit_job(&mut jobs, submit(queue, "y")).await;
+    submit_job(&mut jobs, submit(queue, "z")).await;
+    assert_eq!(worker.assignment().await.job.unwrap().id, first.id);
+
+    let (status, text) = get(&format!("{http}/metrics")).await;
+    assert_eq!(status, 200);
+    let q = format!("queue=\"{queue}\"");
+    let series = |name: &str, labels: &str| format!("conveyor_{name}{{{labels}}}");
+    let at = |name: &str, labels: &str| value(&text, &series(name, labels));
+    assert_eq!(
+        at("jobs_submitted_total", &format!("{q},tier=\"premium\"")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        at("jobs_submitted_total", &format!("{q},tier=\"free\"")),
+        Some(2.0)
+    );
+    assert_eq!(
+        at("jobs_started_total", &format!("{q},tier=\"premium\"")),
+        Some(1.0)
+    );
+    assert_eq!(
+        at(
+            "jobs_finished_total",
+            &format!("{q},tier=\"premium\",outcome=\"succeeded\"")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        at(
+            "submit_to_start_seconds_count",
+            &format!("{q},tier=\"premium\"")
+        ),
+        Some(1.0)
+    );
+    assert_eq!(at("lease_to_start_seconds_count", &q), Some(2.0));
+    assert_eq!(at("queue_depth", &format!("{q},tier=\"free\"")), Some(1.0));
+    assert_eq!(
+        at("queue_depth", &format!("{q},tier=\"premium\"")),
+        Some(0.0)
+    );
+    let waited = at("queue_oldest_wait_seconds", &format!("{q},tier=\"free\""));
+    assert!(
+        waited.is_some_and(|w| (0.0..60.0).contains(&w)),
+        "{waited:?}"
+    );
+    assert!(
+        value(&text, "conveyor_workers_connected") >= Some(1.0),
+        "{text}"
+    );
+    assert!(
+        value(&text, "conveyor_watchers{kind=\"job\"}").is_some(),
+        "{text}"
+    );
+    assert!(
+        at("redis_call_duration_seconds_count", "op=\"submit\"") >= Some(3.0),
+        "{text}"
+    );
+    assert!(at("db_call_duration_seconds_count", "op=\"insert\"") >= Some(3.0));
+    assert!(
+        text.ends_with("# EOF\n"),
+        "OpenMetrics text ends with # EOF"
+    );
+}
+
+#[tokio::test]
+async fn readiness_follows_redis_and_drops_for_a_drain() {
+    harness::logs();
+    let mut redis = Redis::start().await;
+    let (server, http) = serving(&redis).await;
+    let readyz = format!("{http}/readyz");
+
+    redis.kill().await;
+    let why = eventually("readiness to drop with Redis", || async {
+        let (status, body) = get(&readyz).await;
+        (status == 503).then_some(body)
+    })
+    .await;
+    assert!(why.contains("Redis"), "{why}");
+    assert_eq!(grpc_health(&server, "").await, ServingStatus::NotServing);
+    // Liveness is not readiness: the process is fine, it waits for Redis.
+    assert_eq!(get(&format!("{http}/healthz")).await.0, 200);
+
+    redis.restart().await;
+    eventually("readiness to come back", || async {
+        (get(&readyz).await.0 == 200).then_some(())
+    })
+    .await;
+    assert_eq!(grpc_health(&server, "").await, ServingStatus::Serving);
+
+    // A drain (the pod's pre-stop hook): not ready, and the worker is told to move.
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    let drained = crate::artifacts::http()
+        .post(format!("{http}/drain"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(drained.status().as_u16(), 200);
+    assert_eq!(get(&readyz).await, (503, "draining\n".into()));
+    assert_eq!(
+        grpc_health(&server, "conveyor.v1.JobService").await,
+        ServingStatus::NotServing
+    );
+    let told = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            if let ServerMsg::Drain(_) = worker.recv().await {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(told.is_ok(), "the worker is told to drain");
+}
