@@ -7,6 +7,7 @@
 //! that exports continues the caller's trace.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -20,6 +21,30 @@ use tracing_subscriber::util::SubscriberInitExt;
 
 /// The tracer name of Conveyor's own spans.
 const TRACER: &str = "conveyor";
+
+/// Whether spans go anywhere (an exporter is installed): the spans of script calls are made
+/// only then, so a server that exports nothing pays nothing for them.
+static SPANS: AtomicBool = AtomicBool::new(false);
+
+/// From now on, script calls made inside an RPC get spans (`init` calls it when exporting; a
+/// test with its own exporter calls it itself).
+pub fn enable_spans() {
+    SPANS.store(true, Ordering::Relaxed);
+}
+
+/// The span of one transition script call, a child of the RPC it serves; none outside an RPC
+/// (the dispatcher's lease calls serve many jobs, whose own spans say what happened to them).
+pub fn script_span(name: &'static str) -> tracing::Span {
+    if !SPANS.load(Ordering::Relaxed) || tracing::Span::current().is_none() {
+        return tracing::Span::none();
+    }
+    tracing::info_span!(
+        "script",
+        otel.name = %format_args!("redis {name}"),
+        db.system = "redis",
+        db.operation = name,
+    )
+}
 
 /// Flushes the exporter when the process ends.
 pub struct Guard(Option<SdkTracerProvider>);
@@ -62,6 +87,7 @@ pub fn init(default: &str) -> Guard {
     };
     let otel = provider.as_ref().map(|p| {
         global::set_tracer_provider(p.clone());
+        enable_spans();
         use opentelemetry::trace::TracerProvider as _;
         tracing_opentelemetry::layer().with_tracer(p.tracer(TRACER))
     });
@@ -105,9 +131,13 @@ impl Extractor for Headers<'_> {
     }
 }
 
-/// The span of one RPC, a child of the caller's trace context (`traceparent` metadata).
+/// The span of one RPC, a child of the caller's trace context (`traceparent` metadata). A
+/// worker's stream gets none: it lasts for hours and serves many jobs, each with its own trace.
 pub fn rpc_span(request: &http::Request<()>) -> tracing::Span {
     let path = request.uri().path();
+    if path.starts_with("/conveyor.v1.WorkerService/") {
+        return tracing::Span::none();
+    }
     let (service, method) = path
         .trim_start_matches('/')
         .split_once('/')

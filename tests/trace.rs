@@ -31,6 +31,7 @@ async fn one_trace_runs_from_the_submit_through_the_queue_and_the_worker_to_the_
         .with(tracing_subscriber::EnvFilter::new("info"))
         .with(tracing_opentelemetry::layer().with_tracer(provider.tracer("conveyor")))
         .init();
+    conveyor::telemetry::enable_spans();
 
     let redis = harness::Redis::start().await;
     let server = harness::Server::start(harness::config(&redis)).await;
@@ -85,7 +86,8 @@ async fn one_trace_runs_from_the_submit_through_the_queue_and_the_worker_to_the_
     let queued = named("job.queued");
     let run = named("job.run");
     let complete = named("job.complete");
-    for span in [submit, queued, run, complete] {
+    let script = named("redis submit");
+    for span in [submit, script, queued, run, complete] {
         assert_eq!(
             span.span_context.trace_id().to_string(),
             TRACE_ID,
@@ -93,8 +95,9 @@ async fn one_trace_runs_from_the_submit_through_the_queue_and_the_worker_to_the_
             span.name
         );
     }
-    // submit -> (queued, run) -> complete: each a child of the one before.
+    // submit -> (its script, queued, run) -> complete: each a child of the one before.
     assert_eq!(submit.parent_span_id.to_string(), "00f067aa0ba902b7");
+    assert_eq!(script.parent_span_id, submit.span_context.span_id());
     assert_eq!(queued.parent_span_id, submit.span_context.span_id());
     assert_eq!(run.parent_span_id, submit.span_context.span_id());
     assert_eq!(complete.parent_span_id, run.span_context.span_id());

@@ -64,7 +64,7 @@ pub fn follow(
         filter,
         stopping,
         resume,
-        sync: Some(Sync::new(resume)),
+        sync: Some(Reading::new(resume)),
         synced: false,
         sent: HashMap::new(),
         done: false,
@@ -85,7 +85,7 @@ struct Follower {
     /// Every event of a matching job up to about this time (ms) has been sent.
     resume: Option<i64>,
     /// A snapshot in progress.
-    sync: Option<Sync>,
+    sync: Option<Reading>,
     /// The first snapshot is complete.
     synced: bool,
     /// The last seq sent per unfinished job.
@@ -94,7 +94,7 @@ struct Follower {
 }
 
 /// Reading the queues for a snapshot, one page at a time.
-struct Sync {
+struct Reading {
     /// Finished jobs from this time on are included (a resume).
     since: Option<i64>,
     /// When reading began: the resume point once it is complete.
@@ -104,9 +104,9 @@ struct Sync {
     page: std::vec::IntoIter<Job>,
 }
 
-impl Sync {
-    fn new(resume: Option<i64>) -> Sync {
-        Sync {
+impl Reading {
+    fn new(resume: Option<i64>) -> Reading {
+        Reading {
             since: resume.map(|t| t - MARGIN.as_millis() as i64),
             began: now_ms(),
             queue: 0,
@@ -145,7 +145,7 @@ impl Follower {
                 tracing::debug!(queues = ?self.filter.queues, "a WatchJobs stream fell behind; reading its queues again");
                 let hub = &self.hub;
                 self.subscription = hub.subscribe_queues(&self.filter.tenant, &self.filter.queues);
-                self.sync = Some(Sync::new(self.resume));
+                self.sync = Some(Reading::new(self.resume));
                 continue;
             };
             match self.live(event).await {

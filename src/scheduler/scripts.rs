@@ -77,7 +77,11 @@ pub async fn call<R: FromValue>(
     key: String,
     args: Vec<Value>,
 ) -> Result<R, fred::error::Error> {
+    use tracing::Instrument;
     let metrics = crate::metrics::get();
     let call = script.script.evalsha_with_reload(client, key, args);
-    crate::metrics::timed(&metrics.redis_calls, script.name, call).await
+    let span = crate::telemetry::script_span(script.name);
+    crate::metrics::timed(&metrics.redis_calls, script.name, call)
+        .instrument(span)
+        .await
 }

@@ -171,44 +171,16 @@ async fn a_worker_keeps_its_running_job_across_a_server_restart() {
     let server = Server::start(harness::config(&redis)).await;
     let addr = server.addr.trim_start_matches("http://").to_string();
     let mut jobs = server.jobs().await;
-    let dir = tempfile::tempdir().unwrap();
-    let go = dir.path().join("go");
-    // Runs until the test creates the file `go`, reporting progress meanwhile.
-    let script = format!(
-        "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
-        go = go.display()
-    );
-    let _worker = worker(&server.addr, "steady", &script);
+    let held = Held::new();
+    let _worker = worker(&server.addr, "steady", &held.script());
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
     wait_state(&mut jobs, &job.id, JobState::Running).await;
-
-    let key = format!("cv:{{render}}:job:{}", job.id);
-    let session = || async {
-        redis
-            .command(&["HGET", &key, "session"])
-            .await
-            .unwrap_or_default()
-    };
-    let before = session().await;
+    let before = held.session(&redis, &job.id).await;
 
     server.stop().await; // the worker gets Drain and starts reconnecting
     let server = Server::start_at(harness::config(&redis), &addr).await;
     let mut jobs = server.jobs().await;
-    eventually(
-        "the worker to re-attach its job to a session of the new server",
-        || async {
-            let now = session().await;
-            (now != before && now.len() > 8).then_some(())
-        },
-    )
-    .await;
-    std::fs::write(&go, "").unwrap();
-    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
-    assert_eq!(
-        (done.attempt, done.result.as_str()),
-        (1, r#"{"attempt":1}"#),
-        "the same attempt carried on"
-    );
+    held.carries_on(&redis, &mut jobs, &job.id, &before).await;
 }
 
 /// CI's guard that the benchmark keeps working; its figures are printed, not judged.
@@ -509,6 +481,57 @@ async fn the_readme_video_pipeline_runs_end_to_end() {
     assert!(into.join("thumbnail.png").exists());
 }
 
+/// A job command held running (reporting progress) until the test lets it finish; it answers
+/// with its attempt number.
+struct Held {
+    dir: tempfile::TempDir,
+}
+
+impl Held {
+    fn new() -> Held {
+        Held {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn script(&self) -> String {
+        format!(
+            "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
+            go = self.dir.path().join("go").display()
+        )
+    }
+
+    /// The worker session the job's lease belongs to now.
+    async fn session(&self, redis: &harness::Redis, job_id: &str) -> String {
+        let key = format!("cv:{{render}}:job:{job_id}");
+        let session = redis.command(&["HGET", &key, "session"]).await;
+        session.unwrap_or_default()
+    }
+
+    /// Waits for the job's lease to move to another session than `before` (the worker
+    /// re-attached it), lets the command finish, and checks the same attempt carried on.
+    async fn carries_on(
+        &self,
+        redis: &harness::Redis,
+        jobs: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
+        job_id: &str,
+        before: &str,
+    ) {
+        eventually("the worker to re-attach its running job", || async {
+            let now = self.session(redis, job_id).await;
+            (now != before && now.len() > 8).then_some(())
+        })
+        .await;
+        std::fs::write(self.dir.path().join("go"), "").unwrap();
+        let done = wait_state(jobs, job_id, JobState::Succeeded).await;
+        assert_eq!(
+            (done.attempt, done.result.as_str()),
+            (1, r#"{"attempt":1}"#),
+            "the same attempt carried on"
+        );
+    }
+}
+
 /// A load balancer in front of replicas, as a Service is: each connection goes to the first
 /// backend that accepts it.
 async fn balancer(backends: Vec<u16>) -> u16 {
@@ -562,23 +585,11 @@ async fn sigterm_moves_a_running_jobs_worker_to_the_other_replica() {
     answering(&format!("http://127.0.0.1:{}", ports[1])).await;
     let balanced = format!("http://127.0.0.1:{}", balancer(ports.to_vec()).await);
 
-    let dir = tempfile::tempdir().unwrap();
-    let go = dir.path().join("go");
-    let script = format!(
-        "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
-        go = go.display()
-    );
-    let _worker = worker(&balanced, "rolling", &script);
+    let held = Held::new();
+    let _worker = worker(&balanced, "rolling", &held.script());
     let job = submit_job(&mut jobs, submit("render", "{}")).await;
     wait_state(&mut jobs, &job.id, JobState::Running).await;
-    let key = format!("cv:{{render}}:job:{}", job.id);
-    let session = || async {
-        redis
-            .command(&["HGET", &key, "session"])
-            .await
-            .unwrap_or_default()
-    };
-    let before = session().await;
+    let before = held.session(&redis, &job.id).await;
 
     let pid = nix::unistd::Pid::from_raw(first.id().unwrap() as i32);
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
@@ -589,19 +600,5 @@ async fn sigterm_moves_a_running_jobs_worker_to_the_other_replica() {
     assert!(status.success(), "{status}");
 
     let mut jobs = answering(&format!("http://127.0.0.1:{}", ports[1])).await;
-    eventually(
-        "the job to be re-attached through the other replica",
-        || async {
-            let now = session().await;
-            (now != before && now.len() > 8).then_some(())
-        },
-    )
-    .await;
-    std::fs::write(&go, "").unwrap();
-    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
-    assert_eq!(
-        (done.attempt, done.result.as_str()),
-        (1, r#"{"attempt":1}"#),
-        "the same attempt carried on"
-    );
+    held.carries_on(&redis, &mut jobs, &job.id, &before).await;
 }
