@@ -115,64 +115,32 @@ fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
     counts
 }
 
-type EventStream = Pin<Box<dyn Stream<Item = Result<proto::JobEvent, Status>> + Send>>;
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobResponse, Status>> + Send>>;
 type FollowStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobsResponse, Status>> + Send>>;
 
-/// `events`, with a keep-alive event whenever it has been quiet for `every` (proxies with idle
-/// timeouts would cut a watch of a long render otherwise); ends when `events` does.
-fn with_keepalive(job_id: String, events: EventStream, every: Duration) -> EventStream {
-    let stream = futures_util::stream::unfold(events, move |mut events| {
-        let job_id = job_id.clone();
-        async move {
-            match tokio::time::timeout(every, events.next()).await {
-                Ok(Some(item)) => Some((item, events)),
-                Ok(None) => None,
-                Err(_) => {
-                    let beat = proto::JobEvent {
-                        job_id,
-                        kind: proto::job_event::Kind::Keepalive as i32,
-                        time: Some(convert::timestamp(scheduler::now_ms())),
-                        ..Default::default()
-                    };
-                    Some((Ok(beat), events))
-                }
-            }
+/// `items` as `Some`, with a `None` (a keep-alive) whenever they have been quiet for `every`:
+/// proxies with idle timeouts would cut a watch of a long render otherwise. Ends with `items`.
+fn with_beats<T: Send + 'static>(
+    items: impl Stream<Item = T> + Send + 'static,
+    every: Duration,
+) -> impl Stream<Item = Option<T>> + Send + 'static {
+    futures_util::stream::unfold(Box::pin(items), move |mut items| async move {
+        match tokio::time::timeout(every, items.next()).await {
+            Ok(Some(item)) => Some((Some(item), items)),
+            Ok(None) => None,
+            Err(_) => Some((None, items)),
         }
-    });
-    Box::pin(stream)
+    })
 }
 
-/// A WatchJobs stream with keep-alives (see `with_keepalive`), which carry the last resume
-/// token.
-fn with_follow_keepalive(responses: FollowStream, every: Duration) -> FollowStream {
-    let stream = futures_util::stream::unfold(
-        (responses, String::new()),
-        move |(mut responses, mut token)| async move {
-            match tokio::time::timeout(every, responses.next()).await {
-                Ok(Some(item)) => {
-                    if let Ok(r) = &item {
-                        token.clone_from(&r.resume_token);
-                    }
-                    Some((item, (responses, token)))
-                }
-                Ok(None) => None,
-                Err(_) => {
-                    let beat = proto::WatchJobsResponse {
-                        event: Some(proto::JobEvent {
-                            kind: proto::job_event::Kind::Keepalive as i32,
-                            time: Some(convert::timestamp(scheduler::now_ms())),
-                            ..Default::default()
-                        }),
-                        resume_token: token.clone(),
-                        synced: false,
-                    };
-                    Some((Ok(beat), (responses, token)))
-                }
-            }
-        },
-    );
-    Box::pin(stream)
+/// A keep-alive event: only the job id (empty on WatchJobs) and the time; seq 0.
+fn keepalive(job_id: &str) -> proto::JobEvent {
+    proto::JobEvent {
+        job_id: job_id.to_string(),
+        kind: proto::job_event::Kind::Keepalive as i32,
+        time: Some(convert::timestamp(scheduler::now_ms())),
+        ..Default::default()
+    }
 }
 
 #[tonic::async_trait]
@@ -388,17 +356,21 @@ impl JobService for Jobs {
         .await
         .map_err(Error::from)?;
         // The permit goes with the stream, and is given back when it ends.
-        let events = items.map(move |item| match (&permit, item).1 {
-            Ok(Item::Snapshot(job)) => Ok(convert::snapshot(*job)),
-            Ok(Item::Event(event)) => Ok(convert::event(&event)),
-            Ok(Item::Stopping) => Err(Status::unavailable(
-                "server shutting down; watch again with after_seq",
-            )),
-            Err(e) => Err(Status::from(Error::from(e))),
+        let responses = with_beats(items, self.keepalive).map(move |item| {
+            let _ = &permit;
+            let event = match item {
+                None => keepalive(&job_id),
+                Some(Ok(Item::Snapshot(job))) => convert::snapshot(*job),
+                Some(Ok(Item::Event(event))) => convert::event(&event),
+                Some(Ok(Item::Stopping)) => {
+                    return Err(Status::unavailable(
+                        "server shutting down; watch again with after_seq",
+                    ));
+                }
+                Some(Err(e)) => return Err(Status::from(Error::from(e))),
+            };
+            Ok(proto::WatchJobResponse { event: Some(event) })
         });
-        let events = with_keepalive(job_id, Box::pin(events), self.keepalive);
-        let responses =
-            events.map(|event| event.map(|event| proto::WatchJobResponse { event: Some(event) }));
         Ok(Response::new(Box::pin(responses)))
     }
 
@@ -420,20 +392,25 @@ impl JobService for Jobs {
         );
         // The permit goes with the stream. Keep-alives carry the last resume token too.
         let mut token = String::new();
-        let responses = items.map(move |item| {
+        let responses = with_beats(items, self.keepalive).map(move |item| {
             let _ = &permit;
-            let (item, resume) = item.map_err(|e| Status::from(Error::from(e)))?;
-            if let Some(ms) = resume {
-                token = validate::resume_token(ms);
-            }
             let (event, synced) = match item {
-                FollowItem::Snapshot(job) => (Some(convert::snapshot(*job)), false),
-                FollowItem::Event(event) => (Some(convert::event(&event)), false),
-                FollowItem::Synced => (None, true),
-                FollowItem::Stopping => {
-                    return Err(Status::unavailable(
-                        "server shutting down; watch again with resume_token",
-                    ));
+                None => (Some(keepalive("")), false),
+                Some(item) => {
+                    let (item, resume) = item.map_err(|e| Status::from(Error::from(e)))?;
+                    if let Some(ms) = resume {
+                        token = validate::resume_token(ms);
+                    }
+                    match item {
+                        FollowItem::Snapshot(job) => (Some(convert::snapshot(*job)), false),
+                        FollowItem::Event(event) => (Some(convert::event(&event)), false),
+                        FollowItem::Synced => (None, true),
+                        FollowItem::Stopping => {
+                            return Err(Status::unavailable(
+                                "server shutting down; watch again with resume_token",
+                            ));
+                        }
+                    }
                 }
             };
             Ok(proto::WatchJobsResponse {
@@ -442,10 +419,7 @@ impl JobService for Jobs {
                 synced,
             })
         });
-        Ok(Response::new(with_follow_keepalive(
-            Box::pin(responses),
-            self.keepalive,
-        )))
+        Ok(Response::new(Box::pin(responses)))
     }
 
     async fn pause_queue(

@@ -83,10 +83,11 @@ impl Handle {
             .into_iter()
             .map(|(job, created, _)| (job, created))
             .collect();
+        let created = answered.iter().filter(|(_, created)| *created);
+        for (tier, n) in super::metered::per_tier(created.map(|(job, _)| job.tier)) {
+            super::metered::submitted(&queue, tier, n);
+        }
         for (job, created) in &answered {
-            if *created {
-                super::metered::submitted(&queue, job.tier, 1);
-            }
             if *created && job.state == JobState::Waiting {
                 self.register(job).await?;
             }
