@@ -147,15 +147,6 @@ impl Handle {
         self.lock().clear();
     }
 
-    /// Open WatchJob streams (one per job watched).
-    pub fn watcher_count(&self) -> usize {
-        self.lock()
-            .iter()
-            .filter(|(topic, _)| matches!(topic, Topic::Job(_)))
-            .map(|(_, list)| list.len())
-            .sum()
-    }
-
     /// Open streams here: WatchJob ones (per job) and WatchJobs ones.
     pub fn counts(&self) -> (usize, usize) {
         let subscribers = self.lock();
@@ -298,7 +289,7 @@ mod tests {
             hub.publish(vec![event(seq)]);
             assert_eq!(fast.rx.recv().await.map(|e| e.seq), Some(seq));
         }
-        assert_eq!(hub.watcher_count(), 1, "only the reader is left");
+        assert_eq!(hub.counts().0, 1, "only the reader is left");
         let mut got = 0;
         while let Some(e) = slow.rx.recv().await {
             got += 1;
@@ -309,6 +300,6 @@ mod tests {
             "the slow one holds at most its buffer, then ends"
         );
         drop(fast);
-        assert_eq!(hub.watcher_count(), 0);
+        assert_eq!(hub.counts().0, 0);
     }
 }

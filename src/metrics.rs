@@ -3,7 +3,7 @@
 //! (`conveyor_` prefix, base units, `_total` on counters, `_seconds` on durations).
 //!
 //! Counters and histograms are counted where things happen. Gauges of what is (queue depth,
-//! workers, watchers) are read when Prometheus scrapes (`http::metrics`), so an idle server
+//! workers, watchers) are read when Prometheus scrapes (`http::Port::gauges`), so an idle server
 //! calls nothing for them between scrapes.
 
 use std::sync::LazyLock;

@@ -298,7 +298,7 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .http2_max_header_list_size(Some(config.max_metadata))
-        // A span per RPC, continuing the caller's trace (its `traceparent` metadata).
+        // A span per RPC while traces are exported, continuing the caller's trace.
         .trace_fn(crate::telemetry::rpc_span)
         // Browsers: gRPC-Web over HTTP/1.1 on the same port, translated to gRPC, behind the
         // CORS policy (whose preflights need no credentials).
