@@ -121,23 +121,18 @@ impl Handle {
     /// event.
     fn publish(&self, events: Vec<Event>) {
         let mut subscribers = self.lock();
+        if subscribers.is_empty() {
+            return;
+        }
         for event in events {
             let event = Arc::new(event);
-            let mut topics = vec![Topic::Job(event.job_id.clone())];
+            deliver(&mut subscribers, Topic::Job(event.job_id.clone()), &event);
             if let Some(scope) = &event.scope {
-                topics.push(Topic::Queue {
+                let topic = Topic::Queue {
                     queue: scope.queue.clone(),
                     tenant: scope.tenant.clone(),
-                });
-            }
-            for topic in topics {
-                if let Some(list) = subscribers.get_mut(&topic) {
-                    // A full or closed channel drops the subscriber; it resyncs from Redis.
-                    list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
-                    if list.is_empty() {
-                        subscribers.remove(&topic);
-                    }
-                }
+                };
+                deliver(&mut subscribers, topic, &event);
             }
         }
     }
@@ -174,6 +169,17 @@ impl Handle {
         queues.sort();
         queues.dedup();
         queues
+    }
+}
+
+/// Hands `event` to the subscribers of `topic`. A full or closed channel drops the subscriber;
+/// it resyncs from Redis.
+fn deliver(subscribers: &mut Subscribers, topic: Topic, event: &Arc<Event>) {
+    if let Some(list) = subscribers.get_mut(&topic) {
+        list.retain(|(_, tx)| tx.try_send(event.clone()).is_ok());
+        if list.is_empty() {
+            subscribers.remove(&topic);
+        }
     }
 }
 

@@ -200,6 +200,10 @@ pub fn job_span(
     job_id: &str,
     start: Option<SystemTime>,
 ) -> Option<global::BoxedSpan> {
+    // Called for every lease and report: nothing to parse when nothing is exported or carried.
+    if trace_context.is_empty() || !SPANS.load(Ordering::Relaxed) {
+        return None;
+    }
     let parent = context_of(trace_context);
     if !parent.span().span_context().is_valid() {
         return None;

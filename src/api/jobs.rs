@@ -103,18 +103,6 @@ impl Jobs {
     }
 }
 
-/// How many of a call's jobs fall in each tier (what the submit rate counts).
-fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
-    let mut counts: Vec<(Tier, usize)> = Vec::new();
-    for tier in tiers {
-        match counts.iter_mut().find(|(t, _)| *t == tier) {
-            Some((_, n)) => *n += 1,
-            None => counts.push((tier, 1)),
-        }
-    }
-    counts
-}
-
 type WatchStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobResponse, Status>> + Send>>;
 type FollowStream = Pin<Box<dyn Stream<Item = Result<proto::WatchJobsResponse, Status>> + Send>>;
 
@@ -196,7 +184,7 @@ impl JobService for Jobs {
             batch.push(job);
         }
         self.quotas
-            .submit(&tenant, &per_tier(batch.iter().map(|j| j.tier)))
+            .submit(&tenant, &Tier::count(batch.iter().map(|j| j.tier)))
             .map_err(Error::RateLimited)?;
         let results = self
             .scheduler

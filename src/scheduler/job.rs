@@ -18,6 +18,16 @@ pub enum Tier {
 impl Tier {
     pub const ALL: [Tier; 4] = [Tier::Free, Tier::Pro, Tier::Premium, Tier::Enterprise];
 
+    /// How many of `tiers` are of each tier (the tiers that occur, FREE first).
+    pub fn count(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, usize)> {
+        let mut counts = [0; 4];
+        for tier in tiers {
+            counts[tier as usize - 1] += 1;
+        }
+        let counted = Tier::ALL.into_iter().zip(counts);
+        counted.filter(|(_, n)| *n > 0).collect()
+    }
+
     pub fn from_i32(n: i32) -> Option<Tier> {
         Tier::ALL.into_iter().find(|t| *t as i32 == n)
     }

@@ -39,16 +39,6 @@ pub(super) fn ended_list(queue: &str, flat: &[String]) {
     }
 }
 
-/// How many of `tiers` are of each tier.
-pub(super) fn per_tier(tiers: impl Iterator<Item = Tier>) -> Vec<(Tier, u64)> {
-    let mut counts = [0u64; 4];
-    for tier in tiers {
-        counts[tier as usize - 1] += 1;
-    }
-    let counted = Tier::ALL.into_iter().zip(counts);
-    counted.filter(|(_, n)| *n > 0).collect()
-}
-
 pub(super) fn submitted(queue: &str, tier: Tier, n: u64) {
     metrics::get()
         .submitted

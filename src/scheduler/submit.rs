@@ -84,8 +84,8 @@ impl Handle {
             .map(|(job, created, _)| (job, created))
             .collect();
         let created = answered.iter().filter(|(_, created)| *created);
-        for (tier, n) in super::metered::per_tier(created.map(|(job, _)| job.tier)) {
-            super::metered::submitted(&queue, tier, n);
+        for (tier, n) in super::Tier::count(created.map(|(job, _)| job.tier)) {
+            super::metered::submitted(&queue, tier, n as u64);
         }
         for (job, created) in &answered {
             if *created && job.state == JobState::Waiting {
