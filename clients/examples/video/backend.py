@@ -1,14 +1,13 @@
 """The backend of the video pipeline: submits a weather video render for a premium customer,
 answers at once (the "202"), then follows the job to its end with a progress bar and prints the
-video's download link. `python3 backend.py` (CONVEYOR_ADDR names the server)."""
+video's download link. `python3 backend.py` (CONVEYOR_ADDR names the server), with the package
+installed (`pip install ./clients/python`)."""
 
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-
-from conveyor import Client  # noqa: E402
-from conveyor.v1 import jobs_pb2 as pb  # noqa: E402
+from conveyor import Client
+from conveyor.v1 import jobs_pb2 as pb
 
 with Client() as client:
     job = client.submit("render", {"city": "Lisbon", "forecast": "sunny, 24°C"},

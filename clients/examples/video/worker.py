@@ -1,16 +1,16 @@
 """The render worker of the video pipeline this replaces, in Python: stages with progress
 (bundle 0-30, composition 30-40, render 40-85, upload 85-95, cleanup 95-100), the rendered
-video uploaded as the job's artifact. `python3 worker.py` (CONVEYOR_ADDR names the server)."""
+video uploaded as the job's artifact. `python3 worker.py` (CONVEYOR_ADDR names the server), with
+the package installed (`pip install ./clients/python`). SIGTERM or Ctrl-C lets a running render
+finish and be reported before it exits; a render assigned meanwhile goes back to the queue, its
+attempt not counted."""
 
 import json
 import os
-import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
-
-from conveyor import Worker  # noqa: E402
+from conveyor import Worker
 
 STEP = float(os.environ.get("STEP_SECONDS", "0.2"))
 worker = Worker(queues=["render"], concurrency=3)

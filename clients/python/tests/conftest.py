@@ -1,20 +1,22 @@
 """A real Conveyor for the tests: `conveyor dev` (its private Redis, SQLite history and
 S3-compatible store) on a free port, one per test session. CONVEYOR_BIN names the binary
-(default: the workspace's target/debug/conveyor)."""
+(default: the workspace's target/debug/conveyor).
+
+`conveyor` is imported as installed, not from this source tree: run-tests.sh builds the wheel,
+installs it into a scratch folder and names that folder in PYTHONPATH (and the wheel in
+CONVEYOR_WHEEL)."""
 
 import os
+import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 
 import grpc
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from conveyor.v1 import jobs_pb2, jobs_pb2_grpc  # noqa: E402
+from conveyor.v1 import jobs_pb2, jobs_pb2_grpc
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
 
@@ -46,8 +48,15 @@ def server():
         except grpc.RpcError:
             if time.time() > deadline or process.poll() is not None:
                 process.kill()
+                process.wait()
+                shutil.rmtree(data, ignore_errors=True)
                 raise RuntimeError(f"{binary} dev did not answer on {address}")
             time.sleep(0.1)
     yield address
     process.terminate()
-    process.wait(timeout=10)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+    shutil.rmtree(data, ignore_errors=True)

@@ -1,8 +1,14 @@
 """The Python client and worker against a real server: submit, watch progress, upload
-artifacts (one in parts), download them, inputs, and failures with and without retries."""
+artifacts (one in parts), download them, inputs, failures with and without retries, and
+stopping (`stop`, SIGTERM, and declining what reaches a stopping worker)."""
 
+import logging
 import os
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 
 import pytest
@@ -118,10 +124,12 @@ def test_bad_input_is_refused_with_its_status(server):
 def test_stop_lets_a_running_job_finish_and_report(server):
     queue = f"slow-{uuid.uuid4().hex[:8]}"
     began, release = threading.Event(), threading.Event()
+    ran = []
     worker = Worker(queues=[queue], address=server)
 
     @worker.job(queue)
     def slow(job, progress):
+        ran.append(job.id)
         began.set()
         release.wait(10)
         return "done"
@@ -131,11 +139,223 @@ def test_stop_lets_a_running_job_finish_and_report(server):
         job = client.submit(queue, {})
         assert began.wait(10)
         worker.stop()
+        # Its slot frees when the running job ends: the server must not offer it this job.
+        later = client.submit(queue, {}, max_attempts=1)
         release.set()
         thread.join(timeout=15)
         assert not thread.is_alive(), "run ends once the result is answered"
         done = client.get(job.id)
         assert (done.state, done.result) == (pb.JOB_STATE_SUCCEEDED, "done")
+        assert ran == [job.id]
+        waiting = client.get(later.id)
+        assert (waiting.state, waiting.attempt) == (pb.JOB_STATE_QUEUED, 0), waiting
+        # Its one attempt is whole: another worker runs it.
+        other = Worker(queues=[queue], address=server)
+        other.job(queue)(lambda job, progress: "ran elsewhere")
+        other_thread = started(other)
+        try:
+            ended = client.wait(later.id)
+            assert (ended.state, ended.attempt, ended.result) == (
+                pb.JOB_STATE_SUCCEEDED, 1, "ran elsewhere"), ended
+        finally:
+            other.stop()
+            other_thread.join(timeout=10)
+        assert ran == [job.id]
+
+
+class States:
+    """A job's states (and attempts), its snapshot's then each event's, watched in a thread."""
+
+    def __init__(self, client: Client, job_id: str):
+        watch = client.watch(job_id)
+        snapshot = next(watch).job
+        self.states: list = [(pb.JobState.Name(snapshot.state), snapshot.attempt)]
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(watch,), daemon=True).start()
+
+    def _read(self, watch) -> None:
+        for event in watch:
+            if event.kind == pb.JobEvent.KIND_STATE:
+                with self._changed:
+                    self.states.append((pb.JobState.Name(event.state), event.attempt))
+                    self._changed.notify_all()
+
+    def wait_for(self, states: list, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: self.states[:len(states)] == states, timeout)
+
+
+@pytest.mark.parametrize("busy", [True, False], ids=["running-a-job", "idle"])
+def test_an_assignment_that_reaches_a_stopping_worker_is_declined_and_keeps_its_attempt(
+        server, busy, caplog):
+    caplog.set_level(logging.INFO, logger="conveyor.worker")
+    queue = f"late-{uuid.uuid4().hex[:8]}"
+    began, release, watching = threading.Event(), threading.Event(), threading.Event()
+    ran = []
+
+    class StoppedAsTheJobArrives(Worker):
+        """`stop` called while the server was assigning job "late": the assignment reaches a
+        stopping worker. Idle, the worker has begun to end its stream by then too."""
+
+        def _start(self, assignment):
+            if assignment.job.payload == b'{"name": "late"}':
+                assert watching.wait(10)
+                self.stop()
+            super()._start(assignment)
+
+    worker = StoppedAsTheJobArrives(queues=[queue], concurrency=2, address=server)
+
+    @worker.job(queue)
+    def handle(job, progress):
+        ran.append(job.json()["name"])
+        began.set()
+        release.wait(10)
+        return "done"
+
+    thread = started(worker)
+    try:
+        with Client(server) as client:
+            if busy:
+                held = client.submit(queue, {"name": "held"})
+                assert began.wait(10)
+            late = client.submit(queue, {"name": "late"}, max_attempts=1)
+            states = States(client, late.id)
+            watching.set()
+            # Handed back, not failed: back in line with its attempt not counted.
+            declined = [("JOB_STATE_RUNNING", 1), ("JOB_STATE_QUEUED", 0)]
+            assert states.wait_for(declined, 10), states.states
+            time.sleep(0.5)  # time enough to be offered again, were the worker's slots offered
+            assert states.states == declined, states.states
+            release.set()
+            thread.join(timeout=15)
+            assert not thread.is_alive(), "run ends once the decline is answered"
+            assert ran == (["held"] if busy else [])
+            # Idle, the worker had closed its side of the stream when the job came: it dialed
+            # again (stopping) to hand it back. Busy, the decline went on the stream it had.
+            redialed = [r.message for r in caplog.records if "dialing again" in r.message]
+            assert redialed == ([] if busy else ["stopping: dialing again to report 1 held job(s)"])
+            if busy:
+                assert client.get(held.id).state == pb.JOB_STATE_SUCCEEDED
+            waiting = client.get(late.id)
+            assert (waiting.state, waiting.attempt) == (pb.JOB_STATE_QUEUED, 0), waiting
+            # Its one attempt is whole: another worker runs it.
+            other = Worker(queues=[queue], address=server)
+            other.job(queue)(lambda job, progress: f"attempt {job.attempt}")
+            other_thread = started(other)
+            try:
+                ended = client.wait(late.id)
+                assert (ended.state, ended.attempt, ended.result) == (
+                    pb.JOB_STATE_SUCCEEDED, 1, "attempt 1"), ended
+            finally:
+                other.stop()
+                other_thread.join(timeout=10)
+    finally:
+        release.set()
+        watching.set()
+        worker.stop()
+        thread.join(timeout=10)
+
+
+# A worker process as Kubernetes runs one; its job runs until the file `release` appears.
+SIGNALLED_WORKER = """
+import logging, os, signal, sys, time
+from conveyor import Worker
+
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+address, queue = sys.argv[1:]
+worker = Worker(queues=[queue], concurrency=2, address=address)
+
+
+@worker.job(queue)
+def slow(job, progress):
+    print("started", job.id, job.attempt, flush=True)
+    deadline = time.time() + 20
+    while not os.path.exists("release") and time.time() < deadline:
+        time.sleep(0.05)
+    return "done"
+
+
+before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+worker.run()
+after = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+print("returned", "restored" if after == before else "not restored", flush=True)
+"""
+
+
+class Lines:
+    """What a child writes to one pipe, line by line as it comes."""
+
+    def __init__(self, pipe):
+        self.lines: list = []
+        self._changed = threading.Condition()
+        threading.Thread(target=self._read, args=(pipe,), daemon=True).start()
+
+    def _read(self, pipe) -> None:
+        for line in pipe:
+            with self._changed:
+                self.lines.append(line.rstrip("\n"))
+                self._changed.notify_all()
+
+    def wait_for(self, text: str, timeout: float) -> bool:
+        with self._changed:
+            return self._changed.wait_for(lambda: any(text in line for line in self.lines),
+                                          timeout)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_finishes_the_running_job_takes_no_new_one_and_exits_0(server, tmp_path, signum):
+    queue = f"drain-{uuid.uuid4().hex[:8]}"
+    (tmp_path / "worker.py").write_text(SIGNALLED_WORKER)
+    process = subprocess.Popen([sys.executable, "worker.py", server, queue], cwd=tmp_path,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = Lines(process.stdout), Lines(process.stderr)
+    try:
+        with Client(server) as client:
+            first = client.submit(queue, {})
+            assert out.wait_for(f"started {first.id} 1", 20), (out.lines, err.lines)
+            process.send_signal(signum)
+            signalled = time.time()
+            # The worker told the server it is stopping (Stopping, on the same stream): its
+            # idle second slot is no longer offered.
+            assert err.wait_for("stopping: 1 running", 10), (out.lines, err.lines)
+            second = client.submit(queue, {})
+            time.sleep(0.5)  # time enough to be assigned, were a slot free
+            assert client.get(second.id).state == pb.JOB_STATE_QUEUED
+            # The running job ends after the signal; its slot must not take the new job either.
+            (tmp_path / "release").touch()
+            assert process.wait(timeout=15) == 0, (out.lines, err.lines)
+            assert time.time() - signalled < 15
+            done = client.get(first.id)
+            assert (done.state, done.attempt, done.result) == (pb.JOB_STATE_SUCCEEDED, 1, "done")
+            waiting = client.get(second.id)
+            assert (waiting.state, waiting.attempt) == (pb.JOB_STATE_QUEUED, 0), waiting
+            starts = [line for line in out.lines if line.startswith("started")]
+            assert starts == [f"started {first.id} 1"], out.lines
+            assert out.lines[-1] == "returned restored", out.lines
+            # All on the stream it had: no second stream was needed to stop.
+            assert not [line for line in err.lines if "dialing again" in line], err.lines
+            client.cancel(second.id)
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def test_a_worker_in_another_thread_leaves_signal_handlers_alone(server):
+    before = (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    queue = f"render-{uuid.uuid4().hex[:8]}"
+    worker = Worker(queues=[queue], address=server)
+    worker.job(queue)(lambda job, progress: "ok")
+    thread = started(worker)
+    try:
+        with Client(server) as client:
+            # `run` is serving: a job went through.
+            assert client.wait(client.submit(queue, {}).id).state == pb.JOB_STATE_SUCCEEDED
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+    finally:
+        worker.stop()
+        thread.join(timeout=10)
+    assert not thread.is_alive()
 
 
 def test_a_room_of_one_users_jobs_follows_new_jobs_to_their_end(server):
@@ -148,13 +368,13 @@ def test_a_room_of_one_users_jobs_follows_new_jobs_to_their_end(server):
         return "ok"
 
     with Client(server) as client:
-        old = client.submit(queue, "a", labels={"user": "42"})
-        client.submit(queue, "b", labels={"user": "7"})
+        old = client.submit(queue, {"name": "a"}, labels={"user": "42"})
+        client.submit(queue, {"name": "b"}, labels={"user": "7"})
         room = client.watch_jobs([queue], {"user": "42"})
         first = next(room)
         assert first.event.job.id == old.id and not first.event.job.payload
         assert next(room).synced
-        new = client.submit(queue, "c", labels={"user": "42"})
+        new = client.submit(queue, {"name": "c"}, labels={"user": "42"})
         thread = started(worker)
         try:
             ended, token = set(), ""

@@ -26,7 +26,16 @@ if _version_not_supported:
 
 
 class JobServiceStub:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes every RPC may answer (others are listed per RPC). UNAUTHENTICATED: no
+    credential, or an unknown, expired or revoked one (the `authorization` metadata: `Bearer
+    <API key or OIDC token>`). PERMISSION_DENIED: the credential lacks the scope the RPC needs
+    (submit, read, watch, cancel, admin), or is a worker token. INVALID_ARGUMENT: the request
+    breaks a rule its fields state; the message names the field; do not retry it unchanged.
+    UNAVAILABLE: Redis, the database or the artifact store did not answer, or Redis is being
+    restored after it lost its data; retry with backoff (a submit with its idempotency key).
+    INTERNAL: a body that is not a valid message. Another tenant's job is NOT_FOUND, never
+    PERMISSION_DENIED.
+    """
 
     def __init__(self, channel):
         """Constructor.
@@ -107,44 +116,64 @@ class JobServiceStub:
 
 
 class JobServiceServicer:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes every RPC may answer (others are listed per RPC). UNAUTHENTICATED: no
+    credential, or an unknown, expired or revoked one (the `authorization` metadata: `Bearer
+    <API key or OIDC token>`). PERMISSION_DENIED: the credential lacks the scope the RPC needs
+    (submit, read, watch, cancel, admin), or is a worker token. INVALID_ARGUMENT: the request
+    breaks a rule its fields state; the message names the field; do not retry it unchanged.
+    UNAVAILABLE: Redis, the database or the artifact store did not answer, or Redis is being
+    restored after it lost its data; retry with backoff (a submit with its idempotency key).
+    INTERNAL: a body that is not a valid message. Another tenant's job is NOT_FOUND, never
+    PERMISSION_DENIED.
+    """
 
     def SubmitJob(self, request, context):
-        """Accepts a job and answers at once; the job runs later on a worker.
+        """Accepts a job and answers at once; the job runs later on a worker. ALREADY_EXISTS when the
+        idempotency key was used with a different request (the message names the first job);
+        RESOURCE_EXHAUSTED when the tenant submits faster than its rate (with a RetryInfo delay);
+        FAILED_PRECONDITION for a callback_url while webhooks are off, or inputs while artifacts
+        are off.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SubmitJobs(self, request, context):
-        """Accepts up to 1,000 jobs in one call, all or none: one invalid job refuses the whole batch
-        (the message names its index). Results come back in request order.
+        """Accepts up to 1,000 jobs of one queue in one call, all or none: one invalid job refuses the
+        whole batch (the message names its index), and jobs of different queues are refused
+        (INVALID_ARGUMENT; make one call per queue). Results come back in request order. Answers
+        as SubmitJob does.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """NOT_FOUND for an unknown job, or one past its queue's retention.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists the caller's jobs in one queue, newest first.
+        """Lists the caller's jobs, newest first (see ListJobsRequest).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def CancelJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """Ends a SCHEDULED, QUEUED, WAITING or RUNNING job as CANCELLED; a running job's worker is
+        told to stop. FAILED_PRECONDITION for a job that already ended (it stays as it was).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Sends the job's snapshot, then every event in order, and ends after the terminal one.
+        """Sends the job's snapshot, then every event in order, and ends after the terminal one (see
+        WatchJobRequest.after_seq for resuming). RESOURCE_EXHAUSTED past the tenant's cap of open
+        watches; UNAVAILABLE mid-stream when the server shuts down (watch again, with after_seq).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -156,6 +185,7 @@ class JobServiceServicer:
         new ones included, until the client leaves. A client that comes back with the last
         `resume_token` gets a fresh snapshot of each unfinished job and of each job that finished
         since, so it misses nothing Redis still holds (the server's retention, 1 h by default).
+        RESOURCE_EXHAUSTED past the tenant's cap of open watches.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -178,7 +208,7 @@ class JobServiceServicer:
 
     def GetQueueStats(self, request, context):
         """The caller's jobs in one queue by state and tier, the longest wait, the last minute's
-        throughput (from the history; needs a database).
+        throughput (from the history; FAILED_PRECONDITION on a server without a database).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,6 +225,8 @@ class JobServiceServicer:
         """Puts a FAILED job (a dead letter) back in its queue with a fresh budget of attempts; or,
         given a queue instead of a job id, every FAILED job of the caller's there that matches the
         filters, up to 1,000 per call (`more` says to call again). Needs the submit scope.
+        FAILED_PRECONDITION for a job that is not FAILED (it stays as it was), and for a queue
+        on a server without a database.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -202,8 +234,8 @@ class JobServiceServicer:
 
     def GetArtifactUrl(self, request, context):
         """A presigned URL to GET one artifact of one of the caller's jobs (see Job.artifacts).
-        FAILED_PRECONDITION when artifacts are off, NOT_FOUND for another tenant's job or an
-        artifact the job does not have.
+        FAILED_PRECONDITION when artifacts are off on this server (no CONVEYOR_S3_BUCKET),
+        NOT_FOUND for another tenant's job or an artifact the job does not have.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -301,7 +333,16 @@ def add_JobServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class JobService:
-    """Missing associated documentation comment in .proto file."""
+    """Status codes every RPC may answer (others are listed per RPC). UNAUTHENTICATED: no
+    credential, or an unknown, expired or revoked one (the `authorization` metadata: `Bearer
+    <API key or OIDC token>`). PERMISSION_DENIED: the credential lacks the scope the RPC needs
+    (submit, read, watch, cancel, admin), or is a worker token. INVALID_ARGUMENT: the request
+    breaks a rule its fields state; the message names the field; do not retry it unchanged.
+    UNAVAILABLE: Redis, the database or the artifact store did not answer, or Redis is being
+    restored after it lost its data; retry with backoff (a submit with its idempotency key).
+    INTERNAL: a body that is not a valid message. Another tenant's job is NOT_FOUND, never
+    PERMISSION_DENIED.
+    """
 
     @staticmethod
     def SubmitJob(request,

@@ -12,7 +12,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("hello", "progress", "complete", "fail", "heartbeat", "upload", "upload_done")
+    __slots__ = ("hello", "progress", "complete", "fail", "heartbeat", "upload", "upload_done", "decline", "stopping")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
@@ -20,6 +20,8 @@ class ConnectRequest(_message.Message):
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_FIELD_NUMBER: _ClassVar[int]
     UPLOAD_DONE_FIELD_NUMBER: _ClassVar[int]
+    DECLINE_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     progress: ProgressReport
     complete: Complete
@@ -27,7 +29,25 @@ class ConnectRequest(_message.Message):
     heartbeat: Heartbeat
     upload: UploadRequest
     upload_done: UploadDone
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., upload: _Optional[_Union[UploadRequest, _Mapping]] = ..., upload_done: _Optional[_Union[UploadDone, _Mapping]] = ...) -> None: ...
+    decline: Decline
+    stopping: Stopping
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., progress: _Optional[_Union[ProgressReport, _Mapping]] = ..., complete: _Optional[_Union[Complete, _Mapping]] = ..., fail: _Optional[_Union[Fail, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., upload: _Optional[_Union[UploadRequest, _Mapping]] = ..., upload_done: _Optional[_Union[UploadDone, _Mapping]] = ..., decline: _Optional[_Union[Decline, _Mapping]] = ..., stopping: _Optional[_Union[Stopping, _Mapping]] = ...) -> None: ...
+
+class Decline(_message.Message):
+    __slots__ = ("job_id", "token", "reason")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    token: int
+    reason: str
+    def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class Stopping(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class UploadRequest(_message.Message):
     __slots__ = ("job_id", "token", "name", "size", "content_type")
@@ -58,7 +78,7 @@ class UploadDone(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., token: _Optional[int] = ..., name: _Optional[str] = ..., upload_id: _Optional[str] = ..., part_etags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Hello(_message.Message):
-    __slots__ = ("queues", "concurrency", "labels", "version", "worker_id", "held")
+    __slots__ = ("queues", "concurrency", "labels", "version", "worker_id", "held", "stopping")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -72,13 +92,15 @@ class Hello(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
     HELD_FIELD_NUMBER: _ClassVar[int]
+    STOPPING_FIELD_NUMBER: _ClassVar[int]
     queues: _containers.RepeatedScalarFieldContainer[str]
     concurrency: int
     labels: _containers.ScalarMap[str, str]
     version: str
     worker_id: str
     held: _containers.RepeatedCompositeFieldContainer[HeldLease]
-    def __init__(self, queues: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ...) -> None: ...
+    stopping: bool
+    def __init__(self, queues: _Optional[_Iterable[str]] = ..., concurrency: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., version: _Optional[str] = ..., worker_id: _Optional[str] = ..., held: _Optional[_Iterable[_Union[HeldLease, _Mapping]]] = ..., stopping: _Optional[bool] = ...) -> None: ...
 
 class HeldLease(_message.Message):
     __slots__ = ("job_id", "token")

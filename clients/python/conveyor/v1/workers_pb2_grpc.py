@@ -46,6 +46,19 @@ class WorkerServiceServicer:
 
     def Connect(self, request_iterator, context):
         """The first message must be Hello; the server answers Welcome, then Assignments as credits allow.
+
+        The call itself ends with UNAUTHENTICATED or PERMISSION_DENIED (a credential that is not a
+        worker token, or a queue the token may not serve), INVALID_ARGUMENT (a bad Hello),
+        FAILED_PRECONDITION (no Hello within 3 heartbeat intervals, a message before Hello, a
+        second Hello), or UNAVAILABLE (the server is shutting down: connect to another replica).
+        Once Welcome has arrived, a report the server refuses does not end the stream: each
+        Complete, Fail and Decline, and each refused ProgressReport, is answered on the stream by a
+        ReportResult whose `code` says what became of it.
+
+        Both sides send Heartbeat every `Welcome.heartbeat_interval`. A worker that sends nothing
+        at all for 3 intervals is cut off (its jobs wait out the grace period for it to reconnect,
+        then go back to their queues); a worker should treat a server silent for 3 intervals the
+        same way, and reconnect.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
