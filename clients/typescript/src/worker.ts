@@ -11,17 +11,30 @@
 //
 // A handler's return value is the job's result (JSON unless a string); throwing `Fatal` fails
 // the job for good, any other error fails the attempt (the server retries it with backoff).
+//
+// In the main thread, `run` stops on SIGTERM (how Kubernetes stops a pod) and SIGINT the way
+// `stop` does: running jobs finish and are reported, no new ones are taken, then `run` returns.
 
 import { randomUUID } from "node:crypto";
 import { open, stat } from "node:fs/promises";
+import { isMainThread } from "node:worker_threads";
 
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 
 import { grpcTransport, put, type Options } from "./client.js";
-import type { Job as JobMessage } from "./gen/conveyor/v1/jobs_pb.js";
+import { ProgressSchema, type Job as JobMessage } from "./gen/conveyor/v1/jobs_pb.js";
 import {
+  CompleteSchema,
   ConnectRequestSchema,
+  DeclineSchema,
+  FailSchema,
+  HeartbeatSchema,
+  HelloSchema,
+  ProgressReportSchema,
+  StoppingSchema,
+  UploadDoneSchema,
+  UploadRequestSchema,
   WorkerService,
   type Assignment,
   type ConnectRequest,
@@ -74,7 +87,7 @@ export class Job {
   readonly attempt: number;
   readonly token: bigint;
   readonly proto: JobMessage;
-  /** Set when the job is cancelled or its lease is lost. */
+  /** Set when the job is cancelled or its lease is lost, or the grace of `stop` ran out. */
   cancelled = false;
   readonly artifacts: string[] = [];
   /** Input file name → download URL. */
@@ -111,7 +124,7 @@ export class Job {
     const size = (await stat(path)).size;
     const answer = await this.worker.ask(this.id, name, {
       case: "upload",
-      value: { $typeName: "conveyor.v1.UploadRequest", jobId: this.id, token: this.token, name, size: BigInt(size), contentType },
+      value: create(UploadRequestSchema, { jobId: this.id, token: this.token, name, size: BigInt(size), contentType }),
     });
     if (answer.msg.case === "uploadResult") {
       throw new Fatal(`upload of ${name} refused: ${answer.msg.value.message}`);
@@ -133,7 +146,7 @@ export class Job {
         }
         const done = await this.worker.ask(this.id, name, {
           case: "uploadDone",
-          value: { $typeName: "conveyor.v1.UploadDone", jobId: this.id, token: this.token, name, uploadId: url.uploadId, partEtags: etags },
+          value: create(UploadDoneSchema, { jobId: this.id, token: this.token, name, uploadId: url.uploadId, partEtags: etags }),
         });
         if (done.msg.case !== "uploadResult" || done.msg.value.code !== 0) {
           throw new Error(`finishing ${name}: ${done.msg.case === "uploadResult" ? done.msg.value.message : done.msg.case}`);
@@ -153,16 +166,42 @@ export interface WorkerOptions extends Options {
   transport?: Transport;
 }
 
+/** What `run` takes. */
+export interface RunOptions {
+  /** In the main thread, SIGTERM and SIGINT call `stop(graceMs)` while `run` runs (default:
+   *  true). The listeners are added next to any the application has, and removed at the first
+   *  signal, so a second one gets what was there before (Node's default: the process ends, as
+   *  on Ctrl-C twice), and when `run` returns. False: call `stop` from your own handler. */
+  handleSignals?: boolean;
+  /** How long a stop by signal lets running jobs finish: 30 s unless given. */
+  graceMs?: number;
+}
+
+/** What a stopping worker tells the server, in Stopping and in each Decline. */
+const STOPPING = "shutting down";
+
+/** The reports the server must answer with a ReportResult. */
+type End = Extract<Request, { case: "complete" | "fail" | "decline" }>;
+
 export class Worker {
   readonly workerId: string;
   private handlers = new Map<string, Handler>();
   private running = new Map<string, Job>();
-  /** Completes and Fails not yet answered, sent again on the next stream. */
-  private final = new Map<string, Request>();
+  /** Completes, Fails and Declines not yet answered, by job id: sent again on the next stream
+   *  (whose Hello holds their leases), dropped once answered. */
+  private final = new Map<string, End>();
   private asks = new Map<string, (answer: ConnectResponse) => void>();
   private outbox = new Outbox();
+  /** Cuts the current stream, should it outlive the end of a stop. */
+  private call?: AbortController;
+  /** Set by `stop`: no new jobs, and the server knows (Stopping; Hello.stopping on a reconnect). */
   private stopping = false;
+  /** The end of the grace `stop` gives, counted from the stop across reconnects. */
+  private deadline?: NodeJS.Timeout;
+  /** Set once a stop is done (or out of time): no stream is dialed again. */
   private stopped = false;
+  /** Ends the wait before the next dial early. */
+  private wake?: () => void;
   private transport: Transport;
 
   constructor(private options: WorkerOptions) {
@@ -176,35 +215,54 @@ export class Worker {
   }
 
   /** Takes no new jobs, lets running handlers finish and their results be answered (for at
-   *  most `graceMs`), then ends `run`. */
+   *  most `graceMs`), then ends `run`. The server is told at once, so it offers this worker no
+   *  more jobs; an assignment already on its way is handed back (Decline), which costs the job
+   *  no attempt. The grace counts from this call, across reconnects; when it runs out, `run`
+   *  ends anyway, handlers still running see `job.cancelled`, and their jobs go back to their
+   *  queues once the server gives up on this worker. A second call does nothing. */
   stop(graceMs = 30_000): void {
+    if (this.stopping) return;
     this.stopping = true;
-    const deadline = Date.now() + graceMs;
-    const close = () => {
-      if ((this.running.size > 0 || this.final.size > 0) && Date.now() < deadline) {
-        setTimeout(close, 50);
-        return;
-      }
-      this.stopped = true;
-      this.outbox.close();
-    };
-    close();
+    // On the current stream; between two streams the outbox is closed, and the next Hello says so.
+    this.outbox.push({ case: "stopping", value: create(StoppingSchema, { reason: STOPPING }) });
+    this.deadline = setTimeout(() => {
+      console.warn(
+        `conveyor worker: not done ${graceMs} ms after stop (${this.running.size} running, ` +
+          `${this.final.size} reports unanswered); stopping anyway`,
+      );
+      for (const job of this.running.values()) job.cancelled = true;
+      this.close();
+    }, graceMs);
+    this.endIfDone();
   }
 
-  /** Serves until `stop`, dialing again (with backoff) whenever the stream breaks. */
-  async run(): Promise<void> {
-    let backoff = 200;
-    while (!this.stopped) {
-      try {
-        await this.serve();
-        backoff = 200;
-      } catch (e) {
+  /** Serves until `stop`, dialing again (with backoff) whenever the stream breaks. Unless
+   *  `handleSignals` is false, SIGTERM and SIGINT stop the worker (see RunOptions). */
+  async run({ handleSignals = true, graceMs = 30_000 }: RunOptions = {}): Promise<void> {
+    const untrap = handleSignals ? this.trapSignals(graceMs) : undefined;
+    try {
+      let backoff = 200;
+      while (!this.stopped) {
+        try {
+          await this.serve();
+          backoff = 200;
+        } catch (e) {
+          if (this.stopped) break;
+          console.warn(`conveyor worker: stream broke (${(e as Error).message}); again in ${backoff} ms`);
+        }
         if (this.stopped) break;
-        console.warn(`conveyor worker: stream broke (${(e as Error).message}); again in ${backoff} ms`);
+        await new Promise<void>((resolve) => {
+          const timer = setTimeout(resolve, backoff);
+          this.wake = () => {
+            clearTimeout(timer);
+            resolve();
+          };
+        });
+        this.wake = undefined;
+        backoff = Math.min(backoff * 2, 5000);
       }
-      if (this.stopped) break;
-      await new Promise((r) => setTimeout(r, backoff));
-      backoff = Math.min(backoff * 2, 5000);
+    } finally {
+      untrap?.();
     }
   }
 
@@ -226,32 +284,76 @@ export class Worker {
     throw new Error(`no answer about ${name} from the server`);
   }
 
+  /** SIGTERM and SIGINT call `stop(graceMs)`; returns what removes the listeners. Only the main
+   *  thread gets signals. */
+  private trapSignals(graceMs: number): (() => void) | undefined {
+    if (!isMainThread) return undefined;
+    const signals = ["SIGTERM", "SIGINT"] as const;
+    const untrap = () => signals.forEach((s) => process.removeListener(s, onSignal));
+    const onSignal = (signal: NodeJS.Signals) => {
+      // A second signal gets what was there before: the application's listeners, or (none)
+      // Node's default, which ends the process.
+      untrap();
+      console.warn(`conveyor worker: ${signal}: finishing the running jobs, taking no new ones`);
+      this.stop(graceMs);
+    };
+    signals.forEach((s) => process.on(s, onSignal));
+    return untrap;
+  }
+
+  /** Ends `run` once a stopping worker runs nothing and every report it sent is answered. */
+  private endIfDone(): void {
+    if (this.stopping && this.running.size === 0 && this.final.size === 0) this.close();
+  }
+
+  private close(): void {
+    if (this.stopped) return;
+    this.stopped = true;
+    clearTimeout(this.deadline);
+    // Our end of the stream ends, and the server ends its end; a call still open after that
+    // (a server that does not answer) is cut.
+    this.outbox.close();
+    const call = this.call;
+    if (call) setTimeout(() => call.abort(), 2000).unref();
+    this.wake?.();
+  }
+
   private async serve(): Promise<void> {
     const outbox = new Outbox();
     this.outbox = outbox;
-    const held = [...this.running.values()].map((j) => ({ jobId: j.id, token: j.token }));
+    const call = new AbortController();
+    this.call = call;
+    // The leases this worker holds: its running jobs, and those whose end is not answered yet
+    // (a lease the Hello leaves out goes back to its queue at once, the attempt counted, before
+    // the end sent again below lands).
+    const held = new Map<string, bigint>();
+    for (const job of this.running.values()) held.set(job.id, job.token);
+    for (const end of this.final.values()) {
+      if (!held.has(end.value.jobId)) held.set(end.value.jobId, end.value.token);
+    }
+    // create() fills what is not given, so a field added to Hello does not break this.
     outbox.push({
       case: "hello",
-      value: {
-        $typeName: "conveyor.v1.Hello",
+      value: create(HelloSchema, {
         queues: this.options.queues,
         concurrency: this.options.concurrency ?? 1,
-        labels: {},
         version: "conveyor-typescript",
         workerId: this.workerId,
-        held: held.map((h) => ({ $typeName: "conveyor.v1.HeldLease", ...h })),
-      },
+        held: [...held].map(([jobId, token]) => ({ jobId, token })),
+        // A stopping worker is back only to report the jobs it holds: it gets no new ones.
+        stopping: this.stopping,
+      }),
     });
-    for (const msg of this.final.values()) outbox.push(msg);
+    for (const end of this.final.values()) outbox.push(end);
     let beat: NodeJS.Timeout | undefined;
     try {
-      const stream = createClient(WorkerService, this.transport).connect(outbox);
+      const stream = createClient(WorkerService, this.transport).connect(outbox, { signal: call.signal });
       for await (const message of stream) {
         const msg = message.msg;
         switch (msg.case) {
           case "welcome": {
             const every = Number(msg.value.heartbeatInterval?.seconds ?? 5n) * 1000 || 5000;
-            beat = setInterval(() => outbox.push({ case: "heartbeat", value: { $typeName: "conveyor.v1.Heartbeat" } }), every);
+            beat = setInterval(() => outbox.push({ case: "heartbeat", value: create(HeartbeatSchema) }), every);
             for (const lost of msg.value.lost) {
               const job = this.running.get(lost);
               if (job) job.cancelled = true;
@@ -276,11 +378,18 @@ export class Worker {
           }
           case "reportResult": {
             const r = msg.value;
-            const final = this.final.get(r.jobId);
-            if (final && final.value && "token" in final.value && final.value.token === r.token && r.code !== 14) {
-              this.final.delete(r.jobId);
+            const end = this.final.get(r.jobId);
+            const ours = end !== undefined && end.value.token === r.token;
+            if (ours && r.code === 14) {
+              // The server could not store it now; the report is still good: again in a moment.
+              setTimeout(() => {
+                if (this.outbox === outbox && this.final.get(r.jobId) === end) outbox.push(end);
+              }, 1000).unref();
+              break;
             }
+            if (ours) this.final.delete(r.jobId);
             if (r.code !== 0) console.warn(`conveyor worker: report about ${r.jobId} refused: ${r.message}`);
+            this.endIfDone();
             break;
           }
           case "drain":
@@ -290,6 +399,7 @@ export class Worker {
     } finally {
       if (beat) clearInterval(beat);
       outbox.close();
+      if (this.call === call) this.call = undefined;
       // Questions asked on this stream are asked again on the next.
       for (const answer of this.asks.values()) answer(undefined as unknown as ConnectResponse);
       this.asks.clear();
@@ -298,43 +408,51 @@ export class Worker {
 
   private start(a: Assignment): void {
     const job = new Job(this, a);
-    if (this.stopping) {
-      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: "the worker is stopping", retryable: true, traceContext: job.traceparent } });
+    const full = this.running.size >= (this.options.concurrency ?? 1);
+    if (this.stopping || full) {
+      // Handed back, not failed: the job goes back to its place in line, and the attempt does
+      // not count.
+      const reason = this.stopping ? STOPPING : "the worker has no free slot";
+      this.finish({ case: "decline", value: create(DeclineSchema, { jobId: job.id, token: job.token, reason }) });
       return;
     }
     const handler = this.handlers.get(job.queue);
     if (!handler) {
-      this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error: `this worker has no handler for queue ${job.queue}`, retryable: false, traceContext: job.traceparent } });
+      const error = `this worker has no handler for queue ${job.queue}`;
+      this.finish({ case: "fail", value: create(FailSchema, { jobId: job.id, token: job.token, error, retryable: false, traceContext: job.traceparent }) });
       return;
     }
     this.running.set(job.id, job);
     const progress: Progress = async (percent, stage = "", message = "") => {
       this.outbox.push({
         case: "progress",
-        value: {
-          $typeName: "conveyor.v1.ProgressReport",
+        value: create(ProgressReportSchema, {
           jobId: job.id,
           token: job.token,
-          progress: { $typeName: "conveyor.v1.Progress", percent, stage, message },
-        },
+          progress: create(ProgressSchema, { percent, stage, message }),
+        }),
       });
     };
     handler(job, progress)
       .then((result) => {
         if (job.cancelled) return;
         const text = typeof result === "string" ? result : JSON.stringify(result ?? null);
-        this.finish(job, { case: "complete", value: { $typeName: "conveyor.v1.Complete", jobId: job.id, token: job.token, result: text, artifacts: job.artifacts, traceContext: job.traceparent } });
+        this.finish({ case: "complete", value: create(CompleteSchema, { jobId: job.id, token: job.token, result: text, artifacts: job.artifacts, traceContext: job.traceparent }) });
       })
       .catch((e: Error) => {
         const retryable = !(e instanceof Fatal);
         const error = retryable ? `${e.name}: ${e.message}` : e.message;
-        this.finish(job, { case: "fail", value: { $typeName: "conveyor.v1.Fail", jobId: job.id, token: job.token, error, retryable, traceContext: job.traceparent } });
+        this.finish({ case: "fail", value: create(FailSchema, { jobId: job.id, token: job.token, error, retryable, traceContext: job.traceparent }) });
       })
-      .finally(() => this.running.delete(job.id));
+      .finally(() => {
+        this.running.delete(job.id);
+        this.endIfDone();
+      });
   }
 
-  private finish(job: Job, msg: Request): void {
-    this.final.set(job.id, msg);
-    this.outbox.push(msg);
+  /** Sends the end of an assignment, kept until the server answers it. */
+  private finish(end: End): void {
+    this.final.set(end.value.jobId, end);
+    this.outbox.push(end);
   }
 }

@@ -382,8 +382,9 @@ export type SubmitJobRequest = Message<"conveyor.v1.SubmitJobRequest"> & {
 
   /**
    * An http(s) URL Conveyor POSTs the job to (as JSON, signed) when it ends; empty: the queue's
-   * webhook, if it has one. Private, loopback and link-local addresses are refused unless the
-   * server's allowlist names them.
+   * webhook, if it has one. Private, loopback and link-local addresses are refused
+   * (INVALID_ARGUMENT) unless the server's allowlist names them; FAILED_PRECONDITION when
+   * webhooks are off on this server (no CONVEYOR_WEBHOOK_SECRET).
    *
    * @generated from field: string callback_url = 15;
    */
@@ -678,7 +679,10 @@ export type WatchJobRequest = Message<"conveyor.v1.WatchJobRequest"> & {
   jobId: string;
 
   /**
-   * The last sequence number the client saw; events after it are sent instead of a snapshot.
+   * Resuming: the last `seq` the client saw. When the job has had no event since, the stream
+   * sends no snapshot, only the events that follow (and ends at once if the job already
+   * ended). Otherwise it starts with a fresh snapshot of the job as it is now, not with the
+   * events that were missed; then every event in order. Absent: a snapshot first.
    *
    * @generated from field: optional uint64 after_seq = 2;
    */
@@ -1471,11 +1475,25 @@ export const DependencyFailureSchema: GenEnum<DependencyFailure> = /*@__PURE__*/
   enumDesc(file_conveyor_v1_jobs, 2);
 
 /**
+ * Status codes every RPC may answer (others are listed per RPC). UNAUTHENTICATED: no
+ * credential, or an unknown, expired or revoked one (the `authorization` metadata: `Bearer
+ * <API key or OIDC token>`). PERMISSION_DENIED: the credential lacks the scope the RPC needs
+ * (submit, read, watch, cancel, admin), or is a worker token. INVALID_ARGUMENT: the request
+ * breaks a rule its fields state; the message names the field; do not retry it unchanged.
+ * UNAVAILABLE: Redis, the database or the artifact store did not answer, or Redis is being
+ * restored after it lost its data; retry with backoff (a submit with its idempotency key).
+ * INTERNAL: a body that is not a valid message. Another tenant's job is NOT_FOUND, never
+ * PERMISSION_DENIED.
+ *
  * @generated from service conveyor.v1.JobService
  */
 export const JobService: GenService<{
   /**
-   * Accepts a job and answers at once; the job runs later on a worker.
+   * Accepts a job and answers at once; the job runs later on a worker. ALREADY_EXISTS when the
+   * idempotency key was used with a different request (the message names the first job);
+   * RESOURCE_EXHAUSTED when the tenant submits faster than its rate (with a RetryInfo delay);
+   * FAILED_PRECONDITION for a callback_url while webhooks are off, or inputs while artifacts
+   * are off.
    *
    * @generated from rpc conveyor.v1.JobService.SubmitJob
    */
@@ -1485,8 +1503,10 @@ export const JobService: GenService<{
     output: typeof SubmitJobResponseSchema;
   },
   /**
-   * Accepts up to 1,000 jobs in one call, all or none: one invalid job refuses the whole batch
-   * (the message names its index). Results come back in request order.
+   * Accepts up to 1,000 jobs of one queue in one call, all or none: one invalid job refuses the
+   * whole batch (the message names its index), and jobs of different queues are refused
+   * (INVALID_ARGUMENT; make one call per queue). Results come back in request order. Answers
+   * as SubmitJob does.
    *
    * @generated from rpc conveyor.v1.JobService.SubmitJobs
    */
@@ -1496,6 +1516,8 @@ export const JobService: GenService<{
     output: typeof SubmitJobsResponseSchema;
   },
   /**
+   * NOT_FOUND for an unknown job, or one past its queue's retention.
+   *
    * @generated from rpc conveyor.v1.JobService.GetJob
    */
   getJob: {
@@ -1504,7 +1526,7 @@ export const JobService: GenService<{
     output: typeof GetJobResponseSchema;
   },
   /**
-   * Lists the caller's jobs in one queue, newest first.
+   * Lists the caller's jobs, newest first (see ListJobsRequest).
    *
    * @generated from rpc conveyor.v1.JobService.ListJobs
    */
@@ -1514,6 +1536,9 @@ export const JobService: GenService<{
     output: typeof ListJobsResponseSchema;
   },
   /**
+   * Ends a SCHEDULED, QUEUED, WAITING or RUNNING job as CANCELLED; a running job's worker is
+   * told to stop. FAILED_PRECONDITION for a job that already ended (it stays as it was).
+   *
    * @generated from rpc conveyor.v1.JobService.CancelJob
    */
   cancelJob: {
@@ -1522,7 +1547,9 @@ export const JobService: GenService<{
     output: typeof CancelJobResponseSchema;
   },
   /**
-   * Sends the job's snapshot, then every event in order, and ends after the terminal one.
+   * Sends the job's snapshot, then every event in order, and ends after the terminal one (see
+   * WatchJobRequest.after_seq for resuming). RESOURCE_EXHAUSTED past the tenant's cap of open
+   * watches; UNAVAILABLE mid-stream when the server shuts down (watch again, with after_seq).
    *
    * @generated from rpc conveyor.v1.JobService.WatchJob
    */
@@ -1537,6 +1564,7 @@ export const JobService: GenService<{
    * new ones included, until the client leaves. A client that comes back with the last
    * `resume_token` gets a fresh snapshot of each unfinished job and of each job that finished
    * since, so it misses nothing Redis still holds (the server's retention, 1 h by default).
+   * RESOURCE_EXHAUSTED past the tenant's cap of open watches.
    *
    * @generated from rpc conveyor.v1.JobService.WatchJobs
    */
@@ -1568,7 +1596,7 @@ export const JobService: GenService<{
   },
   /**
    * The caller's jobs in one queue by state and tier, the longest wait, the last minute's
-   * throughput (from the history; needs a database).
+   * throughput (from the history; FAILED_PRECONDITION on a server without a database).
    *
    * @generated from rpc conveyor.v1.JobService.GetQueueStats
    */
@@ -1591,6 +1619,8 @@ export const JobService: GenService<{
    * Puts a FAILED job (a dead letter) back in its queue with a fresh budget of attempts; or,
    * given a queue instead of a job id, every FAILED job of the caller's there that matches the
    * filters, up to 1,000 per call (`more` says to call again). Needs the submit scope.
+   * FAILED_PRECONDITION for a job that is not FAILED (it stays as it was), and for a queue
+   * on a server without a database.
    *
    * @generated from rpc conveyor.v1.JobService.RetryJob
    */
@@ -1601,8 +1631,8 @@ export const JobService: GenService<{
   },
   /**
    * A presigned URL to GET one artifact of one of the caller's jobs (see Job.artifacts).
-   * FAILED_PRECONDITION when artifacts are off, NOT_FOUND for another tenant's job or an
-   * artifact the job does not have.
+   * FAILED_PRECONDITION when artifacts are off on this server (no CONVEYOR_S3_BUCKET),
+   * NOT_FOUND for another tenant's job or an artifact the job does not have.
    *
    * @generated from rpc conveyor.v1.JobService.GetArtifactUrl
    */

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file conveyor/v1/workers.proto.
  */
 export const file_conveyor_v1_workers: GenFile = /*@__PURE__*/
-  fileDesc("Chljb252ZXlvci92MS93b3JrZXJzLnByb3RvEgtjb252ZXlvci52MSLGAgoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEi8KCHByb2dyZXNzGAIgASgLMhsuY29udmV5b3IudjEuUHJvZ3Jlc3NSZXBvcnRIABIpCghjb21wbGV0ZRgDIAEoCzIVLmNvbnZleW9yLnYxLkNvbXBsZXRlSAASIQoEZmFpbBgEIAEoCzIRLmNvbnZleW9yLnYxLkZhaWxIABIrCgloZWFydGJlYXQYBSABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABIsCgZ1cGxvYWQYBiABKAsyGi5jb252ZXlvci52MS5VcGxvYWRSZXF1ZXN0SAASLgoLdXBsb2FkX2RvbmUYByABKAsyFy5jb252ZXlvci52MS5VcGxvYWREb25lSABCBQoDbXNnImAKDVVwbG9hZFJlcXVlc3QSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEgwKBG5hbWUYAyABKAkSDAoEc2l6ZRgEIAEoBBIUCgxjb250ZW50X3R5cGUYBSABKAkiYAoKVXBsb2FkRG9uZRIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQSDAoEbmFtZRgDIAEoCRIRCgl1cGxvYWRfaWQYBCABKAkSEgoKcGFydF9ldGFncxgFIAMoCSLVAQoFSGVsbG8SDgoGcXVldWVzGAEgAygJEhMKC2NvbmN1cnJlbmN5GAIgASgNEi4KBmxhYmVscxgDIAMoCzIeLmNvbnZleW9yLnYxLkhlbGxvLkxhYmVsc0VudHJ5Eg8KB3ZlcnNpb24YBCABKAkSEQoJd29ya2VyX2lkGAUgASgJEiQKBGhlbGQYBiADKAsyFi5jb252ZXlvci52MS5IZWxkTGVhc2UaLQoLTGFiZWxzRW50cnkSCwoDa2V5GAEgASgJEg0KBXZhbHVlGAIgASgJOgI4ASIqCglIZWxkTGVhc2USDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEIlgKDlByb2dyZXNzUmVwb3J0Eg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBInCghwcm9ncmVzcxgDIAEoCzIVLmNvbnZleW9yLnYxLlByb2dyZXNzImMKCENvbXBsZXRlEg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBIOCgZyZXN1bHQYAyABKAkSEQoJYXJ0aWZhY3RzGAQgAygJEhUKDXRyYWNlX2NvbnRleHQYBSABKAkiXgoERmFpbBIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQSDQoFZXJyb3IYAyABKAkSEQoJcmV0cnlhYmxlGAQgASgIEhUKDXRyYWNlX2NvbnRleHQYBSABKAkiCwoJSGVhcnRiZWF0IokDCg9Db25uZWN0UmVzcG9uc2USJwoHd2VsY29tZRgBIAEoCzIULmNvbnZleW9yLnYxLldlbGNvbWVIABItCgphc3NpZ25tZW50GAIgASgLMhcuY29udmV5b3IudjEuQXNzaWdubWVudEgAEi8KBmNhbmNlbBgDIAEoCzIdLmNvbnZleW9yLnYxLkNhbmNlbEFzc2lnbm1lbnRIABIjCgVkcmFpbhgEIAEoCzISLmNvbnZleW9yLnYxLkRyYWluSAASMgoNcmVwb3J0X3Jlc3VsdBgFIAEoCzIZLmNvbnZleW9yLnYxLlJlcG9ydFJlc3VsdEgAEisKCWhlYXJ0YmVhdBgGIAEoCzIWLmNvbnZleW9yLnYxLkhlYXJ0YmVhdEgAEiwKCnVwbG9hZF91cmwYByABKAsyFi5jb252ZXlvci52MS5VcGxvYWRVcmxIABIyCg11cGxvYWRfcmVzdWx0GAggASgLMhkuY29udmV5b3IudjEuVXBsb2FkUmVzdWx0SABCBQoDbXNnIq4BCglVcGxvYWRVcmwSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEgwKBG5hbWUYAyABKAkSCwoDdXJsGAQgASgJEi4KCmV4cGlyZXNfYXQYBSABKAsyGi5nb29nbGUucHJvdG9idWYuVGltZXN0YW1wEhEKCXVwbG9hZF9pZBgGIAEoCRIRCglwYXJ0X3NpemUYByABKAQSEQoJcGFydF91cmxzGAggAygJIloKDFVwbG9hZFJlc3VsdBIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQSDAoEbmFtZRgDIAEoCRIMCgRjb2RlGAQgASgFEg8KB21lc3NhZ2UYBSABKAkiowEKB1dlbGNvbWUSEQoJd29ya2VyX2lkGAEgASgJEiwKCWxlYXNlX3R0bBgCIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhI1ChJoZWFydGJlYXRfaW50ZXJ2YWwYAyABKAsyGS5nb29nbGUucHJvdG9idWYuRHVyYXRpb24SEgoKcmVhdHRhY2hlZBgEIAMoCRIMCgRsb3N0GAUgAygJIrcBCgpBc3NpZ25tZW50Eh0KA2pvYhgBIAEoCzIQLmNvbnZleW9yLnYxLkpvYhINCgV0b2tlbhgCIAEoBBIsCghkZWFkbGluZRgDIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASDwoHYXR0ZW1wdBgEIAEoDRIVCg10cmFjZV9jb250ZXh0GAUgASgJEiUKBmlucHV0cxgGIAMoCzIVLmNvbnZleW9yLnYxLklucHV0VXJsIiYKCElucHV0VXJsEg0KBWlucHV0GAEgASgJEgsKA3VybBgCIAEoCSIyChBDYW5jZWxBc3NpZ25tZW50Eg4KBmpvYl9pZBgBIAEoCRIOCgZyZWFzb24YAiABKAkiBwoFRHJhaW4iTAoMUmVwb3J0UmVzdWx0Eg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBIMCgRjb2RlGAMgASgFEg8KB21lc3NhZ2UYBCABKAkyWQoNV29ya2VyU2VydmljZRJICgdDb25uZWN0EhsuY29udmV5b3IudjEuQ29ubmVjdFJlcXVlc3QaHC5jb252ZXlvci52MS5Db25uZWN0UmVzcG9uc2UoATABYgZwcm90bzM", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_conveyor_v1_jobs]);
+  fileDesc("Chljb252ZXlvci92MS93b3JrZXJzLnByb3RvEgtjb252ZXlvci52MSKaAwoOQ29ubmVjdFJlcXVlc3QSIwoFaGVsbG8YASABKAsyEi5jb252ZXlvci52MS5IZWxsb0gAEi8KCHByb2dyZXNzGAIgASgLMhsuY29udmV5b3IudjEuUHJvZ3Jlc3NSZXBvcnRIABIpCghjb21wbGV0ZRgDIAEoCzIVLmNvbnZleW9yLnYxLkNvbXBsZXRlSAASIQoEZmFpbBgEIAEoCzIRLmNvbnZleW9yLnYxLkZhaWxIABIrCgloZWFydGJlYXQYBSABKAsyFi5jb252ZXlvci52MS5IZWFydGJlYXRIABIsCgZ1cGxvYWQYBiABKAsyGi5jb252ZXlvci52MS5VcGxvYWRSZXF1ZXN0SAASLgoLdXBsb2FkX2RvbmUYByABKAsyFy5jb252ZXlvci52MS5VcGxvYWREb25lSAASJwoHZGVjbGluZRgIIAEoCzIULmNvbnZleW9yLnYxLkRlY2xpbmVIABIpCghzdG9wcGluZxgJIAEoCzIVLmNvbnZleW9yLnYxLlN0b3BwaW5nSABCBQoDbXNnIjgKB0RlY2xpbmUSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEg4KBnJlYXNvbhgDIAEoCSIaCghTdG9wcGluZxIOCgZyZWFzb24YASABKAkiYAoNVXBsb2FkUmVxdWVzdBIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQSDAoEbmFtZRgDIAEoCRIMCgRzaXplGAQgASgEEhQKDGNvbnRlbnRfdHlwZRgFIAEoCSJgCgpVcGxvYWREb25lEg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBIMCgRuYW1lGAMgASgJEhEKCXVwbG9hZF9pZBgEIAEoCRISCgpwYXJ0X2V0YWdzGAUgAygJIucBCgVIZWxsbxIOCgZxdWV1ZXMYASADKAkSEwoLY29uY3VycmVuY3kYAiABKA0SLgoGbGFiZWxzGAMgAygLMh4uY29udmV5b3IudjEuSGVsbG8uTGFiZWxzRW50cnkSDwoHdmVyc2lvbhgEIAEoCRIRCgl3b3JrZXJfaWQYBSABKAkSJAoEaGVsZBgGIAMoCzIWLmNvbnZleW9yLnYxLkhlbGRMZWFzZRIQCghzdG9wcGluZxgHIAEoCBotCgtMYWJlbHNFbnRyeRILCgNrZXkYASABKAkSDQoFdmFsdWUYAiABKAk6AjgBIioKCUhlbGRMZWFzZRIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQiWAoOUHJvZ3Jlc3NSZXBvcnQSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEicKCHByb2dyZXNzGAMgASgLMhUuY29udmV5b3IudjEuUHJvZ3Jlc3MiYwoIQ29tcGxldGUSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEg4KBnJlc3VsdBgDIAEoCRIRCglhcnRpZmFjdHMYBCADKAkSFQoNdHJhY2VfY29udGV4dBgFIAEoCSJeCgRGYWlsEg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBINCgVlcnJvchgDIAEoCRIRCglyZXRyeWFibGUYBCABKAgSFQoNdHJhY2VfY29udGV4dBgFIAEoCSILCglIZWFydGJlYXQiiQMKD0Nvbm5lY3RSZXNwb25zZRInCgd3ZWxjb21lGAEgASgLMhQuY29udmV5b3IudjEuV2VsY29tZUgAEi0KCmFzc2lnbm1lbnQYAiABKAsyFy5jb252ZXlvci52MS5Bc3NpZ25tZW50SAASLwoGY2FuY2VsGAMgASgLMh0uY29udmV5b3IudjEuQ2FuY2VsQXNzaWdubWVudEgAEiMKBWRyYWluGAQgASgLMhIuY29udmV5b3IudjEuRHJhaW5IABIyCg1yZXBvcnRfcmVzdWx0GAUgASgLMhkuY29udmV5b3IudjEuUmVwb3J0UmVzdWx0SAASKwoJaGVhcnRiZWF0GAYgASgLMhYuY29udmV5b3IudjEuSGVhcnRiZWF0SAASLAoKdXBsb2FkX3VybBgHIAEoCzIWLmNvbnZleW9yLnYxLlVwbG9hZFVybEgAEjIKDXVwbG9hZF9yZXN1bHQYCCABKAsyGS5jb252ZXlvci52MS5VcGxvYWRSZXN1bHRIAEIFCgNtc2cirgEKCVVwbG9hZFVybBIOCgZqb2JfaWQYASABKAkSDQoFdG9rZW4YAiABKAQSDAoEbmFtZRgDIAEoCRILCgN1cmwYBCABKAkSLgoKZXhwaXJlc19hdBgFIAEoCzIaLmdvb2dsZS5wcm90b2J1Zi5UaW1lc3RhbXASEQoJdXBsb2FkX2lkGAYgASgJEhEKCXBhcnRfc2l6ZRgHIAEoBBIRCglwYXJ0X3VybHMYCCADKAkiWgoMVXBsb2FkUmVzdWx0Eg4KBmpvYl9pZBgBIAEoCRINCgV0b2tlbhgCIAEoBBIMCgRuYW1lGAMgASgJEgwKBGNvZGUYBCABKAUSDwoHbWVzc2FnZRgFIAEoCSKjAQoHV2VsY29tZRIRCgl3b3JrZXJfaWQYASABKAkSLAoJbGVhc2VfdHRsGAIgASgLMhkuZ29vZ2xlLnByb3RvYnVmLkR1cmF0aW9uEjUKEmhlYXJ0YmVhdF9pbnRlcnZhbBgDIAEoCzIZLmdvb2dsZS5wcm90b2J1Zi5EdXJhdGlvbhISCgpyZWF0dGFjaGVkGAQgAygJEgwKBGxvc3QYBSADKAkitwEKCkFzc2lnbm1lbnQSHQoDam9iGAEgASgLMhAuY29udmV5b3IudjEuSm9iEg0KBXRva2VuGAIgASgEEiwKCGRlYWRsaW5lGAMgASgLMhouZ29vZ2xlLnByb3RvYnVmLlRpbWVzdGFtcBIPCgdhdHRlbXB0GAQgASgNEhUKDXRyYWNlX2NvbnRleHQYBSABKAkSJQoGaW5wdXRzGAYgAygLMhUuY29udmV5b3IudjEuSW5wdXRVcmwiJgoISW5wdXRVcmwSDQoFaW5wdXQYASABKAkSCwoDdXJsGAIgASgJIjIKEENhbmNlbEFzc2lnbm1lbnQSDgoGam9iX2lkGAEgASgJEg4KBnJlYXNvbhgCIAEoCSIHCgVEcmFpbiJMCgxSZXBvcnRSZXN1bHQSDgoGam9iX2lkGAEgASgJEg0KBXRva2VuGAIgASgEEgwKBGNvZGUYAyABKAUSDwoHbWVzc2FnZRgEIAEoCTJZCg1Xb3JrZXJTZXJ2aWNlEkgKB0Nvbm5lY3QSGy5jb252ZXlvci52MS5Db25uZWN0UmVxdWVzdBocLmNvbnZleW9yLnYxLkNvbm5lY3RSZXNwb25zZSgBMAFiBnByb3RvMw", [file_google_protobuf_duration, file_google_protobuf_timestamp, file_conveyor_v1_jobs]);
 
 /**
  * @generated from message conveyor.v1.ConnectRequest
@@ -67,6 +67,18 @@ export type ConnectRequest = Message<"conveyor.v1.ConnectRequest"> & {
      */
     value: UploadDone;
     case: "uploadDone";
+  } | {
+    /**
+     * @generated from field: conveyor.v1.Decline decline = 8;
+     */
+    value: Decline;
+    case: "decline";
+  } | {
+    /**
+     * @generated from field: conveyor.v1.Stopping stopping = 9;
+     */
+    value: Stopping;
+    case: "stopping";
   } | { case: undefined; value?: undefined };
 };
 
@@ -76,6 +88,60 @@ export type ConnectRequest = Message<"conveyor.v1.ConnectRequest"> & {
  */
 export const ConnectRequestSchema: GenMessage<ConnectRequest> = /*@__PURE__*/
   messageDesc(file_conveyor_v1_workers, 0);
+
+/**
+ * Hands an assignment back without running it (the worker is stopping, or cannot start its
+ * command): the job goes back to its place in line and the attempt does not count. Answered
+ * with a ReportResult, like a Fail.
+ *
+ * @generated from message conveyor.v1.Decline
+ */
+export type Decline = Message<"conveyor.v1.Decline"> & {
+  /**
+   * @generated from field: string job_id = 1;
+   */
+  jobId: string;
+
+  /**
+   * @generated from field: uint64 token = 2;
+   */
+  token: bigint;
+
+  /**
+   * Why, for the job's history and the server's log.
+   *
+   * @generated from field: string reason = 3;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message conveyor.v1.Decline.
+ * Use `create(DeclineSchema)` to create a new message.
+ */
+export const DeclineSchema: GenMessage<Decline> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_workers, 1);
+
+/**
+ * The worker takes no new jobs on this stream (it is shutting down, or it cannot run its
+ * command: `reason` says which); it still reports the jobs it holds. Assignments already on
+ * their way are declined (Decline).
+ *
+ * @generated from message conveyor.v1.Stopping
+ */
+export type Stopping = Message<"conveyor.v1.Stopping"> & {
+  /**
+   * @generated from field: string reason = 1;
+   */
+  reason: string;
+};
+
+/**
+ * Describes the message conveyor.v1.Stopping.
+ * Use `create(StoppingSchema)` to create a new message.
+ */
+export const StoppingSchema: GenMessage<Stopping> = /*@__PURE__*/
+  messageDesc(file_conveyor_v1_workers, 2);
 
 /**
  * Asks for presigned URLs to PUT an artifact of a job the worker runs. Answered with an
@@ -124,7 +190,7 @@ export type UploadRequest = Message<"conveyor.v1.UploadRequest"> & {
  * Use `create(UploadRequestSchema)` to create a new message.
  */
 export const UploadRequestSchema: GenMessage<UploadRequest> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 1);
+  messageDesc(file_conveyor_v1_workers, 3);
 
 /**
  * Finishes a multipart upload once every part is PUT: the server asks the store to assemble
@@ -166,7 +232,7 @@ export type UploadDone = Message<"conveyor.v1.UploadDone"> & {
  * Use `create(UploadDoneSchema)` to create a new message.
  */
 export const UploadDoneSchema: GenMessage<UploadDone> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 2);
+  messageDesc(file_conveyor_v1_workers, 4);
 
 /**
  * @generated from message conveyor.v1.Hello
@@ -207,6 +273,14 @@ export type Hello = Message<"conveyor.v1.Hello"> & {
    * @generated from field: repeated conveyor.v1.HeldLease held = 6;
    */
   held: HeldLease[];
+
+  /**
+   * The worker is stopping (as after Stopping): it reconnects only to report the jobs it
+   * holds, and gets no new ones.
+   *
+   * @generated from field: bool stopping = 7;
+   */
+  stopping: boolean;
 };
 
 /**
@@ -214,7 +288,7 @@ export type Hello = Message<"conveyor.v1.Hello"> & {
  * Use `create(HelloSchema)` to create a new message.
  */
 export const HelloSchema: GenMessage<Hello> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 3);
+  messageDesc(file_conveyor_v1_workers, 5);
 
 /**
  * @generated from message conveyor.v1.HeldLease
@@ -236,7 +310,7 @@ export type HeldLease = Message<"conveyor.v1.HeldLease"> & {
  * Use `create(HeldLeaseSchema)` to create a new message.
  */
 export const HeldLeaseSchema: GenMessage<HeldLease> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 4);
+  messageDesc(file_conveyor_v1_workers, 6);
 
 /**
  * @generated from message conveyor.v1.ProgressReport
@@ -263,7 +337,7 @@ export type ProgressReport = Message<"conveyor.v1.ProgressReport"> & {
  * Use `create(ProgressReportSchema)` to create a new message.
  */
 export const ProgressReportSchema: GenMessage<ProgressReport> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 5);
+  messageDesc(file_conveyor_v1_workers, 7);
 
 /**
  * @generated from message conveyor.v1.Complete
@@ -306,7 +380,7 @@ export type Complete = Message<"conveyor.v1.Complete"> & {
  * Use `create(CompleteSchema)` to create a new message.
  */
 export const CompleteSchema: GenMessage<Complete> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 6);
+  messageDesc(file_conveyor_v1_workers, 8);
 
 /**
  * @generated from message conveyor.v1.Fail
@@ -347,7 +421,7 @@ export type Fail = Message<"conveyor.v1.Fail"> & {
  * Use `create(FailSchema)` to create a new message.
  */
 export const FailSchema: GenMessage<Fail> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 7);
+  messageDesc(file_conveyor_v1_workers, 9);
 
 /**
  * @generated from message conveyor.v1.Heartbeat
@@ -360,7 +434,7 @@ export type Heartbeat = Message<"conveyor.v1.Heartbeat"> & {
  * Use `create(HeartbeatSchema)` to create a new message.
  */
 export const HeartbeatSchema: GenMessage<Heartbeat> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 8);
+  messageDesc(file_conveyor_v1_workers, 10);
 
 /**
  * @generated from message conveyor.v1.ConnectResponse
@@ -425,7 +499,7 @@ export type ConnectResponse = Message<"conveyor.v1.ConnectResponse"> & {
  * Use `create(ConnectResponseSchema)` to create a new message.
  */
 export const ConnectResponseSchema: GenMessage<ConnectResponse> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 9);
+  messageDesc(file_conveyor_v1_workers, 11);
 
 /**
  * Where to PUT an artifact: the object belongs to this attempt of the job
@@ -482,7 +556,7 @@ export type UploadUrl = Message<"conveyor.v1.UploadUrl"> & {
  * Use `create(UploadUrlSchema)` to create a new message.
  */
 export const UploadUrlSchema: GenMessage<UploadUrl> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 10);
+  messageDesc(file_conveyor_v1_workers, 12);
 
 /**
  * The answer to an UploadDone, and the refusal of an UploadRequest.
@@ -523,7 +597,7 @@ export type UploadResult = Message<"conveyor.v1.UploadResult"> & {
  * Use `create(UploadResultSchema)` to create a new message.
  */
 export const UploadResultSchema: GenMessage<UploadResult> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 11);
+  messageDesc(file_conveyor_v1_workers, 13);
 
 /**
  * @generated from message conveyor.v1.Welcome
@@ -540,6 +614,8 @@ export type Welcome = Message<"conveyor.v1.Welcome"> & {
   leaseTtl?: Duration | undefined;
 
   /**
+   * How often to send Heartbeat; silence for 3 intervals ends the stream.
+   *
    * @generated from field: google.protobuf.Duration heartbeat_interval = 3;
    */
   heartbeatInterval?: Duration | undefined;
@@ -564,7 +640,7 @@ export type Welcome = Message<"conveyor.v1.Welcome"> & {
  * Use `create(WelcomeSchema)` to create a new message.
  */
 export const WelcomeSchema: GenMessage<Welcome> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 12);
+  messageDesc(file_conveyor_v1_workers, 14);
 
 /**
  * @generated from message conveyor.v1.Assignment
@@ -576,11 +652,18 @@ export type Assignment = Message<"conveyor.v1.Assignment"> & {
   job?: Job | undefined;
 
   /**
+   * The fencing token of this lease: every report about the job carries it, and a report with
+   * an older token is refused (FAILED_PRECONDITION).
+   *
    * @generated from field: uint64 token = 2;
    */
   token: bigint;
 
   /**
+   * When the lease expires unless renewed. The server renews the leases of connected workers
+   * by itself (heartbeats are all a worker sends); this is not the job's timeout
+   * (Job.timeout, counted from the start of the attempt).
+   *
    * @generated from field: google.protobuf.Timestamp deadline = 3;
    */
   deadline?: Timestamp | undefined;
@@ -611,7 +694,7 @@ export type Assignment = Message<"conveyor.v1.Assignment"> & {
  * Use `create(AssignmentSchema)` to create a new message.
  */
 export const AssignmentSchema: GenMessage<Assignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 13);
+  messageDesc(file_conveyor_v1_workers, 15);
 
 /**
  * @generated from message conveyor.v1.InputUrl
@@ -635,7 +718,7 @@ export type InputUrl = Message<"conveyor.v1.InputUrl"> & {
  * Use `create(InputUrlSchema)` to create a new message.
  */
 export const InputUrlSchema: GenMessage<InputUrl> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 14);
+  messageDesc(file_conveyor_v1_workers, 16);
 
 /**
  * Stop the job: it was cancelled or its lease was lost.
@@ -659,7 +742,7 @@ export type CancelAssignment = Message<"conveyor.v1.CancelAssignment"> & {
  * Use `create(CancelAssignmentSchema)` to create a new message.
  */
 export const CancelAssignmentSchema: GenMessage<CancelAssignment> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 15);
+  messageDesc(file_conveyor_v1_workers, 17);
 
 /**
  * The server is shutting down: take no new work here and reconnect to another replica.
@@ -674,10 +757,10 @@ export type Drain = Message<"conveyor.v1.Drain"> & {
  * Use `create(DrainSchema)` to create a new message.
  */
 export const DrainSchema: GenMessage<Drain> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 16);
+  messageDesc(file_conveyor_v1_workers, 18);
 
 /**
- * The answer to a Complete or Fail (always) and to a rejected ProgressReport.
+ * The answer to a Complete, Fail or Decline (always) and to a rejected ProgressReport.
  *
  * @generated from message conveyor.v1.ReportResult
  */
@@ -693,7 +776,10 @@ export type ReportResult = Message<"conveyor.v1.ReportResult"> & {
   token: bigint;
 
   /**
-   * A google.rpc.Code value: 0 OK, 9 FAILED_PRECONDITION, 3 INVALID_ARGUMENT, ...
+   * A google.rpc.Code value: 0 OK; 9 FAILED_PRECONDITION, the lease is not this worker's any
+   * more (stale token, cancelled, timed out, reclaimed): stop the job and drop the report; 3
+   * INVALID_ARGUMENT, a malformed report; 14 UNAVAILABLE, the server could not store it now:
+   * send it again later.
    *
    * @generated from field: int32 code = 3;
    */
@@ -710,7 +796,7 @@ export type ReportResult = Message<"conveyor.v1.ReportResult"> & {
  * Use `create(ReportResultSchema)` to create a new message.
  */
 export const ReportResultSchema: GenMessage<ReportResult> = /*@__PURE__*/
-  messageDesc(file_conveyor_v1_workers, 17);
+  messageDesc(file_conveyor_v1_workers, 19);
 
 /**
  * @generated from service conveyor.v1.WorkerService
@@ -718,6 +804,19 @@ export const ReportResultSchema: GenMessage<ReportResult> = /*@__PURE__*/
 export const WorkerService: GenService<{
   /**
    * The first message must be Hello; the server answers Welcome, then Assignments as credits allow.
+   *
+   * The call itself ends with UNAUTHENTICATED or PERMISSION_DENIED (a credential that is not a
+   * worker token, or a queue the token may not serve), INVALID_ARGUMENT (a bad Hello),
+   * FAILED_PRECONDITION (no Hello within 3 heartbeat intervals, a message before Hello, a
+   * second Hello), or UNAVAILABLE (the server is shutting down: connect to another replica).
+   * Once Welcome has arrived, a report the server refuses does not end the stream: each
+   * Complete, Fail and Decline, and each refused ProgressReport, is answered on the stream by a
+   * ReportResult whose `code` says what became of it.
+   *
+   * Both sides send Heartbeat every `Welcome.heartbeat_interval`. A worker that sends nothing
+   * at all for 3 intervals is cut off (its jobs wait out the grace period for it to reconnect,
+   * then go back to their queues); a worker should treat a server silent for 3 intervals the
+   * same way, and reconnect.
    *
    * @generated from rpc conveyor.v1.WorkerService.Connect
    */

@@ -10,16 +10,16 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import { Code, ConnectError } from "@connectrpc/connect";
 import { chromium, type Browser, type Page } from "playwright-core";
 
-import { Conveyor, Fatal, JobState, Tier, Worker, grpcTransport } from "../index.js";
-import { startDev, unique, type DevServer } from "./server.js";
+import { Conveyor, Fatal, JobState, Tier, Worker, grpcTransport } from "@conveyor/client";
 
-const PACKAGE = resolve(import.meta.dirname, "..", "..");
+import { PACKAGE, startDev, unique, type DevServer } from "./server.js";
+
 const DASHBOARD = join(PACKAGE, "dashboard");
 const SHOTS = process.env.CONVEYOR_SCREENSHOTS ?? mkdtempSync(join(tmpdir(), "conveyor-shots-"));
 const BULK = 1_000;

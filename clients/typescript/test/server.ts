@@ -1,6 +1,6 @@
-// A real server for a test suite: `conveyor dev` (private Redis, SQLite and S3-compatible store)
-// on a free port, from CONVEYOR_BIN (default: the workspace's debug build). Not a test file:
-// `npm test` runs only dist/test/*.test.js.
+// What the suites share: where the package's sources are, and a real server, `conveyor dev`
+// (private Redis, SQLite and S3-compatible store) on a free port, from CONVEYOR_BIN (default: the
+// workspace's debug build). Not a test file: `npm test` runs only *.test.js.
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync } from "node:fs";
@@ -8,9 +8,14 @@ import { createServer } from "node:net";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 
-import { Conveyor, grpcTransport } from "../index.js";
+import { Conveyor, grpcTransport } from "@conveyor/client";
 
-export const ROOT = resolve(import.meta.dirname, "..", "..", "..", "..");
+// The tests run from a scratch project that installed the packed tarball (test/run.mjs), so
+// they learn where the repository's copy is from the runner.
+if (!process.env.CONVEYOR_TS_PACKAGE) throw new Error("run the tests with `npm test` (test/run.mjs)");
+/** clients/typescript in the repository. */
+export const PACKAGE = resolve(process.env.CONVEYOR_TS_PACKAGE);
+export const ROOT = resolve(PACKAGE, "..", "..");
 
 export interface DevServer {
   /** `http://127.0.0.1:<port>`: gRPC, gRPC-Web and the dashboard. */
@@ -38,6 +43,9 @@ export async function startDev(): Promise<DevServer> {
   };
   for (const name of ["REDIS_URL", "DATABASE_URL", "CONVEYOR_S3_BUCKET", "CONVEYOR_KEY"]) delete env[name];
   const server: ChildProcess = spawn(binary, ["dev", "--listen", `127.0.0.1:${port}`], { env, stdio: "ignore" });
+  // A suite ended early (Ctrl-C, test/run.mjs passing on a SIGTERM) takes its server along.
+  process.once("exit", () => server.kill());
+  for (const signal of ["SIGINT", "SIGTERM"] as const) process.once(signal, () => process.exit(1));
   const client = new Conveyor(grpcTransport({ address }));
   for (let i = 0; ; i++) {
     try {

@@ -1,59 +1,31 @@
-// The package against a real server: `conveyor dev` (private Redis, SQLite and S3-compatible
-// store) on a free port; CONVEYOR_BIN names the binary (default: the workspace's debug build).
+// The package as a user installs it, against a real server: the tests import
+// `@conveyor/client` and `@conveyor/client/web` by name from a scratch project that installed the
+// packed tarball (test/run.mjs), and start `conveyor dev` (./server.ts).
 
 import assert from "node:assert/strict";
-import { spawn, type ChildProcess } from "node:child_process";
 import { mkdtempSync, writeFileSync } from "node:fs";
-import { createServer } from "node:net";
 import { tmpdir } from "node:os";
-import { join, resolve } from "node:path";
+import { join } from "node:path";
 import { after, before, test } from "node:test";
 
 import { Code, ConnectError } from "@connectrpc/connect";
 
-import { Conveyor, Fatal, JobEvent_Kind, JobState, Worker, grpcTransport, type JobEvent } from "../index.js";
-import { jobService } from "../web.js";
+import { Conveyor, Fatal, JobEvent_Kind, JobState, Worker, grpcTransport, type JobEvent } from "@conveyor/client";
+import { jobService } from "@conveyor/client/web";
 
-const ROOT = resolve(import.meta.dirname, "..", "..", "..", "..");
-let server: ChildProcess;
+import { startDev, unique, type DevServer } from "./server.js";
+
+let dev: DevServer;
 let address: string;
 
-async function freePort(): Promise<number> {
-  return new Promise((done) => {
-    const probe = createServer().listen(0, "127.0.0.1", () => {
-      const port = (probe.address() as { port: number }).port;
-      probe.close(() => done(port));
-    });
-  });
-}
-
 before(async () => {
-  const binary = process.env.CONVEYOR_BIN ?? join(ROOT, "target", "debug", "conveyor");
-  const port = await freePort();
-  address = `http://127.0.0.1:${port}`;
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    CONVEYOR_DATA_DIR: mkdtempSync(join(tmpdir(), "conveyor-ts-")),
-  };
-  for (const name of ["REDIS_URL", "DATABASE_URL", "CONVEYOR_S3_BUCKET", "CONVEYOR_KEY"]) delete env[name];
-  server = spawn(binary, ["dev", "--listen", `127.0.0.1:${port}`], { env, stdio: "ignore" });
-  const client = new Conveyor(grpcTransport({ address }));
-  for (let i = 0; ; i++) {
-    try {
-      await client.rpc.listQueues({});
-      return;
-    } catch (e) {
-      if (i > 300) throw e;
-      await new Promise((r) => setTimeout(r, 100));
-    }
-  }
+  dev = await startDev();
+  address = dev.address;
 });
 
 after(() => {
-  server.kill();
+  dev?.stop();
 });
-
-const unique = (name: string) => `${name}-${Math.random().toString(36).slice(2, 10)}`;
 
 test("a Node worker reports progress and uploads artifacts that a client fetches back", async () => {
   const queue = unique("render");
