@@ -312,6 +312,16 @@ pub struct Config {
     /// The claim naming the caller's tenant.
     #[arg(long, env = "CONVEYOR_JWT_TENANT_CLAIM", default_value = "tenant")]
     pub jwt_tenant_claim: String,
+    /// The first admin key, for a fresh install (a Kubernetes Secret): a key in the format
+    /// `conveyor keys create` prints, `cvk_<16 hex>_<64 hex>` (e.g. `echo "cvk_$(openssl rand
+    /// -hex 8)_$(openssl rand -hex 32)"`). At start, a server with a database adds it as an
+    /// admin key of `--bootstrap-tenant` unless a credential with its id exists already (so a
+    /// revoked bootstrap key stays revoked). None by default.
+    #[arg(long, env = "CONVEYOR_BOOTSTRAP_KEY", hide_env_values = true)]
+    pub bootstrap_key: Option<String>,
+    /// The tenant of the bootstrap key. Default `default`.
+    #[arg(long, env = "CONVEYOR_BOOTSTRAP_TENANT", default_value = "default")]
+    pub bootstrap_tenant: String,
     /// TLS for the gRPC port: the certificate chain (PEM). Needs `--tls-key`.
     #[arg(long, env = "CONVEYOR_TLS_CERT", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
@@ -323,6 +333,13 @@ pub struct Config {
     /// certificate may still use keys.
     #[arg(long, env = "CONVEYOR_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// How often the TLS files are read again: a changed certificate, key or client CA is in
+    /// force for new connections at once, with no restart (0: never). Default 10s.
+    #[arg(long, env = "CONVEYOR_TLS_RELOAD", default_value = "10s", value_parser = parse_duration)]
+    pub tls_reload: Duration,
+    /// How long a client has to finish its TLS handshake. Default 10s.
+    #[arg(long, env = "CONVEYOR_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub tls_handshake_timeout: Duration,
     /// Submits per second per tenant, per tier FREE,PRO,PREMIUM,ENTERPRISE, as RATE/BURST or
     /// `unlimited`; over it, RESOURCE_EXHAUSTED with a retry delay.
     #[arg(long, env = "CONVEYOR_SUBMIT_RATE", value_parser = parse_rates,

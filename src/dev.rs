@@ -60,7 +60,10 @@ pub async fn start_redis(dir: &Path, persist: bool) -> Result<Redis, Error> {
     let dir = &dir.canonicalize()?;
     let port = free_port()?;
     let log = dir.join("redis.log");
-    let child = Command::new("redis-server")
+    let mut command = Command::new("redis-server");
+    // SIGTERM: a persistent one writes what it holds before it goes.
+    crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGTERM);
+    let child = command
         .args([
             "--bind",
             "127.0.0.1",

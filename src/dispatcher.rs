@@ -68,6 +68,8 @@ pub struct Hello {
     pub concurrency: u32,
     /// (job id, token) of jobs the worker still runs after a reconnect.
     pub held: Vec<(String, u64)>,
+    /// The worker takes no new jobs: it only reports those it holds.
+    pub stopping: bool,
 }
 
 /// What a worker is told after its Hello.
@@ -94,6 +96,10 @@ enum Command {
         session: String,
     },
     GraceOver {
+        session: String,
+    },
+    /// The worker takes no new jobs on this session.
+    Stopping {
         session: String,
     },
     /// Completes or Fails were handled: the slots are free again.

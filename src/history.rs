@@ -13,7 +13,7 @@ mod writer;
 use std::time::Duration;
 
 use conveyor_migrations::{Migrator, MigratorTrait};
-use sea_orm::sea_query::Query;
+use sea_orm::sea_query::{Expr, Query};
 use sea_orm::{
     ColumnTrait, Condition, ConnectOptions, ConnectionTrait, Database, DatabaseConnection,
     DbBackend, DbErr, EntityTrait, QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -98,6 +98,10 @@ pub struct Store {
     commits: commit::Handle,
     writer: writer::Handle,
 }
+
+/// The SQL condition of a row whose job has not finished: its state is not terminal. The
+/// migrations index the rows it holds for (`jobs_unfinished`), with this same text.
+pub const UNFINISHED: &str = conveyor_migrations::UNFINISHED;
 
 /// An advisory lock number: replicas starting together take turns migrating (PostgreSQL).
 const MIGRATION_LOCK: i64 = 0x636f_6e76_6579; // "convey"
@@ -338,7 +342,7 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
-        let query = jobs::Entity::find().filter(jobs::Column::FinishedMs.is_null());
+        let query = jobs::Entity::find().filter(Expr::cust(UNFINISHED));
         self.page_by_id(query, after, limit).await
     }
 
@@ -350,8 +354,10 @@ impl Store {
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
+        // By state, not `finished_ms`: a row left finished under a waiting state is looked at too.
+        // The predicate is written out so the partial index `jobs_unfinished` serves it.
         let query = jobs::Entity::find()
-            .filter(jobs::Column::FinishedMs.is_null())
+            .filter(Expr::cust(UNFINISHED))
             .filter(jobs::Column::UpdatedMs.lt(before));
         self.page_by_id(query, after, limit).await
     }

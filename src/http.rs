@@ -65,14 +65,17 @@ impl Port {
                 Err(why) => text(StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n")),
             },
             (&Method::GET, "/metrics") => {
+                use metrics::exposition::{CLASSIC, OPENMETRICS, classic, wants_openmetrics};
                 self.gauges().await;
-                let mut response = text(StatusCode::OK, metrics::get().render());
-                response.headers_mut().insert(
-                    header::CONTENT_TYPE,
-                    header::HeaderValue::from_static(
-                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                    ),
-                );
+                let rendered = metrics::get().render();
+                let accept = request.headers().get(header::ACCEPT);
+                let (body, kind) = match wants_openmetrics(accept.and_then(|a| a.to_str().ok())) {
+                    true => (rendered, OPENMETRICS),
+                    false => (classic(&rendered), CLASSIC),
+                };
+                let mut response = text(StatusCode::OK, body);
+                let kind = header::HeaderValue::from_static(kind);
+                response.headers_mut().insert(header::CONTENT_TYPE, kind);
                 response
             }
             // An IPv4 caller on a dual-stack listener shows as ::ffff:127.0.0.1.

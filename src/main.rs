@@ -90,13 +90,17 @@ enum Command {
     Drain(cli::drain::DrainArgs),
 }
 
-async fn serve(config: Config) -> Result<(), Box<dyn std::error::Error>> {
+async fn bind(config: &Config) -> Result<TcpListener, Box<dyn std::error::Error>> {
     let listener = TcpListener::bind(config.listen).await.map_err(|e| {
         format!(
             "cannot listen on {}: {e} (set CONVEYOR_LISTEN or --listen)",
             config.listen
         )
     })?;
+    Ok(listener)
+}
+
+async fn serve(config: Config, listener: TcpListener) -> Result<(), Box<dyn std::error::Error>> {
     server::run(config, listener, cli::interrupted()).await?;
     Ok(())
 }
@@ -137,7 +141,12 @@ async fn run(cli: Cli) -> ExitCode {
                 );
                 return ExitCode::FAILURE;
             }
-            serve(config).await.map(|_| ExitCode::SUCCESS)
+            async {
+                let listener = bind(&config).await?;
+                serve(config, listener).await
+            }
+            .await
+            .map(|_| ExitCode::SUCCESS)
         }
         Command::Dev {
             mut config,
@@ -145,12 +154,15 @@ async fn run(cli: Cli) -> ExitCode {
         } => {
             let _traces = conveyor::telemetry::init("info");
             config.insecure = true;
-            eprintln!(
-                "\n  conveyor dev: AUTHENTICATION IS OFF. Every caller is the tenant `default` and \
-                 may do everything.\n  Use `conveyor serve` with API keys (`conveyor keys create`) \
-                 or OIDC tokens anywhere others can reach.\n"
-            );
             async {
+                let listener = bind(&config).await?;
+                let address = listener.local_addr()?;
+                eprintln!(
+                    "\n  conveyor dev on {address}; the dashboard: http://{address}/dashboard/\n  \
+                     AUTHENTICATION IS OFF. Every caller is the tenant `default` and may do \
+                     everything.\n  Use `conveyor serve` with API keys (`conveyor keys create`) \
+                     or OIDC tokens anywhere others can reach.\n"
+                );
                 let _redis = match config.redis_url {
                     Some(_) => None,
                     None => {
@@ -180,7 +192,7 @@ async fn run(cli: Cli) -> ExitCode {
                         Some(store)
                     }
                 };
-                serve(config).await?;
+                serve(config, listener).await?;
                 Ok(ExitCode::SUCCESS)
             }
             .await

@@ -4,7 +4,11 @@
 //!
 //! Counters and histograms are counted where things happen. Gauges of what is (queue depth,
 //! workers, watchers) are read when Prometheus scrapes (`http::Port::gauges`), so an idle server
-//! calls nothing for them between scrapes.
+//! calls nothing for them between scrapes; so are the process's own (`process.rs`). The build's
+//! version is `conveyor_build_info`. `exposition.rs` speaks both text formats.
+
+pub mod exposition;
+mod process;
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -14,6 +18,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
 use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -82,7 +87,14 @@ fn call_buckets() -> Histogram {
 
 impl Metrics {
     fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("conveyor");
+        let mut root = Registry::default();
+        root.register_collector(Box::new(process::Process));
+        let registry = root.sub_registry_with_prefix("conveyor");
+        registry.register(
+            "build",
+            "The running build: its version",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
         let m = Metrics {
             submitted: Family::default(),
             started: Family::default(),
@@ -169,10 +181,14 @@ impl Metrics {
             "Webhook delivery tries, by outcome (delivered, retry, failed)",
             m.webhook_deliveries.clone(),
         );
-        Metrics { registry, ..m }
+        Metrics {
+            registry: root,
+            ..m
+        }
     }
 
-    /// The registry in Prometheus text format.
+    /// The registry in the OpenMetrics text format (`exposition::classic` turns it into the
+    /// classic one).
     pub fn render(&self) -> String {
         let mut text = String::new();
         // Writing to a String cannot fail.

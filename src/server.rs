@@ -8,14 +8,12 @@ use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy}
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 
 use crate::config::Config;
 use crate::health::Health;
 use crate::proto::job_service_server::JobServiceServer;
 use crate::proto::worker_service_server::WorkerServiceServer;
-use crate::{api, auth, dispatcher, events, history, proto, scheduler};
+use crate::{api, auth, dispatcher, events, history, listener, proto, scheduler};
 
 /// Room for the rest of a SubmitJob beside the largest payload, so a payload one byte over the
 /// limit reaches our own check (INVALID_ARGUMENT) while anything far bigger is refused by tonic.
@@ -44,15 +42,16 @@ pub enum Error {
 
 /// Who may call: nobody is checked with `insecure`; otherwise API keys (with a database) and
 /// JWTs (when configured), and the server refuses to start when no credential could pass.
+/// `address` is where it listens.
 async fn authenticator(
     config: &Config,
     store: Option<&history::Store>,
+    address: &str,
 ) -> Result<auth::Authenticator, Error> {
     if config.insecure {
         tracing::warn!(
-            "AUTHENTICATION IS OFF: anyone who reaches {} may submit, read, watch and cancel \
-             every job, and connect as a worker for any queue",
-            config.listen
+            "AUTHENTICATION IS OFF: anyone who reaches {address} may submit, read, watch and \
+             cancel every job, and connect as a worker for any queue"
         );
         return Ok(auth::Authenticator::Off);
     }
@@ -64,6 +63,23 @@ async fn authenticator(
         )),
         None => None,
     };
+    if config.bootstrap_key.is_some() && store.is_none() {
+        return Err(Error::Auth(
+            "CONVEYOR_BOOTSTRAP_KEY needs a database: keys live in it (DATABASE_URL)".into(),
+        ));
+    }
+    if let (Some(key), Some(store)) = (&config.bootstrap_key, store) {
+        let tenant = &config.bootstrap_tenant;
+        if auth::keys::bootstrap(store.db(), key, tenant)
+            .await
+            .map_err(Error::Auth)?
+        {
+            tracing::info!(
+                tenant,
+                "added the bootstrap key (CONVEYOR_BOOTSTRAP_KEY) as an admin key"
+            );
+        }
+    }
     let keys = store.map(|s| auth::keys::Keys::new(s.db().clone()));
     let usable_keys = match store {
         Some(store) => auth::keys::any_usable(store.db())
@@ -83,21 +99,18 @@ async fn authenticator(
 }
 
 /// The TLS settings of the gRPC port, from PEM files; `None` serves plaintext.
-fn tls(config: &Config) -> Result<Option<ServerTlsConfig>, Error> {
-    let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| Error::Tls(format!("{}: {e}", path.display())))
-    };
+fn tls(config: &Config) -> Result<Option<Arc<listener::Tls>>, Error> {
     let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) else {
         return Ok(None);
     };
-    let mut tls = ServerTlsConfig::new().identity(Identity::from_pem(read(cert)?, read(key)?));
-    if let Some(ca) = &config.tls_client_ca {
-        // Optional: callers without a certificate may still present a key or a token.
-        tls = tls
-            .client_ca_root(Certificate::from_pem(read(ca)?))
-            .client_auth_optional(true);
-    }
-    Ok(Some(tls))
+    let files = listener::Files {
+        cert: cert.clone(),
+        key: key.clone(),
+        client_ca: config.tls_client_ca.clone(),
+    };
+    Ok(Some(Arc::new(
+        listener::Tls::load(files).map_err(Error::Tls)?,
+    )))
 }
 
 async fn connect(
@@ -157,7 +170,10 @@ pub async fn run(
         None => None,
     };
     // Everything that can refuse the configuration does so before anything starts.
-    let authenticator = authenticator(&config, store.as_ref()).await?;
+    let address = listener
+        .local_addr()
+        .map_or_else(|_| config.listen.to_string(), |a| a.to_string());
+    let authenticator = authenticator(&config, store.as_ref(), &address).await?;
     let tls = tls(&config)?;
     let webhooks = config.webhooks().map_err(Error::Config)?;
     let storage = config.storage().await.map_err(Error::Config)?;
@@ -279,21 +295,22 @@ pub async fn run(
     .max_decoding_message_size(max_message)
     .max_encoding_message_size(max_message)
     .accept_compressed(CompressionEncoding::Gzip);
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Both versions of reflection: grpcurl speaks v1, Python's grpcio-reflection only v1alpha.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let (reflection, reflection_v1alpha) =
+        (reflection().build_v1()?, reflection().build_v1alpha()?);
 
-    tracing::info!(address = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(), "serving");
-    // Builder settings for sockets do not apply to a listener we bring; set them on it. Without
-    // TCP_NODELAY, small messages (an assignment, a report's answer) wait for the peer's
-    // delayed ACK, tens of milliseconds.
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let mut builder = tonic::transport::Server::builder();
-    if let Some(tls) = tls {
-        builder = builder.tls_config(tls)?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let dashboard = format!("{scheme}://{address}/dashboard/");
+    tracing::info!(address, dashboard, "serving");
+    if let (Some(tls), false) = (&tls, config.tls_reload.is_zero()) {
+        background.push(tokio::spawn(tls.clone().watch(config.tls_reload)));
     }
-    let server = builder
+    let router = tonic::transport::Server::builder()
         // Dead peers are noticed within seconds even when no message is due.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
@@ -313,7 +330,16 @@ pub async fn run(
         .add_service(workers)
         .add_service(health_service)
         .add_service(reflection)
-        .serve_with_incoming_shutdown(incoming, stopped);
+        .add_service(reflection_v1alpha);
+    // Connections come from `listener`: TLS, when on, is done there (reloaded as its files
+    // change), not by the transport.
+    let server: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
+        Some(tls) => {
+            let incoming = listener::tls(listener, tls, config.tls_handshake_timeout);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+        None => Box::pin(router.serve_with_incoming_shutdown(listener::plain(listener), stopped)),
+    };
     let result = tokio::select! {
         result = server => result.map_err(Error::from),
         _ = async {

@@ -1,4 +1,6 @@
-//! Traces: a process's tracing subscriber (logs on stderr, and spans to OpenTelemetry over
+//! Traces: a process's tracing subscriber (logs on stderr, as text or, with
+//! `CONVEYOR_LOG_FORMAT=json`, one JSON object per line for log pipelines; and spans to
+//! OpenTelemetry over
 //! OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names a
 //! collector), and the W3C trace context a job carries from its submit to its worker and back.
 //!
@@ -65,15 +67,38 @@ fn exporting() -> bool {
     !off && (set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"))
 }
 
+/// Whether `CONVEYOR_LOG_FORMAT` asks for JSON lines (`json`) rather than text (`text`, the
+/// default).
+fn json_logs() -> bool {
+    match std::env::var("CONVEYOR_LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Ok("") | Err(_) => false,
+        Ok(other) => {
+            eprintln!("warning: CONVEYOR_LOG_FORMAT={other:?} is not json or text; logging text");
+            false
+        }
+    }
+}
+
 /// Installs the process's subscriber: logs filtered by `RUST_LOG` (else `default`), and the
 /// OpenTelemetry layer when exporting. Keep the guard until the process ends.
 pub fn init(default: &str) -> Guard {
     global::set_text_map_propagator(TraceContextPropagator::new());
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    let json = json_logs();
+    let logs = (!json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+    });
+    // One object per line: time, level, target, message and fields at the top, spans listed.
+    let json_logs = json.then(|| {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_writer(std::io::stderr)
+    });
     let provider = if exporting() {
         match provider() {
             Ok(provider) => Some(provider),
@@ -94,6 +119,7 @@ pub fn init(default: &str) -> Guard {
     tracing_subscriber::registry()
         .with(filter)
         .with(logs)
+        .with(json_logs)
         .with(otel)
         .init();
     Guard(provider)

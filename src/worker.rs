@@ -45,6 +45,8 @@ pub enum Error {
     Refused(tonic::Status),
     #[error("{0}")]
     Setup(String),
+    #[error("the command could not start: {0}")]
+    Command(String),
 }
 
 /// Reconnect delays: from this, doubling, up to `MAX_BACKOFF`, with jitter.
@@ -76,8 +78,14 @@ struct Worker {
     retry: Vec<String>,
     events_tx: mpsc::Sender<Event>,
     events: mpsc::Receiver<Event>,
-    /// A shutdown was requested: finish running jobs, take no new ones.
-    stopping: bool,
+    /// Why the worker takes no new jobs (a shutdown, or a command that cannot start), once it
+    /// does not: running jobs finish and are reported, assignments still on their way are
+    /// declined, and the server is told (Stopping, and `Hello.stopping` on a reconnect).
+    stopping: Option<String>,
+    /// A shutdown was asked for: when running jobs are stopped, whatever connection is open then.
+    deadline: Option<Instant>,
+    /// The command could not start: the worker ends with this error once its jobs are reported.
+    broken: Option<String>,
 }
 
 /// Why one connection ended.
@@ -97,6 +105,8 @@ pub async fn run(
     if options.command.is_empty() {
         return Err(Error::NoCommand);
     }
+    // Said at start, not by failing every job of the queue one by one.
+    command::resolve(&options.command[0]).map_err(Error::Command)?;
     let endpoint = options
         .server
         .endpoint()
@@ -131,7 +141,9 @@ pub async fn run(
         retry: Vec::new(),
         events_tx,
         events,
-        stopping: false,
+        stopping: None,
+        deadline: None,
+        broken: None,
     };
     let (stop_tx, mut stop) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -143,7 +155,10 @@ pub async fn run(
     if worker.options.output_root.is_none() {
         let _ = std::fs::remove_dir(&worker.setup.output_root);
     }
-    ended
+    match worker.broken.take() {
+        Some(why) if ended.is_ok() => Err(Error::Command(why)),
+        _ => ended,
+    }
 }
 
 impl Worker {
@@ -194,7 +209,47 @@ impl Worker {
             version: env!("CARGO_PKG_VERSION").to_string(),
             worker_id: self.worker_id.clone(),
             held,
+            stopping: self.stopping.is_some(),
         })
+    }
+
+    /// Takes no new jobs from now on, for `reason`; true the first time.
+    fn stop_taking(&mut self, reason: &str) -> bool {
+        if self.stopping.is_some() {
+            return false;
+        }
+        tracing::info!(running = self.running.len(), "taking no new jobs: {reason}");
+        self.stopping = Some(reason.to_string());
+        true
+    }
+
+    /// A shutdown was asked for: running jobs get `shutdown_timeout` to finish, across
+    /// reconnects.
+    fn shutdown(&mut self) {
+        self.stop_taking("shutting down");
+        self.deadline
+            .get_or_insert_with(|| Instant::now() + self.options.shutdown_timeout);
+    }
+
+    /// Whether everything is done after a stop: nothing runs and nothing waits to be reported.
+    fn done(&self) -> bool {
+        self.stopping.is_some() && self.running.is_empty() && self.outbox.is_empty()
+    }
+
+    /// The shutdown timeout passed: running jobs are stopped unreported (their leases go back
+    /// to the queue once the server notices this worker is gone).
+    fn out_of_time(&mut self) {
+        let grace = self.options.shutdown_timeout;
+        tracing::warn!("jobs still running after {grace:?}; stopping them");
+        let ids: Vec<String> = self.running.keys().cloned().collect();
+        ids.iter().for_each(|id| self.kill(id));
+        self.outbox.clear();
+    }
+
+    fn kill(&mut self, job_id: &str) {
+        if let Some(r) = self.running.remove(job_id) {
+            let _ = r.cancel.send(());
+        }
     }
 
     /// Waits out a reconnect delay while jobs keep running; true when the worker is done.
@@ -207,29 +262,76 @@ impl Worker {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(until) => return false,
-                Some(event) = self.events.recv() => self.finished_offline(event),
-                _ = stop.changed(), if !self.stopping => self.stopping = true,
+                Some(event) = self.events.recv() => {
+                    // Progress and questions need the stream: progress is dropped, and the
+                    // uploader asks again.
+                    let _ = self.ended(event);
+                }
+                _ = stop.changed(), if self.deadline.is_none() => self.shutdown(),
+                _ = sleep_until(self.deadline), if self.deadline.is_some() => {
+                    self.out_of_time();
+                    return true;
+                }
             }
-            if self.stopping && self.running.is_empty() && self.outbox.is_empty() {
+            if self.done() {
                 return true;
             }
         }
     }
 
-    /// While disconnected: ends are kept for the next stream, questions go unanswered (the
-    /// uploader asks again) and progress is dropped.
-    fn finished_offline(&mut self, event: Event) {
-        if let Event::Finished {
-            job_id,
-            token,
-            outcome,
-        } = event
-        {
-            let running = self.running.remove(&job_id);
-            self.outbox
-                .insert(job_id.clone(), report(job_id, token, outcome, running));
+    /// Turns an attempt's end into the report the server must answer, kept in the outbox until
+    /// it is (and sent again after a reconnect) and returned to send now; `None` for any other
+    /// event.
+    fn ended(&mut self, event: Event) -> Option<Out> {
+        match event {
+            Event::Finished {
+                job_id,
+                token,
+                outcome,
+            } => {
+                let running = self.running.remove(&job_id);
+                let message = report(job_id.clone(), token, outcome, running);
+                self.outbox.insert(job_id, message.clone());
+                Some(message)
+            }
+            Event::CannotStart {
+                job_id,
+                token,
+                error,
+            } => {
+                // No attempt happened: the job goes back, and a worker that cannot start its
+                // command takes no more.
+                self.running.remove(&job_id);
+                tracing::error!(
+                    job = job_id,
+                    "{error}; declining the job and taking no more"
+                );
+                self.broken.get_or_insert_with(|| error.clone());
+                self.stop_taking(&error);
+                let message = decline(job_id.clone(), token, &error);
+                self.outbox.insert(job_id, message.clone());
+                Some(message)
+            }
+            Event::Progress { .. } | Event::Ask { .. } => None,
         }
     }
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Hands an assignment back unstarted: the job goes back in line, its attempt not counted.
+fn decline(job_id: String, token: u64, reason: &str) -> Out {
+    Out::Decline(proto::Decline {
+        job_id,
+        token,
+        reason: reason.to_string(),
+    })
 }
 
 /// The message that tells the server how an attempt ended; the attempt's span ends with it.

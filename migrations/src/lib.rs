@@ -9,6 +9,11 @@ mod m20261125_000003_callback_url;
 mod m20261126_000004_limit_key;
 mod m20261126_000005_flows;
 mod m20261127_000006_artifacts;
+mod m20261206_000007_finished_follows_state;
+
+/// The condition of a job row that has not finished (its state is not terminal), as the
+/// partial index `jobs_unfinished` and the queries it serves write it.
+pub const UNFINISHED: &str = "state NOT IN ('SUCCEEDED', 'FAILED', 'CANCELLED')";
 
 pub struct Migrator;
 
@@ -22,6 +27,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261126_000004_limit_key::Migration),
             Box::new(m20261126_000005_flows::Migration),
             Box::new(m20261127_000006_artifacts::Migration),
+            Box::new(m20261206_000007_finished_follows_state::Migration),
         ]
     }
 }

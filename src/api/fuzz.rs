@@ -98,6 +98,7 @@ prop_compose! {
         concurrency in any::<u32>(),
         worker_id in text(),
         held in proptest::collection::vec((text(), any::<u64>()), 0..4),
+        stopping in any::<bool>(),
     ) -> proto::Hello {
         proto::Hello {
             queues,
@@ -106,6 +107,7 @@ prop_compose! {
             version: String::new(),
             worker_id,
             held: held.into_iter().map(|(job_id, token)| proto::HeldLease { job_id, token }).collect(),
+            stopping,
         }
     }
 }
@@ -178,10 +180,20 @@ fn worker_message() -> impl Strategy<Value = Msg> {
                 part_etags,
             })
         });
+    let decline = (text(), any::<u64>(), text()).prop_map(|(job_id, token, reason)| {
+        Msg::Decline(proto::Decline {
+            job_id,
+            token,
+            reason,
+        })
+    });
+    let stopping = text().prop_map(|reason| Msg::Stopping(proto::Stopping { reason }));
     prop_oneof![
         progress,
         complete,
         fail,
+        decline,
+        stopping,
         upload,
         upload_done,
         hello().prop_map(Msg::Hello),

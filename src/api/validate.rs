@@ -203,6 +203,7 @@ fn submit_at(
             "content_type: over {MAX_CONTENT_TYPE} bytes"
         )));
     }
+    json_payload(&r.payload, &r.content_type)?;
     if r.fairness_key.len() > MAX_FAIRNESS_KEY || r.fairness_key.chars().any(char::is_control) {
         return Err(invalid(format!(
             "fairness_key: at most {MAX_FAIRNESS_KEY} bytes, no control characters"
@@ -253,6 +254,28 @@ fn submit_at(
 
 /// Checks a job's follow-ups as submits of their own (a missing tier is the parent's) and
 /// encodes them for the scheduler to keep.
+/// Whether a content type declares JSON: `application/json`, or a `+json` type such as
+/// `application/problem+json`, with or without parameters.
+fn is_json(content_type: &str) -> bool {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
+    media.eq_ignore_ascii_case("application/json") || media.to_ascii_lowercase().ends_with("+json")
+}
+
+/// A payload declared JSON must parse as JSON, so a worker never receives a half-written one.
+/// An empty payload is "no payload", whatever the type.
+fn json_payload(payload: &[u8], content_type: &str) -> Result<(), Error> {
+    if payload.is_empty() || !is_json(content_type) {
+        return Ok(());
+    }
+    serde_json::from_slice::<serde::de::IgnoredAny>(payload)
+        .map(|_| ())
+        .map_err(|e| {
+            invalid(format!(
+                "payload: not valid JSON, as its content_type {content_type:?} says it is: {e}"
+            ))
+        })
+}
+
 fn follow_ups(
     jobs: Vec<proto::SubmitJobRequest>,
     limits: &Limits,
@@ -554,5 +577,19 @@ mod tests {
             nanos: 0,
         };
         assert!(run_at(None, Some(&neg)).is_err());
+    }
+
+    #[test]
+    fn json_payloads_must_parse() {
+        for ok in [
+            "application/json",
+            "application/problem+json; charset=utf-8",
+        ] {
+            assert!(json_payload(br#"{"video":"a.mp4"}"#, ok).is_ok());
+            assert!(json_payload(b"", ok).is_ok(), "no payload");
+            assert!(json_payload(br#"{"video":"#, ok).is_err(), "{ok}");
+        }
+        assert!(json_payload(br#"{"video":"#, "application/octet-stream").is_ok());
+        assert!(json_payload(b"\xff", "").is_ok());
     }
 }

@@ -132,6 +132,7 @@ pub(super) fn check_hello(
         queues: h.queues,
         concurrency: h.concurrency,
         held: h.held.into_iter().map(|l| (l.job_id, l.token)).collect(),
+        stopping: h.stopping,
     })
 }
 
@@ -168,6 +169,11 @@ async fn serve(
                         break;
                     }
                     Some(Msg::Heartbeat(_)) | None => continue,
+                    Some(Msg::Stopping(s)) => {
+                        tracing::info!(worker = link.worker_id, reason = s.reason, "worker takes no new jobs");
+                        link.stopping().await;
+                        continue;
+                    }
                     // Answered on the side, so presigning does not hold up the reports; a worker
                     // with UPLOADS_IN_FLIGHT requests unanswered is not read until one is.
                     Some(msg @ (Msg::Upload(_) | Msg::UploadDone(_))) => {
@@ -302,8 +308,17 @@ pub(super) fn report(msg: Msg) -> Result<Report, Refusal> {
             error: f.error,
             retryable: f.retryable,
         },
-        Msg::Hello(_) | Msg::Heartbeat(_) | Msg::Upload(_) | Msg::UploadDone(_) => {
-            let refusal = "only Progress, Complete and Fail are reports".to_string();
+        Msg::Decline(d) => Report::Decline {
+            job_id: d.job_id,
+            token: d.token,
+            reason: d.reason,
+        },
+        Msg::Hello(_)
+        | Msg::Heartbeat(_)
+        | Msg::Upload(_)
+        | Msg::UploadDone(_)
+        | Msg::Stopping(_) => {
+            let refusal = "only Progress, Complete, Fail and Decline are reports".to_string();
             return Err((String::new(), 0, Code::FailedPrecondition, refusal));
         }
     };

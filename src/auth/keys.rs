@@ -37,6 +37,74 @@ pub fn looks_like_key(token: &str) -> bool {
     token.starts_with(CLIENT_PREFIX) || token.starts_with(WORKER_PREFIX)
 }
 
+/// A key's parts: its kind (`client` or `worker`), its id (16 hex digits, the row's) and its
+/// secret; `None` when it is not in the format `create` makes.
+fn parts(token: &str) -> Option<(&'static str, &str, &str)> {
+    let (kind, rest) = match token.split_at_checked(CLIENT_PREFIX.len())? {
+        (CLIENT_PREFIX, rest) => ("client", rest),
+        (WORKER_PREFIX, rest) => ("worker", rest),
+        _ => return None,
+    };
+    let (id, secret) = rest.split_once('_')?;
+    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+    (id.len() == 16 && hex(id) && !secret.is_empty()).then_some((kind, id, secret))
+}
+
+/// Adds `key` (a `cvk_` key an operator made, e.g. in a Kubernetes Secret) as an admin key of
+/// `tenant`, unless a credential with its id exists: a bootstrap key revoked later stays
+/// revoked. True when it was added.
+pub async fn bootstrap(db: &DatabaseConnection, key: &str, tenant: &str) -> Result<bool, String> {
+    const STRONG: usize = 32; // hex digits: 128 bits
+    let (kind, id, secret) = parts(key)
+        .filter(|(kind, _, secret)| {
+            *kind == "client"
+                && secret.len() >= STRONG
+                && secret.bytes().all(|b| b.is_ascii_hexdigit())
+        })
+        .ok_or_else(|| {
+            format!(
+                "CONVEYOR_BOOTSTRAP_KEY: not a client key: expected cvk_<16 hex digits>_<at \
+                 least {STRONG} hex digits>, as `echo \"cvk_$(openssl rand -hex 8)_$(openssl \
+                 rand -hex 32)\"` makes"
+            )
+        })?;
+    let exists = |e: DbErr| format!("CONVEYOR_BOOTSTRAP_KEY: {e}");
+    if Credentials::find_by_id(id)
+        .one(db)
+        .await
+        .map_err(exists)?
+        .is_some()
+    {
+        return Ok(false);
+    }
+    let row = Model {
+        id: id.to_string(),
+        kind: kind.into(),
+        tenant: tenant.to_string(),
+        scopes: Scopes::default().with(super::Scope::Admin).to_string(),
+        queues: String::new(),
+        secret_hash: Some(hash(secret)),
+        cert_identity: None,
+        name: "bootstrap".into(),
+        created_ms: now_ms(),
+        expires_ms: None,
+        revoked_ms: None,
+    };
+    match row.into_active_model().insert(db).await {
+        Ok(_) => Ok(true),
+        // Another replica starting at the same time added it first.
+        Err(_)
+            if Credentials::find_by_id(id)
+                .one(db)
+                .await
+                .is_ok_and(|r| r.is_some()) =>
+        {
+            Ok(false)
+        }
+        Err(e) => Err(exists(e)),
+    }
+}
+
 /// What a new credential admits.
 #[derive(Clone, Debug)]
 pub struct NewCredential {
@@ -199,15 +267,7 @@ impl Keys {
     /// The caller holding `token` (a `cvk_` key or a `cvw_` worker token).
     pub async fn verify(&self, token: &str) -> Result<Principal, Error> {
         let unknown = || Error::Unauthenticated("unknown API key".into());
-        let (kind, rest) = match token.split_at_checked(CLIENT_PREFIX.len()) {
-            Some((CLIENT_PREFIX, rest)) => ("client", rest),
-            Some((WORKER_PREFIX, rest)) => ("worker", rest),
-            _ => return Err(unknown()),
-        };
-        let (id, secret) = rest.split_once('_').ok_or_else(unknown)?;
-        if id.len() != 16 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(unknown());
-        }
+        let (kind, id, secret) = parts(token).ok_or_else(unknown)?;
         let row = self
             .row(id.to_string(), C::Id.eq(id))
             .await?

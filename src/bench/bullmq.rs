@@ -96,7 +96,9 @@ impl Peer {
     /// One run of the harness (BENCH_REPS=1) on a fresh redis-server; its summary.
     pub async fn run(&self, args: &BenchArgs, scratch: &Path) -> Result<Value, Error> {
         let redis = dev::start_redis(scratch, false).await.map_err(usage)?;
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
+        let mut child = command
             .arg(SCRIPT)
             .current_dir(&self.dir)
             .envs(environment(args, redis.port))

@@ -74,7 +74,9 @@ pub async fn start(redis_url: &str, dir: &Path, options: Options<'_>) -> Result<
     let listen = format!("127.0.0.1:{port}");
     let log = dir.join("server.log");
     let file = std::fs::File::create(&log).map_err(usage)?;
-    let mut child = Command::new(std::env::current_exe().map_err(usage)?)
+    let mut command = Command::new(std::env::current_exe().map_err(usage)?);
+    crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
+    let mut child = command
         .arg("serve")
         .env("REDIS_URL", redis_url)
         .env("DATABASE_URL", database)

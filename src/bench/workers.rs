@@ -60,7 +60,9 @@ impl Worker {
 /// Starts a worker and waits until it is connected (its READY line).
 pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
     let exe = std::env::current_exe().map_err(usage)?;
-    let mut child = Command::new(exe)
+    let mut command = Command::new(exe);
+    crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
+    let mut child = command
         .args(["bench-worker", "--addr", addr, "--queue", spec.queue])
         .args(["--concurrency", &spec.concurrency.to_string()])
         .args(["--jobs", &spec.jobs.to_string()])

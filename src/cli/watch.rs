@@ -1,4 +1,5 @@
-//! `conveyor watch`: follows a job to its end, with a live progress bar on a terminal.
+//! `conveyor watch`: follows a job to its end, with a live progress bar on a terminal, and while
+//! it waits, why (no worker, a paused queue, a rate limit...) as that changes.
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -26,6 +27,9 @@ pub async fn run(args: WatchArgs) -> Outcome {
 
 /// How many times a broken stream is resumed (with `after_seq`) before giving up.
 const RESUMES: u32 = 10;
+/// How often a waiting job is looked at again: why it waits changes without events (a worker
+/// connects, the queue is resumed, jobs ahead of it start).
+const WAITING_POLL: Duration = Duration::from_secs(1);
 
 /// Watches until the terminal event, resuming after a broken stream; the exit code is the
 /// job's final state.
@@ -50,7 +54,22 @@ pub async fn follow(
             }
             Err(s) => return Err(s.into()),
         };
-        while let Some(item) = stream.next().await {
+        let mut poll = tokio::time::interval(WAITING_POLL);
+        poll.tick().await;
+        loop {
+            let item = tokio::select! {
+                item = stream.next() => match item {
+                    Some(item) => item,
+                    None => break,
+                },
+                _ = poll.tick(), if view.waiting() => {
+                    let request = proto::GetJobRequest { job_id: job_id.to_string() };
+                    if let Ok(Some(job)) = jobs.get_job(request).await.map(|r| r.into_inner().job) {
+                        view.why(&job);
+                    }
+                    continue;
+                }
+            };
             match item {
                 Ok(proto::WatchJobResponse { event: None }) => {}
                 Ok(proto::WatchJobResponse { event: Some(event) }) => {
@@ -89,6 +108,10 @@ struct View {
     tty: bool,
     /// A bar is on screen and must be cleared before printing a line.
     bar: bool,
+    /// The job's state as last seen.
+    state: i32,
+    /// Why it waits, as last shown: reason, jobs ahead, when it may run (unix s).
+    shown: Option<(String, Option<u64>, Option<i64>)>,
 }
 
 impl View {
@@ -96,7 +119,43 @@ impl View {
         Self {
             tty: std::io::stderr().is_terminal(),
             bar: false,
+            state: JobState::Unspecified as i32,
+            shown: None,
         }
+    }
+
+    /// The job waits to run (and may say why).
+    fn waiting(&self) -> bool {
+        [JobState::Queued, JobState::Scheduled, JobState::Waiting]
+            .iter()
+            .any(|s| *s as i32 == self.state)
+    }
+
+    /// Shows why `job` waits, when that changed since it was last shown.
+    fn why(&mut self, job: &proto::Job) {
+        self.state = job.state;
+        if !self.waiting() || job.blocked_reason.is_empty() {
+            return;
+        }
+        let at = job.eligible_at.as_ref().map(|t| t.seconds);
+        let now = (job.blocked_reason.clone(), job.jobs_ahead, at);
+        if self.shown.as_ref() == Some(&now) {
+            return;
+        }
+        let mut text = format!("waiting: {}", job.blocked_reason);
+        match job.jobs_ahead {
+            Some(1) => text.push_str(" (1 job ahead)"),
+            Some(n) if n > 0 => text.push_str(&format!(" ({n} jobs ahead)")),
+            _ => {}
+        }
+        if let Some(at) = at {
+            let unix = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs() as i64);
+            text.push_str(&format!("; may run in {} s", (at - unix).max(0)));
+        }
+        self.shown = Some(now);
+        self.line(&text);
     }
 
     fn line(&mut self, text: &str) {
@@ -150,6 +209,8 @@ impl View {
                     state_name(job.state),
                     job.attempt
                 ));
+                self.shown = None;
+                self.why(job);
                 if job.state == JobState::Running as i32
                     && let Some(p) = &job.progress
                 {
@@ -160,6 +221,8 @@ impl View {
             }
             _ => {}
         }
+        self.state = e.state;
+        self.shown = None;
         let mut text = format!("{} (attempt {})", state_name(e.state), e.attempt);
         if !e.error.is_empty() && e.state != JobState::Failed as i32 {
             text.push_str(&format!(": after error: {}", e.error));

@@ -70,6 +70,14 @@ impl Link {
         Some(message)
     }
 
+    /// The worker takes no new jobs: its slots are no longer offered.
+    pub async fn stopping(&self) {
+        let stopping = Command::Stopping {
+            session: self.session.clone(),
+        };
+        let _ = self.handle.tx.send(stopping).await;
+    }
+
     /// Checks reports against this stream's assignments; `Batch::apply` does the rest.
     pub fn batch(&self, reports: Vec<Report>) -> Batch {
         let reports = reports

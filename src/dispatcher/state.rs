@@ -19,6 +19,8 @@ struct Session {
     out: mpsc::Sender<ToWorker>,
     /// False while the stream is gone and the grace period runs.
     connected: bool,
+    /// The worker takes no new jobs (it is shutting down, or cannot run them).
+    stopping: bool,
 }
 
 #[derive(Default)]
@@ -113,6 +115,11 @@ impl State {
             }
             Command::Disconnected { session } => self.disconnected(session),
             Command::GraceOver { session } => self.grace_over(session),
+            Command::Stopping { session } => {
+                if let Some(s) = self.sessions.get_mut(&session) {
+                    s.stopping = true;
+                }
+            }
             Command::Finished { session, job_ids } => {
                 if let Some(s) = self.sessions.get_mut(&session) {
                     let before = s.held.len();
@@ -143,8 +150,10 @@ impl State {
             Command::Signal(signal) => self.signal(signal),
             Command::Census { reply } => {
                 let connected = self.sessions.values().filter(|s| s.connected);
-                let (workers, free_slots) =
-                    connected.fold((0, 0), |(n, free), s| (n + 1, free + s.free as u64));
+                let (workers, free_slots) = connected.fold((0, 0), |(n, free), s| {
+                    let offered = if s.stopping { 0 } else { s.free };
+                    (n + 1, free + offered as u64)
+                });
                 let mut queues: Vec<String> = self.queues.keys().cloned().collect();
                 queues.sort();
                 let _ = reply.send(super::Census {
@@ -183,6 +192,7 @@ impl State {
             queues,
             concurrency,
             held,
+            stopping,
         } = hello;
         self.sessions.insert(
             session.clone(),
@@ -193,6 +203,7 @@ impl State {
                 held: HashMap::new(),
                 out,
                 connected: true,
+                stopping,
             },
         );
         let scheduler = self.scheduler.clone();

@@ -2,8 +2,10 @@
 //! for `flush_every`, keeps only the latest of each job, and writes them in one transaction of a
 //! few batched statements. The hot path never waits for it.
 //!
-//! A row only moves forward: a finished job's row is never changed again (the first outcome
-//! wins), and a write older than the row's last one (another replica's, late) is ignored.
+//! A row only moves forward: a finished job's row changes again only for a later attempt (a
+//! dead letter retried; the first outcome of each attempt wins), and a write older than the
+//! row's last one (another replica's, late) is ignored. A row is finished exactly when its
+//! state is terminal: `finished_ms` follows the state written.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -43,6 +45,8 @@ pub enum Change {
         /// SUCCEEDED with files: their JSON list.
         artifacts: Option<String>,
     },
+    /// Attempt `attempt` was handed back unstarted: it is no attempt, and the job is QUEUED.
+    Declined { id: String, attempt: u32, at: i64 },
 }
 
 fn is_terminal(state: &str) -> bool {
@@ -169,6 +173,8 @@ struct Job {
     attempts: Vec<Attempt>,
     /// The end of an attempt that started before the last write.
     close: Option<End>,
+    /// Attempts written before that were declined: their rows go.
+    declined: Vec<u32>,
 }
 
 struct Attempt {
@@ -200,6 +206,8 @@ impl Pending {
             } => {
                 let job = self.jobs.entry(id).or_default();
                 job.state = Some("RUNNING");
+                // The job was reopened since an end in this same batch (a retried dead letter).
+                job.finished = None;
                 job.attempt = Some(attempt);
                 job.worker = Some(worker.clone());
                 job.started = Some(at);
@@ -235,9 +243,7 @@ impl Pending {
                 let job = self.jobs.entry(id).or_default();
                 job.artifacts = artifacts.or(job.artifacts.take());
                 job.state = Some(state);
-                if is_terminal(state) {
-                    job.finished = Some(at);
-                }
+                job.finished = is_terminal(state).then_some(at);
                 job.run_at = run_at.or(job.run_at);
                 job.result = result.or(job.result.take());
                 job.error = error.clone().or(job.error.take());
@@ -254,6 +260,19 @@ impl Pending {
                 match job.attempts.last_mut() {
                     Some(open) if open.end.is_none() => open.end = Some(end),
                     _ => job.close = Some(end),
+                }
+            }
+            Change::Declined { id, attempt, at } => {
+                let job = self.jobs.entry(id).or_default();
+                job.state = Some("QUEUED");
+                job.finished = None;
+                job.attempt = Some(attempt.saturating_sub(1));
+                job.updated = job.updated.max(at);
+                match job.attempts.iter().position(|a| a.number == attempt) {
+                    Some(i) => {
+                        job.attempts.remove(i);
+                    }
+                    None => job.declined.push(attempt),
                 }
             }
         }
@@ -276,6 +295,13 @@ async fn write(db: &DatabaseConnection, pending: &Pending) -> Result<(), DbErr> 
             .collect();
         if !closes.is_empty() {
             txn.execute_raw(close_attempts(backend, &closes)).await?;
+        }
+        let declined: Vec<_> = chunk
+            .iter()
+            .flat_map(|(id, job)| job.declined.iter().map(move |n| (*id, *n)))
+            .collect();
+        if !declined.is_empty() {
+            txn.execute_raw(delete_attempts(backend, &declined)).await?;
         }
         let started: Vec<_> = chunk
             .iter()
@@ -304,6 +330,20 @@ fn close_attempts(backend: DbBackend, ends: &[(&String, &End)]) -> sea_orm::Stat
         ") UPDATE job_attempts SET finished_ms = v.finished_ms, outcome = v.outcome, \
          error = v.error FROM v WHERE job_attempts.job_id = v.id \
          AND job_attempts.finished_ms IS NULL",
+    );
+    sql.build()
+}
+
+/// Removes the rows of attempts that were declined (never ran), unless they ended meanwhile.
+fn delete_attempts(backend: DbBackend, attempts: &[(&String, u32)]) -> sea_orm::Statement {
+    let mut sql = Sql::new(backend);
+    sql.push_str("WITH v(job_id, attempt) AS (VALUES ");
+    for (id, number) in attempts {
+        sql.row([Value::from(id.as_str()), (*number as i32).into()]);
+    }
+    sql.push_str(
+        ") DELETE FROM job_attempts WHERE finished_ms IS NULL AND EXISTS (SELECT 1 FROM v \
+         WHERE v.job_id = job_attempts.job_id AND v.attempt = job_attempts.attempt)",
     );
     sql.build()
 }
@@ -364,13 +404,14 @@ fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Stateme
             job.artifacts.clone().into(),
         ]);
     }
-    sql.push_str(
+    // A finished row changes only for a later attempt: a retried dead letter.
+    sql.push_str(&format!(
         ") UPDATE jobs SET \
          state = COALESCE(v.state, jobs.state), \
          attempt = COALESCE(v.attempt, jobs.attempt), \
          worker = COALESCE(v.worker, jobs.worker), \
          started_ms = COALESCE(v.started_ms, jobs.started_ms), \
-         finished_ms = COALESCE(v.finished_ms, jobs.finished_ms), \
+         finished_ms = CASE WHEN v.state IS NULL THEN jobs.finished_ms ELSE v.finished_ms END, \
          run_at_ms = COALESCE(v.run_at_ms, jobs.run_at_ms), \
          result = COALESCE(v.result, jobs.result), \
          error = COALESCE(v.error, jobs.error), \
@@ -379,9 +420,10 @@ fn update_jobs(backend: DbBackend, jobs: &[(&String, &Job)]) -> sea_orm::Stateme
          progress_stage = COALESCE(v.stage, jobs.progress_stage), \
          progress_message = COALESCE(v.msg, jobs.progress_message), \
          updated_ms = v.updated_ms \
-         FROM v WHERE jobs.id = v.id AND jobs.finished_ms IS NULL \
-         AND jobs.updated_ms <= v.updated_ms",
-    );
+         FROM v WHERE jobs.id = v.id AND jobs.updated_ms <= v.updated_ms \
+         AND (jobs.{} OR v.attempt > jobs.attempt)",
+        super::UNFINISHED
+    ));
     sql.build()
 }
 
@@ -429,6 +471,42 @@ mod tests {
             .collect();
         assert_eq!(ends, [(1, Some("FAILED")), (2, Some("SUCCEEDED"))]);
         assert!(job.close.is_none());
+    }
+
+    #[test]
+    fn a_reopened_job_is_not_finished_by_its_earlier_end() {
+        let mut p = Pending::default();
+        p.apply(started("j", 2, 10));
+        p.apply(ended("j", "FAILED", 20));
+        // Retried: the next attempt starts and fails with attempts left.
+        p.apply(started("j", 3, 30));
+        p.apply(ended("j", "SCHEDULED", 40));
+        let job = &p.jobs["j"];
+        assert_eq!(
+            (job.state, job.attempt, job.finished),
+            (Some("SCHEDULED"), Some(3), None)
+        );
+    }
+
+    #[test]
+    fn a_declined_attempt_is_no_attempt() {
+        let mut p = Pending::default();
+        p.apply(started("j", 3, 10));
+        p.apply(Change::Declined {
+            id: "j".into(),
+            attempt: 3,
+            at: 20,
+        });
+        let job = &p.jobs["j"];
+        assert_eq!((job.state, job.attempt), (Some("QUEUED"), Some(2)));
+        assert!(job.attempts.is_empty() && job.declined.is_empty());
+        // One written before goes by a delete.
+        p.apply(Change::Declined {
+            id: "k".into(),
+            attempt: 1,
+            at: 20,
+        });
+        assert_eq!(p.jobs["k"].declined, [1]);
     }
 
     #[test]

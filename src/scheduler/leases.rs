@@ -33,6 +33,12 @@ pub enum Report {
         error: String,
         retryable: bool,
     },
+    /// Handed back unstarted: back in line, the attempt not counted.
+    Decline {
+        job_id: String,
+        token: u64,
+        reason: String,
+    },
 }
 
 impl Report {
@@ -40,7 +46,8 @@ impl Report {
         match self {
             Report::Progress { job_id, .. }
             | Report::Complete { job_id, .. }
-            | Report::Fail { job_id, .. } => job_id,
+            | Report::Fail { job_id, .. }
+            | Report::Decline { job_id, .. } => job_id,
         }
     }
 
@@ -48,7 +55,8 @@ impl Report {
         match self {
             Report::Progress { token, .. }
             | Report::Complete { token, .. }
-            | Report::Fail { token, .. } => *token,
+            | Report::Fail { token, .. }
+            | Report::Decline { token, .. } => *token,
         }
     }
 
@@ -57,6 +65,7 @@ impl Report {
             Report::Progress { .. } => 0,
             Report::Complete { .. } => 1,
             Report::Fail { .. } => 2,
+            Report::Decline { .. } => 3,
         }
     }
 }
@@ -75,7 +84,7 @@ fn change(queue: &str, report: &Report, reply: &[String]) -> Change {
                 metered::ended(queue, tier, state);
             }
         }
-        Report::Progress { .. } => {}
+        Report::Progress { .. } | Report::Decline { .. } => {}
     }
     match report {
         Report::Progress {
@@ -104,6 +113,16 @@ fn change(queue: &str, report: &Report, reply: &[String]) -> Change {
                 Some(error.clone()),
             )
         }
+        Report::Decline { job_id, .. } => Change::Declined {
+            id: job_id.clone(),
+            // The script answers the attempt number the job is back at.
+            attempt: reply
+                .get(2)
+                .and_then(|a| a.parse::<u32>().ok())
+                .unwrap_or(0)
+                + 1,
+            at: now_ms(),
+        },
     }
 }
 
@@ -297,6 +316,7 @@ impl Handle {
             Report::Progress { .. } => &self.scripts.progress,
             Report::Complete { .. } => &self.scripts.complete,
             Report::Fail { .. } => &self.scripts.fail,
+            Report::Decline { .. } => &self.scripts.decline,
         };
         if !matches!(run[0], Report::Progress { .. }) {
             args.push(self.retention(queue));
@@ -337,6 +357,7 @@ impl Handle {
                     s(if *retryable { "1" } else { "0" }),
                     jitter(),
                 ]),
+                Report::Decline { reason, .. } => args.push(s(reason.as_str())),
             }
         }
         let replies: Vec<Vec<String>> =

@@ -160,6 +160,10 @@ impl Reconciler {
     /// `check`, with what it did or why it could not in the log.
     pub async fn check_logged(&self) {
         match self.check().await {
+            // A new Redis beside a database with nothing in play lost nothing: not a warning.
+            Ok(Some(r)) if r == Restored::default() => tracing::info!(
+                "Redis had no marker and the database holds no unfinished job: nothing to restore"
+            ),
             Ok(Some(r)) => tracing::warn!(
                 unfinished = r.unfinished,
                 requeued = r.requeued,

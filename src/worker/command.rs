@@ -54,6 +54,12 @@ pub enum Event {
         token: u64,
         outcome: Outcome,
     },
+    /// The command could not be started: nothing ran, so the job is no attempt of it.
+    CannotStart {
+        job_id: String,
+        token: u64,
+        error: String,
+    },
     /// Send `message` (an upload request) on the stream; the server's answer about artifact
     /// `name` goes to `reply` (dropped if the stream ends first).
     Ask {
@@ -89,15 +95,16 @@ pub async fn run(
         a.attempt
     ));
     let (inputs, output) = (folder.join("inputs"), folder.join("output"));
-    // A fetch that failed may work next time; a command that cannot start will not.
-    let failed = |error: String, retryable| Outcome::Failed { error, retryable };
+    let failed = |error: String| Err(Unstarted::Failed(error));
     let spawned = async {
-        std::fs::create_dir_all(&inputs)
-            .and_then(|_| std::fs::create_dir_all(&output))
-            .map_err(|e| failed(format!("the attempt's folders: {e}"), true))?;
-        upload::download_inputs(&setup.http, &a.inputs, &inputs)
-            .await
-            .map_err(|e| failed(e, true))?;
+        if let Err(e) =
+            std::fs::create_dir_all(&inputs).and_then(|_| std::fs::create_dir_all(&output))
+        {
+            return failed(format!("the attempt's folders: {e}"));
+        }
+        if let Err(e) = upload::download_inputs(&setup.http, &a.inputs, &inputs).await {
+            return failed(e);
+        }
         spawn(
             &setup.command,
             &job,
@@ -106,7 +113,7 @@ pub async fn run(
             &inputs,
             &output,
         )
-        .map_err(|e| failed(format!("could not start {program:?}: {e}"), false))
+        .map_err(|e| Unstarted::NoCommand(format!("could not start {program:?}: {e}")))
     };
     let spawned = tokio::select! {
         spawned = spawned => spawned,
@@ -142,7 +149,21 @@ pub async fn run(
                 }
             }
         }
-        Err(failed) => failed,
+        Err(Unstarted::Failed(error)) => Outcome::Failed {
+            error,
+            retryable: true,
+        },
+        // No attempt without a command: the job goes back.
+        Err(Unstarted::NoCommand(error)) => {
+            let _ = std::fs::remove_dir_all(&folder);
+            let cannot = Event::CannotStart {
+                job_id,
+                token,
+                error,
+            };
+            let _ = events.send(cannot).await;
+            return;
+        }
     };
     let _ = std::fs::remove_dir_all(&folder);
     let _ = events
@@ -152,6 +173,36 @@ pub async fn run(
             outcome,
         })
         .await;
+}
+
+/// Why an attempt's command did not start.
+enum Unstarted {
+    /// Its setup failed (folders, fetching inputs): an attempt that may work next time.
+    Failed(String),
+    /// The command itself could not start: no attempt happened.
+    NoCommand(String),
+}
+
+/// Where `program` is (as a path, or found on PATH), if it can be run.
+pub fn resolve(program: &str) -> Result<PathBuf, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let runnable = |path: &Path| {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if program.contains('/') {
+        let path = PathBuf::from(program);
+        return match std::fs::metadata(&path) {
+            Err(e) => Err(format!("{program:?}: {e}")),
+            Ok(_) if !runnable(&path) => Err(format!("{program:?} is not an executable file")),
+            Ok(_) => Ok(path),
+        };
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join(program))
+        .find(|path| runnable(path))
+        .ok_or_else(|| format!("{program:?} is not on PATH"))
 }
 
 /// Uploads what the command left in its output folder and named on `ARTIFACT` lines.
@@ -309,7 +360,11 @@ fn spawn(
 ) -> std::io::Result<Child> {
     let tier = proto::Tier::try_from(job.tier)
         .map(|t| t.as_str_name().trim_start_matches("TIER_").to_string());
-    Command::new(&command[0])
+    let mut child = Command::new(&command[0]);
+    // A worker that is killed takes its commands along: their leases die with it, and the job
+    // runs again elsewhere.
+    crate::child::die_with_parent(&mut child, nix::sys::signal::Signal::SIGTERM);
+    child
         .args(&command[1..])
         .env("CONVEYOR_JOB_ID", &job.id)
         .env("CONVEYOR_QUEUE", &job.queue)

@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::command::{self, Event};
-use super::{End, Error, Running, Worker, report};
+use super::{End, Error, Running, Worker, decline, sleep_until};
 use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 
 impl Worker {
@@ -64,16 +64,14 @@ impl Worker {
         }
         let mut ticker = tokio::time::interval(heartbeat);
         let mut last_heard = Instant::now();
-        let mut stop_deadline: Option<Instant> = None;
         // Questions asked on an earlier stream are answered there or never: their askers try
         // again.
         self.asks.clear();
         loop {
-            if self.stopping && self.running.is_empty() && self.outbox.is_empty() {
+            if self.done() {
                 return Ok(End::Stopped);
             }
-            let deadline =
-                stop_deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(86400));
+            let was_stopping = self.stopping.is_some();
             tokio::select! {
                 message = inbound.next() => {
                     let message = match message {
@@ -101,16 +99,14 @@ impl Worker {
                             job_id, token,
                             progress: Some(proto::Progress { percent: progress.percent, stage: progress.stage, message: progress.message }),
                         }),
-                        Event::Finished { job_id, token, outcome } => {
-                            let running = self.running.remove(&job_id);
-                            let message = report(job_id.clone(), token, outcome, running);
-                            self.outbox.insert(job_id, message.clone());
-                            message
-                        }
                         Event::Ask { job_id, name, message, reply } => {
                             self.asks.insert((job_id, name), reply);
                             message
                         }
+                        ended => match self.ended(ended) {
+                            Some(report) => report,
+                            None => continue,
+                        },
                     };
                     if tx.send(proto::ConnectRequest { msg: Some(message) }).await.is_err() {
                         return Ok(End::Broken("the stream closed".into()));
@@ -127,17 +123,25 @@ impl Worker {
                         }
                     }
                 }
-                _ = stop.changed(), if !self.stopping => {
-                    tracing::info!(running = self.running.len(), "stopping after the running jobs finish");
-                    self.stopping = true;
-                    stop_deadline = Some(Instant::now() + self.options.shutdown_timeout);
-                }
-                _ = tokio::time::sleep_until(deadline), if stop_deadline.is_some() => {
-                    let grace = self.options.shutdown_timeout;
-                    tracing::warn!("jobs still running after {grace:?}; stopping them");
-                    let ids: Vec<String> = self.running.keys().cloned().collect();
-                    ids.iter().for_each(|id| self.kill(id));
+                _ = stop.changed(), if self.deadline.is_none() => self.shutdown(),
+                _ = sleep_until(self.deadline), if self.deadline.is_some() => {
+                    self.out_of_time();
                     return Ok(End::Stopped);
+                }
+            }
+            // The server offers no more slots of this stream.
+            if let (false, Some(reason)) = (was_stopping, &self.stopping) {
+                let stopping = Out::Stopping(proto::Stopping {
+                    reason: reason.clone(),
+                });
+                if tx
+                    .send(proto::ConnectRequest {
+                        msg: Some(stopping),
+                    })
+                    .await
+                    .is_err()
+                {
+                    return Ok(End::Broken("the stream closed".into()));
                 }
             }
         }
@@ -145,23 +149,17 @@ impl Worker {
 
     async fn start(&mut self, mut a: proto::Assignment, tx: &mpsc::Sender<proto::ConnectRequest>) {
         let job_id = a.job.as_ref().map(|j| j.id.clone()).unwrap_or_default();
-        let refuse = if self.stopping {
-            Some("the worker is shutting down")
-        } else if self.running.len() >= self.options.concurrency as usize {
-            Some("the worker has no free slot")
-        } else {
-            None
+        let full = self.running.len() >= self.options.concurrency as usize;
+        let refuse = match &self.stopping {
+            Some(why) => Some(why.clone()),
+            None => full.then(|| "the worker has no free slot".to_string()),
         };
         if let Some(why) = refuse {
-            tracing::warn!(job = job_id, "refusing an assignment: {why}");
-            let fail = Out::Fail(proto::Fail {
-                job_id,
-                token: a.token,
-                error: why.into(),
-                retryable: true,
-                trace_context: a.trace_context.clone(),
-            });
-            let _ = tx.send(proto::ConnectRequest { msg: Some(fail) }).await;
+            // Handed back, not failed: the job loses no attempt for it.
+            tracing::info!(job = job_id, "declining an assignment: {why}");
+            let message = decline(job_id.clone(), a.token, &why);
+            self.outbox.insert(job_id, message.clone());
+            let _ = tx.send(proto::ConnectRequest { msg: Some(message) }).await;
             return;
         }
         tracing::info!(job = job_id, attempt = a.attempt, "starting job");
@@ -192,12 +190,6 @@ impl Worker {
     fn reply(&mut self, key: (String, String), answer: In) {
         if let Some(asker) = self.asks.remove(&key) {
             let _ = asker.send(answer);
-        }
-    }
-
-    fn kill(&mut self, job_id: &str) {
-        if let Some(r) = self.running.remove(job_id) {
-            let _ = r.cancel.send(());
         }
     }
 
@@ -251,6 +243,7 @@ fn token_of(message: &Out) -> u64 {
     match message {
         Out::Complete(c) => c.token,
         Out::Fail(f) => f.token,
+        Out::Decline(d) => d.token,
         _ => 0,
     }
 }

@@ -436,6 +436,9 @@ async fn metadata_over_the_cap_is_refused() {
     let mut request = tonic::Request::new(submit("render", "{}"));
     let big: tonic::metadata::MetadataValue<_> = "x".repeat(16 * 1024).parse().unwrap();
     request.metadata_mut().insert("x-padding", big);
+    // Once it serves: until then the reconciler's lock comes and goes.
+    let queues = proto::ListQueuesRequest {};
+    jobs.list_queues(queues).await.expect("serving");
     let keys_before = dbsize(&s.redis).await;
     let status = jobs.submit_job(request).await.unwrap_err();
     // hyper answers HTTP 431 before gRPC is involved; gRPC clients map that to UNKNOWN.

@@ -243,6 +243,43 @@ async fn row_09_payload_one_byte_over_the_limit() {
     assert_eq!(job.payload.len(), MIB);
 }
 
+/// A payload that says it is JSON must parse as JSON (`conveyor submit` sends
+/// application/json unless told otherwise): INVALID_ARGUMENT, nothing stored.
+#[tokio::test]
+async fn a_payload_declared_json_must_be_json() {
+    let json = |payload: &[u8], content_type: &str| {
+        req(|r| {
+            r.payload = payload.to_vec();
+            r.content_type = content_type.into();
+        })
+    };
+    refuse_submits(
+        "payload",
+        [
+            json(br#"{"video":"#, "application/json"),
+            json(b"not json", "application/vnd.render+json; charset=utf-8"),
+        ],
+    )
+    .await;
+    // The CLI says so and exits non-zero, instead of printing a job id.
+    let (_redis, server) = harness::start().await;
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "submit",
+            "--addr",
+            &server.addr,
+            "--queue",
+            "render",
+            r#"{"video":"#,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("not valid JSON"), "{said}");
+}
+
 #[tokio::test]
 async fn row_10_too_many_labels_or_a_huge_label_key() {
     let many = req(|r| r.labels = (0..10_000).map(|i| (format!("k{i}"), "v".into())).collect());

@@ -59,6 +59,7 @@ pub struct Redis {
 
 fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> tokio::process::Child {
     let mut command = tokio::process::Command::new("redis-server");
+    conveyor::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
     command.args([
         "--bind",
         "127.0.0.1",

@@ -13,8 +13,9 @@ use chart::{
 };
 
 /// Kubernetes versions the manifests are validated against: the chart's floor (Chart.yaml
-/// `kubeVersion`: gRPC probes are GA from 1.27) and the version it renders for.
-const VALIDATE: [&str; 2] = ["1.27.0", chart::KUBERNETES];
+/// `kubeVersion`: gRPC probes are on by default from 1.24; the schemas start at 1.25) and the
+/// version the other tests render for.
+const VALIDATE: [&str; 2] = ["1.25.0", chart::KUBERNETES];
 /// Custom resources kubernetes-validate has no schema for (it warns and passes them);
 /// `custom_resources_point_at_the_service` checks them instead.
 const CRDS: [(&str, &str); 3] = [
@@ -23,13 +24,14 @@ const CRDS: [(&str, &str); 3] = [
     ("GRPCRoute", "gateway.networking.k8s.io/v1"),
 ];
 /// Settings that are credentials: they may only come from a Secret.
-const CREDENTIALS: [&str; 6] = [
+const CREDENTIALS: [&str; 7] = [
     "REDIS_URL",
     "DATABASE_URL",
     "CONVEYOR_S3_ACCESS_KEY",
     "CONVEYOR_S3_SECRET_KEY",
     "CONVEYOR_WEBHOOK_SECRET",
     "CONVEYOR_KEY",
+    "CONVEYOR_BOOTSTRAP_KEY",
 ];
 
 #[test]
@@ -53,7 +55,7 @@ fn rendered_manifests_pass_the_kubernetes_schemas() {
             args.extend(["-k", version]);
         }
         args.push(&file);
-        let out = run("python3", &args);
+        let out = run(crate::tools::python(), &args);
         let report = said(&out);
         assert!(out.status.success(), "{values} values:\n{report}");
         let is_crd = |kind: &str| CRDS.iter().any(|(k, _)| *k == kind);
@@ -130,6 +132,56 @@ fn custom_resources_point_at_the_service() {
         assert_eq!(backend["name"], service["metadata"]["name"], "{kind}");
         assert_eq!(backend["port"], 50051, "{kind}");
     }
+}
+
+/// `helm template` as a user types it, with the chart's own pinned helm and no
+/// `--kube-version` (which helm 3.10 takes to be 1.25 when no cluster is asked).
+#[test]
+fn the_chart_renders_with_no_extra_flag() {
+    let chart = chart::chart();
+    let out = chart::helm(&["template", "conveyor", &chart, "--namespace", "jobs"]);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("kind: Deployment"));
+}
+
+/// A fresh install serves without a key made by hand: the servers read the first admin key
+/// from the credentials Secret, where it is optional, or from a Secret of its own, which must
+/// hold it.
+#[test]
+fn the_first_admin_key_comes_from_a_secret() {
+    let key_of = |docs: &[serde_json::Value]| {
+        let server =
+            &one(docs, "Deployment", "server")["spec"]["template"]["spec"]["containers"][0];
+        let key = env(server, "CONVEYOR_BOOTSTRAP_KEY").expect("CONVEYOR_BOOTSTRAP_KEY");
+        let tenant = env(server, "CONVEYOR_BOOTSTRAP_TENANT").expect("its tenant");
+        (
+            key["valueFrom"]["secretKeyRef"].clone(),
+            tenant["value"].clone(),
+        )
+    };
+    let (from, tenant) = key_of(&render(&[]).docs);
+    assert_eq!(from["name"], "conveyor-credentials");
+    assert_eq!(from["key"], "CONVEYOR_BOOTSTRAP_KEY");
+    assert_eq!(from["optional"], true, "the shared Secret may lack it");
+    assert_eq!(tenant, "default");
+
+    let dir = tempfile::tempdir().unwrap();
+    let own = dir.path().join("bootstrap.yaml");
+    std::fs::write(
+        &own,
+        "bootstrapKey:\n  existingSecret: conveyor-admin\n  key: admin\n  tenant: ops\n",
+    )
+    .unwrap();
+    let (from, tenant) = key_of(&render(&[own.to_str().unwrap()]).docs);
+    assert_eq!(
+        (&from["name"], &from["key"]),
+        (&"conveyor-admin".into(), &"admin".into())
+    );
+    assert!(
+        from["optional"].is_null(),
+        "a Secret named for it must hold it"
+    );
+    assert_eq!(tenant, "ops");
 }
 
 #[test]

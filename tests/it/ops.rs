@@ -140,10 +140,125 @@ async fn counters_move_as_a_job_runs_and_probes_answer() {
         "{text}"
     );
     assert!(at("db_call_duration_seconds_count", "op=\"insert\"") >= Some(3.0));
+}
+
+/// `/metrics` for a scraper that asks for nothing in particular: the classic exposition, which
+/// the classic parser (Python's prometheus_client, the reference one) reads with every counter
+/// typed; for Prometheus, which asks, OpenMetrics. Both carry the process and build metrics.
+#[tokio::test]
+async fn metrics_speak_the_format_asked_for_with_process_and_build_metrics() {
+    let redis = Redis::start().await;
+    let (server, http) = serving(&redis).await;
+    // Families with samples: the parser passes over empty ones.
+    submit_job(&mut server.jobs().await, submit("formats", "x")).await;
+    let url = format!("{http}/metrics");
+    let plain = crate::artifacts::http().get(&url).send().await.unwrap();
+    let kind = plain.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(kind, "text/plain; version=0.0.4; charset=utf-8");
+    let text = plain.text().await.unwrap();
     assert!(
-        text.ends_with("# EOF\n"),
-        "OpenMetrics text ends with # EOF"
+        !text.contains("# EOF") && !text.contains("# UNIT"),
+        "{text}"
     );
+    // What the classic parser makes of it: family name -> type.
+    let parse = "import sys\n\
+        from prometheus_client.parser import text_string_to_metric_families as parse\n\
+        for f in parse(sys.stdin.read()): print(f.name, f.type)";
+    let mut python = std::process::Command::new(crate::tools::python())
+        .args(["-c", parse])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = python.wait_with_output().unwrap();
+    assert!(out.status.success(), "{text}");
+    let families = String::from_utf8(out.stdout).unwrap();
+    for (name, kind) in [
+        ("conveyor_jobs_submitted", "counter"),
+        ("conveyor_redis_call_duration_seconds", "histogram"),
+        ("conveyor_build_info", "gauge"),
+        ("process_cpu_seconds", "counter"),
+        ("process_resident_memory_bytes", "gauge"),
+        ("process_open_fds", "gauge"),
+        ("process_start_time_seconds", "gauge"),
+    ] {
+        let line = format!("{name} {kind}");
+        assert!(
+            families.lines().any(|l| l == line),
+            "{line:?} in\n{families}"
+        );
+    }
+    assert!(!families.contains(" unknown"), "{families}");
+    let version = format!(
+        "conveyor_build_info{{version=\"{}\"}} 1",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(text.contains(&version), "{text}");
+
+    let asked = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5";
+    let open = crate::artifacts::http()
+        .get(&url)
+        .header("accept", asked)
+        .send()
+        .await
+        .unwrap();
+    let kind = open.headers()["content-type"].to_str().unwrap().to_string();
+    assert!(kind.starts_with("application/openmetrics-text"), "{kind}");
+    let text = open.text().await.unwrap();
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    assert!(
+        text.contains("# TYPE conveyor_jobs_submitted counter"),
+        "{text}"
+    );
+    assert!(text.contains("process_cpu_seconds_total "), "{text}");
+}
+
+/// `CONVEYOR_LOG_FORMAT=json`: every line a server writes is one JSON object with a level and a
+/// message, for log pipelines.
+#[tokio::test]
+async fn logs_can_be_json_lines() {
+    let redis = Redis::start().await;
+    let port = free_port();
+    let serve = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .arg("serve")
+        .env("CONVEYOR_LOG_FORMAT", "json")
+        .env("CONVEYOR_INSECURE", "true")
+        .env("CONVEYOR_HTTP_LISTEN", "off")
+        .env("DATABASE_URL", "none")
+        .env("REDIS_URL", redis.url())
+        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    crate::process::answering(&format!("http://127.0.0.1:{port}")).await;
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(serve.id().unwrap() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = serve.wait_with_output().await.unwrap();
+    let said = String::from_utf8(out.stderr).unwrap();
+    assert!(said.lines().count() >= 3, "{said}");
+    for line in said.lines() {
+        let entry: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert!(
+            entry["level"].is_string() && entry["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(said.contains("AUTHENTICATION IS OFF"), "{said}");
 }
 
 #[tokio::test]

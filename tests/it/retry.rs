@@ -179,3 +179,85 @@ pub async fn a_dead_letter_redis_let_go_comes_back_from_the_history(backend: Bac
     let status = jobs.retry_job(retry_one(&job.id)).await.unwrap_err();
     assert_eq!(status.code(), Code::FailedPrecondition);
 }
+
+/// A dead letter that is retried and fails for good again is FAILED in the history too, with
+/// every attempt; before, its row stayed SCHEDULED from the retried run's first failure.
+#[tokio::test]
+async fn a_retried_dead_letter_that_fails_again_is_failed_in_the_history() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    worker.keep_alive();
+    let mut request = once("render", "a");
+    request.max_attempts = Some(2);
+    request.backoff_initial = Some(prost_types::Duration {
+        seconds: 0,
+        nanos: 200_000_000,
+    });
+    let job = submit_job(&mut jobs, request).await;
+    fail_all(&mut worker, 2).await;
+    wait_state(&mut jobs, &job.id, JobState::Failed).await;
+    jobs.retry_job(retry_one(&job.id)).await.unwrap();
+    fail_all(&mut worker, 2).await;
+    let failed = wait_state(&mut jobs, &job.id, JobState::Failed).await;
+    assert_eq!((failed.attempt, failed.max_attempts), (4, 4));
+    let list = |state: JobState| proto::ListJobsRequest {
+        queue: "render".into(),
+        state: state as i32,
+        ..Default::default()
+    };
+    let row = eventually("the history to say FAILED 4/4", || {
+        let mut jobs = jobs.clone();
+        async move {
+            let page = jobs.list_jobs(list(JobState::Failed)).await.ok()?;
+            let row = page.into_inner().jobs.into_iter().next()?;
+            (row.attempt == 4).then_some(row)
+        }
+    })
+    .await;
+    assert_eq!((row.id.as_str(), row.max_attempts), (job.id.as_str(), 4));
+    for waiting in [JobState::Scheduled, JobState::Queued] {
+        let page = jobs.list_jobs(list(waiting)).await.unwrap().into_inner();
+        assert!(page.jobs.is_empty(), "{waiting:?}: {:?}", page.jobs);
+    }
+}
+
+/// The repair mends a row whose state disagrees with Redis even when the row claims to be
+/// finished under a waiting state (what the bug above left behind): it is looked at like any
+/// unfinished row and brought up to Redis.
+#[tokio::test]
+async fn the_repair_mends_a_row_left_finished_under_a_waiting_state() {
+    use sea_orm::ConnectionTrait;
+    harness::logs();
+    let redis = harness::Redis::start().await;
+    let mut config = harness::config(&redis);
+    let url = config.database_url.clone().unwrap();
+    config.history_repair = std::time::Duration::from_millis(300);
+    let server = harness::Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    worker.keep_alive();
+    let job = submit_job(&mut jobs, once("render", "a")).await;
+    fail_all(&mut worker, 1).await;
+    wait_state(&mut jobs, &job.id, JobState::Failed).await;
+    let store = conveyor::history::Store::open(&url, Default::default())
+        .await
+        .unwrap();
+    eventually("the row to be FAILED", || async {
+        let row = store.get(&job.id).await.unwrap()?;
+        (row.state == "FAILED").then_some(())
+    })
+    .await;
+    let broken = format!(
+        "UPDATE jobs SET state = 'SCHEDULED', updated_ms = 1 WHERE id = '{}'",
+        job.id
+    );
+    store.db().execute_unprepared(&broken).await.unwrap();
+    let row = eventually("the repair to bring the row back to Redis", || async {
+        let row = store.get(&job.id).await.unwrap()?;
+        (row.state == "FAILED").then_some(row)
+    })
+    .await;
+    assert_eq!(row.attempt, 1);
+    assert!(row.finished_ms.is_some());
+}

@@ -4,10 +4,6 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tonic_reflection::pb::v1::{
-    ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
-    server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
-};
 
 use crate::harness;
 
@@ -24,34 +20,54 @@ async fn health_reports_serving_for_each_service() {
     }
 }
 
+/// The services a reflection client must find.
+const SERVICES: [&str; 3] = [
+    "conveyor.v1.JobService",
+    "conveyor.v1.WorkerService",
+    "grpc.health.v1.Health",
+];
+
+/// Asks one version of the reflection service (`$v`: `v1` or `v1alpha`) for its list.
+macro_rules! list_services {
+    ($v:ident, $channel:expr) => {{
+        use tonic_reflection::pb::$v::{
+            ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(MessageRequest::ListServices(String::new())),
+        };
+        let mut replies = ServerReflectionClient::new($channel)
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect(stringify!($v))
+            .into_inner();
+        let Some(Ok(reply)) = replies.next().await else {
+            panic!("no {} reflection reply", stringify!($v))
+        };
+        let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
+            panic!("{reply:?}")
+        };
+        list.service
+            .into_iter()
+            .map(|s| s.name)
+            .collect::<Vec<String>>()
+    }};
+}
+
+/// grpcurl speaks reflection v1; Python's grpcio-reflection speaks only v1alpha.
 #[tokio::test]
-async fn reflection_lists_the_services() {
+async fn reflection_lists_the_services_in_both_versions() {
     let (_redis, server) = harness::start().await;
-    let mut reflection = ServerReflectionClient::new(server.channel().await);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut replies = reflection
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap()
-        .into_inner();
-    let Some(Ok(reply)) = replies.next().await else {
-        panic!("no reflection reply")
-    };
-    let Some(MessageResponse::ListServicesResponse(list)) = reply.message_response else {
-        panic!("{reply:?}")
-    };
-    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-    for expected in [
-        "conveyor.v1.JobService",
-        "conveyor.v1.WorkerService",
-        "grpc.health.v1.Health",
-    ] {
-        assert!(
-            names.iter().any(|n| n == expected),
-            "{expected} missing from {names:?}"
-        );
+    let v1 = list_services!(v1, server.channel().await);
+    let v1alpha = list_services!(v1alpha, server.channel().await);
+    for (version, names) in [("v1", v1), ("v1alpha", v1alpha)] {
+        for expected in SERVICES {
+            assert!(
+                names.iter().any(|n| n == expected),
+                "{version}: {expected} missing from {names:?}"
+            );
+        }
     }
 }

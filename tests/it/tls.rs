@@ -195,3 +195,48 @@ async fn client_certificates_map_to_tenants_and_workers() {
     };
     assert!(refused, "plaintext got through to a TLS port");
 }
+
+/// A rotated certificate is served without a restart: once the files hold one from a new CA,
+/// new connections get it (and clients trusting only the old CA stop getting through); files
+/// that do not make a certificate leave the served one alone.
+#[tokio::test]
+async fn a_rotated_certificate_is_served_without_a_restart() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let files = Files(tempfile::tempdir().unwrap());
+    let (old, new) = (ca("old CA"), ca("new CA"));
+    let (cert, key) = leaf(&old, "conveyor", &["127.0.0.1"]);
+    let mut config = harness::config(&redis);
+    config.tls_cert = Some(files.write("server.crt", &cert));
+    config.tls_key = Some(files.write("server.key", &key));
+    config.tls_reload = std::time::Duration::from_millis(100);
+    let server = Server::start(config).await;
+    let addr = server.addr.replace("http://", "https://");
+    let served = |trust: &Ca| {
+        let target = files.target(&addr, trust, None);
+        async move {
+            match jobs(&target).await {
+                Ok(mut c) => c.list_queues(proto::ListQueuesRequest {}).await.is_ok(),
+                Err(_) => false,
+            }
+        }
+    };
+    assert!(served(&old).await && !served(&new).await);
+
+    // Half a rotation (a key that is not the certificate's) changes nothing.
+    let (cert, key) = leaf(&new, "conveyor", &["127.0.0.1"]);
+    let (_, other_key) = leaf(&new, "conveyor", &["127.0.0.1"]);
+    files.write("server.crt", &cert);
+    files.write("server.key", &other_key);
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    assert!(
+        served(&old).await,
+        "a bad pair replaced the served certificate"
+    );
+    files.write("server.key", &key);
+    harness::eventually("the new certificate to be served", || async {
+        served(&new).await.then_some(())
+    })
+    .await;
+    assert!(!served(&old).await);
+}

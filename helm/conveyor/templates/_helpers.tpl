@@ -65,13 +65,16 @@ app.kubernetes.io/component: server
 {{- default (printf "%s-credentials" (include "conveyor.fullname" .)) .Values.credentials.existingSecret }}
 {{- end }}
 
-{{/* An env entry read from a Secret key: (list NAME SECRET KEY). */}}
+{{/* An env entry read from a Secret key: (list NAME SECRET KEY [OPTIONAL]). */}}
 {{- define "conveyor.secretEnv" -}}
 - name: {{ index . 0 }}
   valueFrom:
     secretKeyRef:
       name: {{ index . 1 | quote }}
       key: {{ index . 2 | quote }}
+      {{- if and (gt (len .) 3) (index . 3) }}
+      optional: true
+      {{- end }}
 {{- end }}
 
 {{/*

@@ -29,7 +29,9 @@ impl State {
         let best = self
             .sessions
             .iter_mut()
-            .filter(|(_, s)| s.connected && s.free > 0 && s.queues.iter().any(|x| x == queue))
+            .filter(|(_, s)| {
+                s.connected && !s.stopping && s.free > 0 && s.queues.iter().any(|x| x == queue)
+            })
             .max_by_key(|(_, s)| s.free);
         let Some((session, s)) = best else { return };
         let n = s.free.min(self.options.max_batch);

