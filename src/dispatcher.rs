@@ -77,6 +77,9 @@ pub struct Hello {
 pub struct Welcome {
     pub reattached: Vec<String>,
     pub lost: Vec<String>,
+    /// The re-attached leases as (job id, queue, token): the new stream's own, so their reports
+    /// free their slots like those of jobs assigned on it.
+    pub held: Vec<(String, String, u64)>,
 }
 
 enum Command {
@@ -88,7 +91,8 @@ enum Command {
     },
     Attached {
         session: String,
-        kept: Vec<(String, String)>,
+        /// (queue, job id, token) of the leases that moved to the session.
+        kept: Vec<(String, String, u64)>,
         lost: Vec<String>,
         reply: oneshot::Sender<Result<Welcome, Error>>,
     },
@@ -175,7 +179,8 @@ impl Handle {
         })
         .await?;
         let welcome = welcome.await.map_err(|_| Error::ShuttingDown)??;
-        Ok((Link::new(self.clone(), session, worker_id, rx), welcome))
+        let link = Link::new(self.clone(), session, worker_id, rx, &welcome.held);
+        Ok((link, welcome))
     }
 
     /// Tells every connected worker to move to another replica; returns once they were told.

@@ -39,18 +39,24 @@ enum Checked {
 pub struct Applied(pub Vec<(Report, Verdict, bool)>);
 
 impl Link {
+    /// `held`: (job id, queue, token) of leases re-attached to this stream.
     pub(super) fn new(
         handle: Handle,
         session: String,
         worker_id: String,
         rx: mpsc::Receiver<ToWorker>,
+        held: &[(String, String, u64)],
     ) -> Self {
+        let assigned = held
+            .iter()
+            .map(|(id, queue, token)| (id.clone(), (queue.clone(), *token)))
+            .collect();
         Self {
             handle,
             session,
             worker_id,
             rx,
-            assigned: HashMap::new(),
+            assigned,
         }
     }
 

@@ -100,14 +100,18 @@ impl State {
                     let _ = reply.send(Err(Error::ShuttingDown));
                     return;
                 };
+                // The session started with a slot reserved for each lease the worker said it
+                // held; the ones that did not come back are free again (the worker stops them).
+                s.free += lost.len() as u32;
                 let mut welcome = Welcome {
                     reattached: Vec::new(),
                     lost,
+                    held: Vec::new(),
                 };
-                for (queue, id) in kept {
-                    s.free = s.free.saturating_sub(1);
-                    s.held.insert(id.clone(), queue);
-                    welcome.reattached.push(id);
+                for (queue, id, token) in kept {
+                    s.held.insert(id.clone(), queue.clone());
+                    welcome.reattached.push(id.clone());
+                    welcome.held.push((id, queue, token));
                 }
                 let queues = s.queues.clone();
                 let _ = reply.send(Ok(welcome));
@@ -194,12 +198,15 @@ impl State {
             held,
             stopping,
         } = hello;
+        // The leases it holds take their slots from the start, so no lease call made before
+        // they are re-attached can hand it more jobs than it runs at once.
+        let free = concurrency.saturating_sub(held.len() as u32);
         self.sessions.insert(
             session.clone(),
             Session {
                 worker: worker_id.clone(),
                 queues,
-                free: concurrency,
+                free,
                 held: HashMap::new(),
                 out,
                 connected: true,
@@ -360,7 +367,7 @@ async fn reattach(
     session: &str,
     worker: &str,
     held: Vec<(String, u64)>,
-) -> Result<(Vec<(String, String)>, Vec<String>), scheduler::Error> {
+) -> Result<(Vec<(String, String, u64)>, Vec<String>), scheduler::Error> {
     let mut per_queue: HashMap<String, Vec<(String, u64)>> = HashMap::new();
     let mut lost = Vec::new();
     for (id, token) in held {
@@ -373,7 +380,11 @@ async fn reattach(
     let mut kept = Vec::new();
     for (queue, held) in per_queue {
         let (ok, gone) = scheduler.reattach(&queue, session, worker, &held).await?;
-        kept.extend(ok.into_iter().map(|id| (queue.clone(), id)));
+        let token = |id: &String| held.iter().find(|(h, _)| h == id).map_or(0, |(_, t)| *t);
+        kept.extend(
+            ok.into_iter()
+                .map(|id| (queue.clone(), id.clone(), token(&id))),
+        );
         lost.extend(gone);
     }
     Ok((kept, lost))

@@ -67,11 +67,12 @@ impl Worker {
         // Questions asked on an earlier stream are answered there or never: their askers try
         // again.
         self.asks.clear();
+        // The Hello said so already.
+        let mut told_stopping = self.stopping.is_some();
         loop {
             if self.done() {
                 return Ok(End::Stopped);
             }
-            let was_stopping = self.stopping.is_some();
             tokio::select! {
                 message = inbound.next() => {
                     let message = match message {
@@ -108,7 +109,10 @@ impl Worker {
                             None => continue,
                         },
                     };
-                    if tx.send(proto::ConnectRequest { msg: Some(message) }).await.is_err() {
+                    // A worker that cannot start its command says it takes no more before it
+                    // hands the job back, so the job is not offered to it again.
+                    let told = self.tell_stopping(&mut told_stopping, &tx).await;
+                    if !told || tx.send(proto::ConnectRequest { msg: Some(message) }).await.is_err() {
                         return Ok(End::Broken("the stream closed".into()));
                     }
                 }
@@ -129,22 +133,30 @@ impl Worker {
                     return Ok(End::Stopped);
                 }
             }
-            // The server offers no more slots of this stream.
-            if let (false, Some(reason)) = (was_stopping, &self.stopping) {
-                let stopping = Out::Stopping(proto::Stopping {
-                    reason: reason.clone(),
-                });
-                if tx
-                    .send(proto::ConnectRequest {
-                        msg: Some(stopping),
-                    })
-                    .await
-                    .is_err()
-                {
-                    return Ok(End::Broken("the stream closed".into()));
-                }
+            if !self.tell_stopping(&mut told_stopping, &tx).await {
+                return Ok(End::Broken("the stream closed".into()));
             }
         }
+    }
+
+    /// Tells the server, once per stream, that this worker takes no new jobs (it then offers
+    /// none of its slots); false when the stream is gone.
+    async fn tell_stopping(
+        &self,
+        told: &mut bool,
+        tx: &mpsc::Sender<proto::ConnectRequest>,
+    ) -> bool {
+        let (Some(reason), false) = (&self.stopping, *told) else {
+            return true;
+        };
+        *told = true;
+        let stopping = Out::Stopping(proto::Stopping {
+            reason: reason.clone(),
+        });
+        let message = proto::ConnectRequest {
+            msg: Some(stopping),
+        };
+        tx.send(message).await.is_ok()
     }
 
     async fn start(&mut self, mut a: proto::Assignment, tx: &mpsc::Sender<proto::ConnectRequest>) {

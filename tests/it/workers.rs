@@ -180,6 +180,38 @@ async fn a_worker_back_within_the_grace_period_keeps_its_jobs() {
     );
 }
 
+/// A reconnected worker's slots are all there for it: one held across the reconnect is not
+/// offered again while its job runs (no more jobs than slots), and comes back when that job
+/// ends. Before, a job waiting in line went to the busy slot at once, and after the held job
+/// ended its slot was never offered again.
+#[tokio::test]
+async fn a_reconnected_worker_keeps_exactly_its_slots() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let held = submit_job(&mut jobs, submit("render", "long")).await;
+    let mut worker = Worker::connect_with(&server, hello(&["render"], 1, "node-1")).await;
+    let a = worker.assignment().await;
+    drop(worker);
+    let next = submit_job(&mut jobs, submit("render", "next")).await;
+    let mut h = hello(&["render"], 1, "node-1");
+    h.held = vec![proto::HeldLease {
+        job_id: held.id.clone(),
+        token: a.token,
+    }];
+    let mut back = Worker::connect_with(&server, h).await;
+    back.keep_alive();
+    assert_eq!(back.welcome.reattached, vec![held.id.clone()]);
+    assert!(
+        back.assignments(Duration::from_millis(500))
+            .await
+            .is_empty(),
+        "its one slot is busy"
+    );
+    assert_eq!(back.complete(&held.id, a.token, "done").await.code, 0);
+    let b = back.assignment().await;
+    assert_eq!(b.job.unwrap().id, next.id, "the slot came back");
+}
+
 #[tokio::test]
 async fn a_worker_that_does_not_come_back_loses_its_jobs_to_another_and_its_token_goes_stale() {
     let (_redis, server) = harness::start().await;
