@@ -63,22 +63,19 @@ async fn authenticator(
         )),
         None => None,
     };
-    if config.bootstrap_key.is_some() && store.is_none() {
-        return Err(Error::Auth(
-            "CONVEYOR_BOOTSTRAP_KEY needs a database: keys live in it (DATABASE_URL)".into(),
-        ));
-    }
-    if let (Some(key), Some(store)) = (&config.bootstrap_key, store) {
-        let tenant = &config.bootstrap_tenant;
-        if auth::keys::bootstrap(store.db(), key, tenant)
-            .await
-            .map_err(Error::Auth)?
-        {
-            tracing::info!(
-                tenant,
-                "added the bootstrap key (CONVEYOR_BOOTSTRAP_KEY) as an admin key"
-            );
+    match (&config.bootstrap_key, store) {
+        (Some(_), None) => {
+            let needs = "CONVEYOR_BOOTSTRAP_KEY needs a database: keys live in it (DATABASE_URL)";
+            return Err(Error::Auth(needs.into()));
         }
+        (Some(key), Some(store)) => {
+            let tenant = &config.bootstrap_tenant;
+            let added = auth::keys::bootstrap(store.db(), key, tenant).await;
+            if added.map_err(Error::Auth)? {
+                tracing::info!(tenant, "added CONVEYOR_BOOTSTRAP_KEY as an admin key");
+            }
+        }
+        (None, _) => {}
     }
     let keys = store.map(|s| auth::keys::Keys::new(s.db().clone()));
     let usable_keys = match store {

@@ -37,6 +37,10 @@ pub fn looks_like_key(token: &str) -> bool {
     token.starts_with(CLIENT_PREFIX) || token.starts_with(WORKER_PREFIX)
 }
 
+fn is_hex(text: &str) -> bool {
+    text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
 /// A key's parts: its kind (`client` or `worker`), its id (16 hex digits, the row's) and its
 /// secret; `None` when it is not in the format `create` makes.
 fn parts(token: &str) -> Option<(&'static str, &str, &str)> {
@@ -46,8 +50,7 @@ fn parts(token: &str) -> Option<(&'static str, &str, &str)> {
         _ => return None,
     };
     let (id, secret) = rest.split_once('_')?;
-    let hex = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
-    (id.len() == 16 && hex(id) && !secret.is_empty()).then_some((kind, id, secret))
+    (id.len() == 16 && is_hex(id) && !secret.is_empty()).then_some((kind, id, secret))
 }
 
 /// Adds `key` (a `cvk_` key an operator made, e.g. in a Kubernetes Secret) as an admin key of
@@ -56,11 +59,7 @@ fn parts(token: &str) -> Option<(&'static str, &str, &str)> {
 pub async fn bootstrap(db: &DatabaseConnection, key: &str, tenant: &str) -> Result<bool, String> {
     const STRONG: usize = 32; // hex digits: 128 bits
     let (kind, id, secret) = parts(key)
-        .filter(|(kind, _, secret)| {
-            *kind == "client"
-                && secret.len() >= STRONG
-                && secret.bytes().all(|b| b.is_ascii_hexdigit())
-        })
+        .filter(|(kind, _, secret)| *kind == "client" && secret.len() >= STRONG && is_hex(secret))
         .ok_or_else(|| {
             format!(
                 "CONVEYOR_BOOTSTRAP_KEY: not a client key: expected cvk_<16 hex digits>_<at \
@@ -68,13 +67,14 @@ pub async fn bootstrap(db: &DatabaseConnection, key: &str, tenant: &str) -> Resu
                  rand -hex 32)\"` makes"
             )
         })?;
-    let exists = |e: DbErr| format!("CONVEYOR_BOOTSTRAP_KEY: {e}");
-    if Credentials::find_by_id(id)
-        .one(db)
-        .await
-        .map_err(exists)?
-        .is_some()
-    {
+    let failed = |e: DbErr| format!("CONVEYOR_BOOTSTRAP_KEY: {e}");
+    let known = || async {
+        Credentials::find_by_id(id)
+            .one(db)
+            .await
+            .map(|r| r.is_some())
+    };
+    if known().await.map_err(failed)? {
         return Ok(false);
     }
     let row = Model {
@@ -93,15 +93,8 @@ pub async fn bootstrap(db: &DatabaseConnection, key: &str, tenant: &str) -> Resu
     match row.into_active_model().insert(db).await {
         Ok(_) => Ok(true),
         // Another replica starting at the same time added it first.
-        Err(_)
-            if Credentials::find_by_id(id)
-                .one(db)
-                .await
-                .is_ok_and(|r| r.is_some()) =>
-        {
-            Ok(false)
-        }
-        Err(e) => Err(exists(e)),
+        Err(_) if known().await.is_ok_and(|known| known) => Ok(false),
+        Err(e) => Err(failed(e)),
     }
 }
 

@@ -87,3 +87,37 @@ async fn dev_says_where_it_listens_and_where_the_dashboard_is() {
     assert!(!said.contains("lost its data"), "{said}");
     dev.start_kill().unwrap();
 }
+
+/// The README's first command: `conveyor demo` runs a job to its result on its own private
+/// Redis and server, and says where the server it warns about really listens.
+#[tokio::test]
+async fn the_demo_runs_a_job_to_its_result() {
+    let data = tempfile::tempdir().unwrap();
+    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .arg("demo")
+        .env("CONVEYOR_DATA_DIR", data.path())
+        .env("NO_COLOR", "1")
+        .env_remove("REDIS_URL")
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, run)
+        .await
+        .expect("the demo ends")
+        .unwrap();
+    let (said, result) = (
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout),
+    );
+    assert!(out.status.success(), "{said}");
+    assert!(result.contains(r#""frames":20"#), "{result}");
+    let server = said
+        .split("server at http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("the demo names its server: {said}"));
+    assert!(
+        said.contains(&format!("anyone who reaches {server} ")),
+        "{said}"
+    );
+}

@@ -71,3 +71,43 @@ async fn reflection_lists_the_services_in_both_versions() {
         }
     }
 }
+
+/// The proto is what a client author reads: it says what the server does where a client written
+/// from it alone would otherwise guess wrong (each line below was missing or wrong before).
+#[test]
+fn the_proto_says_what_the_server_does() {
+    let read = |name: &str| {
+        let path = format!("{}/proto/conveyor/v1/{name}", env!("CARGO_MANIFEST_DIR"));
+        std::fs::read_to_string(path)
+            .unwrap()
+            .replace("\n  // ", " ")
+            .replace("\n// ", " ")
+    };
+    let (jobs, workers) = (read("jobs.proto"), read("workers.proto"));
+    let says = |text: &str, what: &str| assert!(text.contains(what), "the proto must say {what:?}");
+    // WatchJob's resume gives a fresh snapshot, not the missed events.
+    assert!(!jobs.contains("events after it are sent instead of a snapshot"));
+    says(
+        &jobs,
+        "it starts with a fresh snapshot of the job as it is now, not with the events that were missed",
+    );
+    says(&jobs, "Accepts up to 1,000 jobs of one queue in one call");
+    says(
+        &jobs,
+        "FAILED_PRECONDITION when artifacts are off on this server",
+    );
+    says(
+        &jobs,
+        "FAILED_PRECONDITION when webhooks are off on this server",
+    );
+    says(&jobs, "Status codes every RPC may answer");
+    says(&workers, "this is not the job's timeout");
+    says(
+        &workers,
+        "A worker that sends nothing at all for 3 intervals is cut off",
+    );
+    says(
+        &workers,
+        "is answered on the stream by a ReportResult whose `code` says what became of it",
+    );
+}
