@@ -193,13 +193,17 @@ impl Worker {
         }
     }
 
+    /// Hello, holding the leases of the jobs still running and of those whose end waits in the
+    /// outbox: their leases are still this worker's until the server answers the report, so it
+    /// must not give them away before the report arrives.
     fn hello(&self) -> Out {
-        let held = self
-            .running
-            .iter()
-            .map(|(id, r)| proto::HeldLease {
+        let running = self.running.iter().map(|(id, r)| (id, r.token));
+        let unanswered = self.outbox.iter().map(|(id, m)| (id, token_of(m)));
+        let held = running
+            .chain(unanswered)
+            .map(|(id, token)| proto::HeldLease {
                 job_id: id.clone(),
-                token: r.token,
+                token,
             })
             .collect();
         Out::Hello(proto::Hello {
@@ -314,6 +318,16 @@ impl Worker {
             }
             Event::Progress { .. } | Event::Ask { .. } => None,
         }
+    }
+}
+
+/// The fencing token a report carries.
+fn token_of(message: &Out) -> u64 {
+    match message {
+        Out::Complete(c) => c.token,
+        Out::Fail(f) => f.token,
+        Out::Decline(d) => d.token,
+        _ => 0,
     }
 }
 

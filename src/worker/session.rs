@@ -10,7 +10,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
 
 use super::command::{self, Event};
-use super::{End, Error, Running, Worker, decline, sleep_until};
+use super::{End, Error, Running, Worker, decline, sleep_until, token_of};
 use crate::proto::{self, connect_request::Msg as Out, connect_response::Msg as In};
 
 impl Worker {
@@ -248,15 +248,6 @@ impl Worker {
                 r.message
             ),
         }
-    }
-}
-
-fn token_of(message: &Out) -> u64 {
-    match message {
-        Out::Complete(c) => c.token,
-        Out::Fail(f) => f.token,
-        Out::Decline(d) => d.token,
-        _ => 0,
     }
 }
 

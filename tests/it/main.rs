@@ -9,6 +9,7 @@ mod children;
 mod cli;
 mod clients;
 mod cost;
+mod faults;
 mod fairness;
 mod flows;
 mod follow;
