@@ -121,6 +121,18 @@ fn with_beats<T: Send + 'static>(
     })
 }
 
+/// Runs `work` to its end even when the client goes away meanwhile (gRPC drops a cancelled
+/// call's handler): a submit's row and its Redis call stand or fall together, promptly, whatever
+/// the client does.
+async fn detached<T: Send + 'static>(
+    work: impl Future<Output = Result<T, scheduler::Error>> + Send + 'static,
+) -> Result<T, Error> {
+    match tokio::spawn(work).await {
+        Ok(done) => Ok(done?),
+        Err(e) => Err(scheduler::Error::Corrupt(format!("the submit task ended: {e}")).into()),
+    }
+}
+
 /// A keep-alive event: only the job id (empty on WatchJobs) and the time; seq 0.
 fn keepalive(job_id: &str) -> proto::JobEvent {
     proto::JobEvent {
@@ -145,11 +157,8 @@ impl JobService for Jobs {
         self.quotas
             .submit(&tenant, &[(job.tier, 1)])
             .map_err(Error::RateLimited)?;
-        let (job, created) = self
-            .scheduler
-            .submit(&tenant, job)
-            .await
-            .map_err(Error::from)?;
+        let scheduler = self.scheduler.clone();
+        let (job, created) = detached(async move { scheduler.submit(&tenant, job).await }).await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(convert::job(job)),
             created,
@@ -186,11 +195,9 @@ impl JobService for Jobs {
         self.quotas
             .submit(&tenant, &Tier::count(batch.iter().map(|j| j.tier)))
             .map_err(Error::RateLimited)?;
-        let results = self
-            .scheduler
-            .submit_many(&tenant, batch)
-            .await
-            .map_err(Error::from)?;
+        let scheduler = self.scheduler.clone();
+        let submitted = detached(async move { scheduler.submit_many(&tenant, batch).await });
+        let results = submitted.await?;
         let results = results
             .into_iter()
             .map(|(job, created)| proto::SubmitJobResponse {

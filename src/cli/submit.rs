@@ -45,7 +45,8 @@ pub struct SubmitArgs {
     /// A label `key=value` (repeatable).
     #[arg(long = "label", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,
-    /// A second submit with the same key returns the first job.
+    /// A second submit with the same key returns the first job. Without one, the command makes
+    /// up its own, so that its own tries after UNAVAILABLE make one job.
     #[arg(long)]
     pub idempotency_key: Option<String>,
     /// Whom the job is for (an end user or account): within a tier, keys take turns.
@@ -152,6 +153,29 @@ async fn upload_input(
     Ok(upload.input)
 }
 
+/// How often a submit answered UNAVAILABLE is tried again, the first after 200 ms, doubling.
+const TRIES: u32 = 6;
+
+/// Submits, trying again while the server says UNAVAILABLE (Redis or the database away for a
+/// moment). Safe because the request carries an idempotency key.
+async fn submit_retrying(
+    jobs: &mut crate::client::Jobs,
+    request: proto::SubmitJobRequest,
+) -> Result<proto::SubmitJobResponse, tonic::Status> {
+    let mut wait = std::time::Duration::from_millis(200);
+    for _ in 1..TRIES {
+        match jobs.submit_job(request.clone()).await {
+            Err(s) if s.code() == tonic::Code::Unavailable => {
+                tracing::warn!("submit: {}; trying again in {wait:?}", s.message());
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            answer => return answer.map(tonic::Response::into_inner),
+        }
+    }
+    Ok(jobs.submit_job(request).await?.into_inner())
+}
+
 pub async fn run(args: SubmitArgs) -> Outcome {
     let mut jobs = args.client.jobs().await?;
     let mut inputs = Vec::with_capacity(args.inputs.len());
@@ -169,7 +193,12 @@ pub async fn run(args: SubmitArgs) -> Outcome {
         max_attempts: args.attempts,
         timeout: args.timeout.map(duration),
         backoff_initial: args.backoff.map(duration),
-        idempotency_key: args.idempotency_key.clone().unwrap_or_default(),
+        // A key of its own when none is given, so that trying again is safe: a submit Redis
+        // answered too late is the same job, not a second one.
+        idempotency_key: args
+            .idempotency_key
+            .clone()
+            .unwrap_or_else(|| format!("cli:{}", uuid::Uuid::now_v7())),
         fairness_key: args.fairness_key.clone().unwrap_or_default(),
         callback_url: args.callback_url.clone().unwrap_or_default(),
         limit_key: args.limit_key.clone().unwrap_or_default(),
@@ -190,9 +219,10 @@ pub async fn run(args: SubmitArgs) -> Outcome {
         inputs,
         ..Default::default()
     };
-    let response = jobs.submit_job(request).await?.into_inner();
+    let response = submit_retrying(&mut jobs, request).await?;
     let job = response.job.unwrap_or_default();
-    if response.created {
+    // Not created under a key of its own: an earlier try of this same command went through.
+    if response.created || args.idempotency_key.is_none() {
         println!("{}", job.id);
     } else {
         println!("{} (existing job with this idempotency key)", job.id);

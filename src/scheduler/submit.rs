@@ -1,4 +1,12 @@
-//! The transition that creates jobs: a batch of one queue in one script call.
+//! The transition that creates jobs: a batch of one queue in one script call, after their rows.
+//!
+//! A job is accepted once its row is written: the database is the system of record. When the
+//! script call then ends without an answer (a timeout, a broken connection: the script may have
+//! run or not), the rows stay and the same call is made again, marked as a repeat, until Redis
+//! answers (`submit_again`): a job Redis has already is left as it is, one whose idempotency key now
+//! names another job (the client retried meanwhile) is dropped with its row, and one Redis lacks
+//! is created. So a job is never in Redis without its row, and a retried submit with the same key
+//! ends on one job.
 
 use std::time::Duration;
 
@@ -40,6 +48,7 @@ impl Handle {
             s(tenant),
             Value::Integer(now),
             s(create),
+            s("0"), // not a repeat
             Value::Integer(limits.len() as i64 / 4),
         ]);
         args.extend(limits);
@@ -51,11 +60,6 @@ impl Handle {
             args.extend(job_args);
             sent.push(created);
         }
-        // Kept only to undo the rows if Redis fails.
-        let ids: Vec<String> = match self.history {
-            Some(_) => sent.iter().map(|j| j.id.clone()).collect(),
-            None => Vec::new(),
-        };
         // The database first: once Redis has a job a worker may run it, and an accepted job must
         // be durable. What Redis then does not take is deleted again.
         if let Some(store) = &self.history {
@@ -63,52 +67,121 @@ impl Handle {
                 .insert(sent.iter().map(durable::row).collect())
                 .await?;
         }
-        let answered = self.submit_redis(&queue, args, sent).await;
-        if let Some(store) = &self.history {
-            let unaccepted = match &answered {
-                Ok(answers) => answers
-                    .iter()
-                    .filter(|(_, created, _)| !created)
-                    .map(|(_, _, sent)| sent.clone())
-                    .collect(),
-                Err(_) => ids,
-            };
-            // Best effort: a row left behind is an unfinished job Redis never had, which a later
-            // reconciliation would restore (and run) as a job of its own.
-            if let Err(e) = store.forget(unaccepted).await {
-                tracing::warn!(error = %e, "could not delete rows of jobs Redis did not take");
+        match self.submit_redis(&queue, &mut args, sent.len()).await {
+            Ok(answers) => self.accepted(&queue, sent, answers).await,
+            Err(e) if unanswered(&e) && self.history.is_some() => {
+                tokio::spawn(self.clone().submit_again(queue, args, sent));
+                Err(e)
+            }
+            Err(e) => {
+                self.forget(sent.iter().map(|j| j.id.clone()).collect())
+                    .await;
+                Err(e)
             }
         }
-        let answered: Vec<(Job, bool)> = answered?
+    }
+
+    /// Deletes the rows of jobs Redis did not take. Best effort: a row left behind is an
+    /// unfinished job Redis never had, which a later repair would restore (and run).
+    async fn forget(&self, ids: Vec<String>) {
+        if let Some(store) = &self.history
+            && let Err(e) = store.forget(ids).await
+        {
+            tracing::warn!(error = %e, "could not delete rows of jobs Redis did not take");
+        }
+    }
+
+    /// What Redis answered for the `sent` jobs (`None`: created as sent; else the job it repeats):
+    /// the rows of jobs it did not take go, and created jobs are counted and, when they wait for
+    /// others, registered with them. Per job: the job, and whether it was created.
+    async fn accepted(
+        &self,
+        queue: &str,
+        sent: Vec<Job>,
+        answers: Vec<Option<Job>>,
+    ) -> Result<Vec<(Job, bool)>, Error> {
+        // A job answered under its own id is one a repeated call found in place: its row stays,
+        // and it is registered with its dependencies as a created one is (registering twice
+        // is harmless; the call that created it may not have got that far).
+        let mut forget = Vec::new();
+        let mut register = Vec::new();
+        let answered: Vec<(Job, bool)> = sent
             .into_iter()
-            .map(|(job, created, _)| (job, created))
+            .zip(answers)
+            .map(|(job, answer)| {
+                let (job, created, ours) = match answer {
+                    None => (job, true, true),
+                    Some(first) if first.id == job.id => (first, false, true),
+                    Some(first) => {
+                        forget.push(job.id);
+                        (first, false, false)
+                    }
+                };
+                if ours && job.state == JobState::Waiting {
+                    register.push(job.clone());
+                }
+                (job, created)
+            })
             .collect();
+        if !forget.is_empty() {
+            self.forget(forget).await;
+        }
         let created = answered.iter().filter(|(_, created)| *created);
         for (tier, n) in super::Tier::count(created.map(|(job, _)| job.tier)) {
-            super::metered::submitted(&queue, tier, n as u64);
+            super::metered::submitted(queue, tier, n as u64);
         }
-        for (job, created) in &answered {
-            if *created && job.state == JobState::Waiting {
-                self.register(job).await?;
-            }
+        for job in &register {
+            self.register(job).await?;
         }
         Ok(answered)
     }
 
-    /// Runs `submit.lua`; per job: the job, whether it was created, and the id that was sent.
+    /// Makes a submit call that went without an answer again, as a repeat, until Redis answers
+    /// (see the module comment). Gives up after `RESOLVE_FOR`: the rows stay, and the repair
+    /// restores what Redis lacks.
+    async fn submit_again(self, queue: String, mut args: Vec<Value>, sent: Vec<Job>) {
+        args[4] = s("1"); // a repeat
+        let until = tokio::time::Instant::now() + RESOLVE_FOR;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            tokio::time::sleep(wait).await;
+            match self.submit_redis(&queue, &mut args, sent.len()).await {
+                Ok(answers) => {
+                    if let Err(e) = self.accepted(&queue, sent, answers).await {
+                        tracing::warn!(error = %e, queue, "registering resolved jobs failed");
+                    }
+                    return;
+                }
+                Err(e) if unanswered(&e) && tokio::time::Instant::now() < until => {
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                }
+                // Redis lost its data: the restore brings the rows back.
+                Err(Error::Restoring) => return,
+                Err(e) if unanswered(&e) => {
+                    tracing::warn!(error = %e, queue, "submit still unresolved; the repair takes it over");
+                    return;
+                }
+                // Refused outright (its idempotency key is another payload's now): not accepted.
+                Err(e) => {
+                    tracing::warn!(error = %e, queue, "a submit Redis did not answer was refused when made again");
+                    self.forget(sent.iter().map(|j| j.id.clone()).collect())
+                        .await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Runs `submit.lua` for `count` jobs; per job, `None` when it was created as sent, or the
+    /// job it repeats. `args` stays the caller's, to make the call again.
     async fn submit_redis(
         &self,
         queue: &str,
-        mut args: Vec<Value>,
-        sent: Vec<Job>,
-    ) -> Result<Vec<(Job, bool, String)>, Error> {
-        let mut reply = call(
-            &self.redis,
-            &self.scripts.submit,
-            keys::all(queue),
-            args.clone(),
-        )
-        .await?;
+        args: &mut [Value],
+        count: usize,
+    ) -> Result<Vec<Option<Job>>, Error> {
+        let script = &self.scripts.submit;
+        let mut reply = call(&self.redis, script, keys::all(queue), args.to_vec()).await?;
         if is_no_queue(&reply) {
             // New to this Redis: a new queue if the reconciler's marker is there, else Redis
             // lost its data and the restore is not done.
@@ -116,27 +189,33 @@ impl Handle {
                 return Err(Error::Restoring);
             }
             args[3] = s("1");
-            reply = call(&self.redis, &self.scripts.submit, keys::all(queue), args).await?;
+            reply = call(&self.redis, script, keys::all(queue), args.to_vec()).await?;
         }
         let Some(Value::Array(answers)) = accept(reply)?.into_iter().next() else {
             return Err(Error::Corrupt("submit reply has no jobs".into()));
         };
-        if answers.len() != sent.len() {
+        if answers.len() != count {
             return Err(Error::Corrupt(
                 "submit answered another number of jobs".into(),
             ));
         }
-        sent.into_iter()
-            .zip(answers)
-            .map(|(job, answer)| {
-                let id = job.id.clone();
-                match answer {
-                    Value::Integer(1) => Ok((job, true, id)),
-                    first => Ok((Job::from_fields(first)?, false, id)),
-                }
+        answers
+            .into_iter()
+            .map(|answer| match answer {
+                Value::Integer(1) => Ok(None),
+                first => Job::from_fields(first).map(Some),
             })
             .collect()
     }
+}
+
+/// How long a submit call without an answer is made again before the repair takes it over.
+const RESOLVE_FOR: Duration = Duration::from_secs(600);
+
+/// Whether a submit call may or may not have run: Redis gave no answer (a timeout, a broken
+/// connection), as opposed to a refusal.
+fn unanswered(e: &Error) -> bool {
+    matches!(e, Error::Redis(_) | Error::Corrupt(_))
 }
 
 fn is_no_queue(reply: &Value) -> bool {

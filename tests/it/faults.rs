@@ -74,3 +74,140 @@ async fn a_worker_back_within_the_grace_keeps_the_results_it_could_not_report() 
     );
     worker.start_kill().unwrap();
 }
+
+/// Redis stalls past the server's timeout while it has a submit's script queued: the client is
+/// told UNAVAILABLE, but Redis creates the job when it wakes. The job's row stays (before, it was
+/// deleted, so the job lived in Redis alone and was lost with it), a retry with the same key
+/// ends on that one job, and after Redis restarts empty the job comes back from its row.
+#[tokio::test]
+async fn a_submit_redis_answers_too_late_is_one_durable_job() {
+    harness::logs();
+    let mut redis = Redis::start().await;
+    let config = harness::config(&redis); // Redis calls time out after 1 s
+    let url = config.database_url.clone().unwrap();
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    // The queue exists and the script is loaded: what is left is the stall.
+    submit_job(&mut jobs, submit("render", "{}")).await;
+    let mut keyed = submit("render", r#"{"video":"a.mp4"}"#);
+    keyed.idempotency_key = "render-a".into();
+    let stall = redis.stall(Duration::from_millis(2500)).await;
+    let refused = jobs.submit_job(keyed.clone()).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::Unavailable,
+        "the stall covers the submit"
+    );
+    stall.await.unwrap();
+    // The client retries with its key, and gets the job the stalled call made.
+    let again = jobs.submit_job(keyed).await.unwrap().into_inner();
+    let job = again.job.unwrap();
+    assert!(!again.created, "the stalled call made it");
+    let store = conveyor::history::Store::open(&url, Default::default())
+        .await
+        .unwrap();
+    eventually("one row for the key, the job's", || async {
+        let row = store.get(&job.id).await.ok()??;
+        (row.idempotency_key == "render-a").then_some(())
+    })
+    .await;
+    // Redis loses everything: the job comes back from its row.
+    redis.kill().await;
+    redis.restart().await;
+    let back = eventually("the job back from the database", || {
+        let mut jobs = jobs.clone();
+        let id = job.id.clone();
+        async move { jobs.get_job(proto::GetJobRequest { job_id: id }).await.ok() }
+    })
+    .await
+    .into_inner()
+    .job
+    .unwrap();
+    assert_eq!(back.state, JobState::Queued as i32);
+}
+
+/// The client gives up while its submit waits on the database: the submit still finishes as a
+/// unit, promptly (its job in Redis as in SQL), and a retry with the same key finds that job.
+/// Before, the cancelled call left a row that no Redis job matched, for the repair to run
+/// minutes later beside the retry's own job.
+#[tokio::test]
+async fn a_submit_the_client_gave_up_on_finishes_as_a_unit() {
+    use sea_orm::{ConnectionTrait, TransactionTrait};
+    harness::logs();
+    let redis = Redis::start().await;
+    let config = harness::config(&redis);
+    let url = config.database_url.clone().unwrap();
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    submit_job(&mut jobs, submit("render", "{}")).await;
+    // Another writer holds SQLite's write lock: the submit's insert waits for it.
+    let db = conveyor::history::connect(&url).await.unwrap();
+    let txn = db.begin().await.unwrap();
+    txn.execute_unprepared("DELETE FROM conveyor_migration_lock")
+        .await
+        .unwrap();
+    let mut keyed = submit("render", r#"{"video":"b.mp4"}"#);
+    keyed.idempotency_key = "render-b".into();
+    let mut request = tonic::Request::new(keyed.clone());
+    request.set_timeout(Duration::from_millis(500));
+    let gave_up = jobs.submit_job(request).await.unwrap_err();
+    assert!(
+        matches!(
+            gave_up.code(),
+            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
+        ),
+        "{gave_up:?}"
+    );
+    txn.commit().await.unwrap();
+    let key = "cv:{render}:idem:default:render-b";
+    let id = eventually("the submit to reach Redis", || async {
+        let reply = redis.command(&["GET", key]).await?;
+        let id = reply.lines().nth(1)?.to_string();
+        (!id.is_empty()).then_some(id)
+    })
+    .await;
+    let again = jobs.submit_job(keyed).await.unwrap().into_inner();
+    assert_eq!((again.job.unwrap().id, again.created), (id, false));
+}
+
+/// `conveyor submit` keys its submit itself and tries again while the server says UNAVAILABLE:
+/// through a Redis stall longer than the server's timeout, it makes exactly one job.
+#[tokio::test]
+async fn the_cli_submits_once_however_often_it_tries() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let server = Server::start(harness::config(&redis)).await;
+    let mut jobs = server.jobs().await;
+    submit_job(&mut jobs, submit("clip", "{}")).await;
+    let stall = redis.stall(Duration::from_millis(2500)).await;
+    let out = Command::new(BIN)
+        .args(["submit", "--addr", &server.addr, "--queue", "clip", "{}"])
+        .output()
+        .await
+        .unwrap();
+    stall.await.unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{said}");
+    assert!(
+        said.contains("trying again"),
+        "the stall covered a try: {said}"
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert_eq!(get(&mut jobs, &id).await.state, JobState::Queued as i32);
+    let list = proto::ListJobsRequest {
+        queue: "clip".into(),
+        ..Default::default()
+    };
+    // The history comes to list what Redis holds, the first job and this one, and no third:
+    // the rows of the tries Redis answered too late go once they are resolved.
+    let listed = eventually("the history to list the two jobs", || {
+        let mut jobs = jobs.clone();
+        let list = list.clone();
+        async move {
+            let page = jobs.list_jobs(list).await.ok()?.into_inner().jobs;
+            (page.len() == 2).then_some(page)
+        }
+    })
+    .await;
+    assert!(listed.iter().any(|j| j.id == id));
+}

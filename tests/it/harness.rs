@@ -67,6 +67,9 @@ fn spawn_redis(port: u16, dir: Option<&std::path::Path>) -> tokio::process::Chil
         &port.to_string(),
         "--save",
         "",
+        // DEBUG SLEEP stalls it in the fault tests.
+        "--enable-debug-command",
+        "local",
     ]);
     match dir {
         Some(dir) => command.args(["--appendonly", "yes", "--dir"]).arg(dir),
@@ -115,6 +118,22 @@ impl Redis {
     async fn ping(&self) -> Option<()> {
         let reply = self.command(&["PING"]).await?;
         (reply == "+PONG\r\n").then_some(())
+    }
+
+    /// Stalls the server for `how_long` (DEBUG SLEEP): every client waits, as behind a slow disk
+    /// or a long command. Returns once the command is sent; the task ends with the stall.
+    pub async fn stall(&self, how_long: Duration) -> JoinHandle<()> {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).await.unwrap();
+        let seconds = format!("{:.3}", how_long.as_secs_f64());
+        let command = format!(
+            "*3\r\n$5\r\nDEBUG\r\n$5\r\nSLEEP\r\n${}\r\n{seconds}\r\n",
+            seconds.len()
+        );
+        stream.write_all(command.as_bytes()).await.unwrap();
+        tokio::spawn(async move {
+            let mut reply = [0u8; 16];
+            let _ = stream.read(&mut reply).await;
+        })
     }
 
     /// Sends one command and returns the raw RESP reply (enough for tests).

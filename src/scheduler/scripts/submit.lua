@@ -16,8 +16,11 @@
 -- registers it with each dependency (register.lua).
 -- In a queue a WatchJobs stream follows (see common.lua), each new job is marked `qw` and
 -- announced with an event of seq 0 that carries the job (its payload aside).
--- ARGV prefix tenant now create(0|1) nlimits, then the queue's key limits as lease.lua takes
---   them (4 per limit), then 22 per job: id tier priority payload ctype labels
+-- A repeat (`repeat` 1: the caller's earlier call with these same jobs went without an answer)
+-- treats a job that exists already as its own repeat: made again, the call changes nothing the
+-- first one did.
+-- ARGV prefix tenant now create(0|1) repeat(0|1) nlimits, then the queue's key limits as
+--   lease.lua takes them (4 per limit), then 22 per job: id tier priority payload ctype labels
 --   max_attempts backoff_initial backoff_max timeout idem run_at fairness_key callback_url
 --   limit_key on_success parent_id depends_on(JSON array or '') if_dependency_fails('cancel'|'')
 --   keep('1'|'') inputs(JSON array or '') trace_context(W3C traceparent or '')
@@ -25,8 +28,9 @@
 --   1 when it was created as sent (the caller knows its fields), or the first job's {field, value...}
 local prefix, tenant, now = ARGV[1], ARGV[2], tonumber(ARGV[3])
 local PER_JOB = 22
-local FIRST = 6 + 4 * tonumber(ARGV[5])
-local limit_of = key_limits(6, FIRST - 1)
+local FIRST = 7 + 4 * tonumber(ARGV[6])
+local limit_of = key_limits(7, FIRST - 1)
+local again = ARGV[5] == '1'
 local queue = string.sub(prefix, 5, -3)
 if ARGV[4] ~= '1' and redis.call('EXISTS', prefix .. 'ok') == 0 then return { 'NO_QUEUE' } end
 
@@ -37,7 +41,9 @@ local fresh = 0
 for i = FIRST, #ARGV, PER_JOB do
   local id, payload, idem = ARGV[i], ARGV[i + 3], ARGV[i + 10]
   local earlier = nil
-  if idem ~= '' then
+  if again and redis.call('EXISTS', prefix .. 'job:' .. id) == 1 then
+    first[i] = id
+  elseif idem ~= '' then
     local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
     earlier = seen[idem]
     if not earlier then
