@@ -199,6 +199,11 @@ pub struct Config {
     /// Connections to the database.
     #[arg(long, env = "CONVEYOR_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+    /// How long a call waits for the database (a connection, a submit's insert, the readiness
+    /// ping) before it answers UNAVAILABLE; a submit's insert goes on meanwhile and its job is
+    /// submitted once it lands. Default 2s.
+    #[arg(long, env = "CONVEYOR_DB_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    pub db_timeout: Duration,
     /// How long transitions gather before the history writer writes them in one transaction.
     #[arg(long, env = "CONVEYOR_HISTORY_FLUSH", default_value = "100ms", value_parser = parse_duration)]
     pub history_flush: Duration,
@@ -428,6 +433,7 @@ impl Config {
         history::Options {
             pool: self.db_pool,
             flush_every: self.history_flush,
+            timeout: self.db_timeout,
         }
     }
 

@@ -4,7 +4,7 @@
 //!
 //! It speaks in rows, not in the scheduler's types: the scheduler converts (`scheduler/durable.rs`).
 
-mod commit;
+pub mod commit;
 pub mod entity;
 mod sql;
 pub mod stats;
@@ -58,6 +58,8 @@ pub struct Options {
     pub pool: u32,
     /// How long changes gather before the writer writes them in one transaction.
     pub flush_every: Duration,
+    /// How long a caller waits for the database: a connection, an insert, a ping.
+    pub timeout: Duration,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
         Self {
             pool: 16,
             flush_every: Duration::from_millis(100),
+            timeout: Duration::from_secs(2),
         }
     }
 }
@@ -97,6 +100,15 @@ pub struct Store {
     db: DatabaseConnection,
     commits: commit::Handle,
     writer: writer::Handle,
+    /// How long a caller waits for the database (`Options::timeout`).
+    timeout: Duration,
+}
+
+/// Why `Store::insert` returned without its rows committed.
+pub enum Inserting {
+    Failed(Error),
+    /// No answer within the timeout; the commit goes on, and this says how it ends.
+    Slow(commit::Committed),
 }
 
 /// The SQL condition of a row whose job has not finished: its state is not terminal. The
@@ -114,8 +126,8 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, Error> {
 async fn connect_with(url: &str, options: &Options) -> Result<DatabaseConnection, Error> {
     let mut opts = ConnectOptions::new(url);
     opts.max_connections(options.pool)
-        .connect_timeout(Duration::from_secs(10))
-        .acquire_timeout(Duration::from_secs(10))
+        .connect_timeout(options.timeout)
+        .acquire_timeout(options.timeout)
         .sqlx_logging(false);
     // SQLite: one writer at a time; WAL lets reads go on meanwhile, and a writer waits its turn
     // instead of failing with SQLITE_BUSY.
@@ -189,6 +201,7 @@ impl Store {
             db,
             commits,
             writer,
+            timeout: options.timeout,
         })
     }
 
@@ -198,10 +211,21 @@ impl Store {
     }
 
     /// Whether the database answers (the readiness check).
+    /// Whether the database answers within the timeout (a database that hangs answers nothing).
     pub async fn ping(&self) -> Result<(), Error> {
-        let ping = self.db.ping();
-        crate::metrics::timed(&crate::metrics::get().db_calls, "ping", ping).await?;
-        Ok(())
+        let ping = tokio::time::timeout(self.timeout, self.db.ping());
+        match crate::metrics::timed(&crate::metrics::get().db_calls, "ping", ping).await {
+            Ok(answered) => Ok(answered?),
+            Err(_) => Err(Error::Db(DbErr::Custom(format!(
+                "no answer within {:?}",
+                self.timeout
+            )))),
+        }
+    }
+
+    /// How long a caller waits for the database.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn backend(&self) -> DbBackend {
@@ -209,10 +233,18 @@ impl Store {
     }
 
     /// Commits new jobs (and their labels), in one transaction with whatever other submits
-    /// arrive meanwhile (`commit.rs`).
-    pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), Error> {
-        let insert = self.commits.insert(rows);
-        Ok(crate::metrics::timed(&crate::metrics::get().db_calls, "insert", insert).await?)
+    /// arrive meanwhile (`commit.rs`). `Err(Slow(...))` when the database has not answered
+    /// within the timeout: the commit goes on, and the handed-back answer says how it ended.
+    pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), Inserting> {
+        let start = std::time::Instant::now();
+        let mut committed = self.commits.insert(rows);
+        let answer = tokio::time::timeout(self.timeout, &mut committed).await;
+        let db_calls = &crate::metrics::get().db_calls;
+        crate::metrics::observe(db_calls, "insert", start.elapsed());
+        match answer {
+            Ok(result) => result.map_err(|e| Inserting::Failed(e.into())),
+            Err(_) => Err(Inserting::Slow(committed)),
+        }
     }
 
     /// Deletes jobs that `insert` wrote but Redis did not take (an idempotent repeat, or Redis

@@ -123,14 +123,48 @@ fn with_beats<T: Send + 'static>(
 
 /// Runs `work` to its end even when the client goes away meanwhile (gRPC drops a cancelled
 /// call's handler): a submit's row and its Redis call stand or fall together, promptly, whatever
-/// the client does.
+/// the client does. The client hears UNAVAILABLE before its own deadline (`grpc-timeout`) if the
+/// work is not done by then; the work goes on.
 async fn detached<T: Send + 'static>(
+    budget: Option<Duration>,
     work: impl Future<Output = Result<T, scheduler::Error>> + Send + 'static,
 ) -> Result<T, Error> {
-    match tokio::spawn(work).await {
+    let task = tokio::spawn(work);
+    let joined = match budget {
+        Some(budget) => match tokio::time::timeout(budget, task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                return Err(Error::Unavailable(format!(
+                    "not done within the call's deadline ({budget:?} of it); it goes on: \
+                     retry with the same idempotency key to learn its job"
+                )));
+            }
+        },
+        None => task.await,
+    };
+    match joined {
         Ok(done) => Ok(done?),
         Err(e) => Err(scheduler::Error::Corrupt(format!("the submit task ended: {e}")).into()),
     }
+}
+
+/// How long a handler may take so its answer reaches the client before the call's deadline
+/// (`grpc-timeout`): nine tenths of it, at least 20 ms short of it.
+fn answer_within(metadata: &tonic::metadata::MetadataMap) -> Option<Duration> {
+    let text = metadata.get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = text.split_at_checked(text.len().checked_sub(1)?)?;
+    let n: u64 = digits.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    };
+    let margin = (timeout / 10).max(Duration::from_millis(20));
+    Some(timeout.saturating_sub(margin))
 }
 
 /// A keep-alive event: only the job id (empty on WatchJobs) and the time; seq 0.
@@ -151,6 +185,7 @@ impl JobService for Jobs {
     ) -> Result<Response<proto::SubmitJobResponse>, Status> {
         let tenant = caller(&request)?.tenant;
         let trace_context = telemetry::job_trace_context(request.metadata().as_ref());
+        let budget = answer_within(request.metadata());
         let mut job = validate::submit(request.into_inner(), &self.limits)?;
         job.trace_context = trace_context;
         self.check_references(&tenant, &job).await?;
@@ -158,7 +193,8 @@ impl JobService for Jobs {
             .submit(&tenant, &[(job.tier, 1)])
             .map_err(Error::RateLimited)?;
         let scheduler = self.scheduler.clone();
-        let (job, created) = detached(async move { scheduler.submit(&tenant, job).await }).await?;
+        let submitted = async move { scheduler.submit(&tenant, job).await };
+        let (job, created) = detached(budget, submitted).await?;
         Ok(Response::new(proto::SubmitJobResponse {
             job: Some(convert::job(job)),
             created,
@@ -171,6 +207,7 @@ impl JobService for Jobs {
     ) -> Result<Response<proto::SubmitJobsResponse>, Status> {
         let tenant = caller(&request)?.tenant;
         let trace_context = telemetry::job_trace_context(request.metadata().as_ref());
+        let budget = answer_within(request.metadata());
         let requests = request.into_inner().jobs;
         if requests.is_empty() || requests.len() > MAX_BATCH {
             let n = requests.len();
@@ -196,8 +233,8 @@ impl JobService for Jobs {
             .submit(&tenant, &Tier::count(batch.iter().map(|j| j.tier)))
             .map_err(Error::RateLimited)?;
         let scheduler = self.scheduler.clone();
-        let submitted = detached(async move { scheduler.submit_many(&tenant, batch).await });
-        let results = submitted.await?;
+        let submitted = async move { scheduler.submit_many(&tenant, batch).await };
+        let results = detached(budget, submitted).await?;
         let results = results
             .into_iter()
             .map(|(job, created)| proto::SubmitJobResponse {

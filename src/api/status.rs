@@ -21,6 +21,9 @@ pub enum Error {
     /// Over the tenant's submit rate; the caller may retry after the delay.
     #[error("over this tenant's submit rate; retry in {0:?}")]
     RateLimited(Duration),
+    /// Not done in time; the client may retry.
+    #[error("{0}")]
+    Unavailable(String),
     #[error(transparent)]
     Scheduler(#[from] scheduler::Error),
     #[error(transparent)]
@@ -40,6 +43,7 @@ impl From<Error> for Status {
             Error::FailedPrecondition(m) => Status::failed_precondition(m),
             Error::PermissionDenied(m) => Status::permission_denied(m),
             Error::Exhausted(m) => Status::resource_exhausted(m),
+            Error::Unavailable(m) => Status::unavailable(m),
             e @ Error::RateLimited(delay) => {
                 // google.rpc.RetryInfo in grpc-status-details-bin: clients back off that long.
                 let details = ErrorDetails::with_retry_info(Some(delay));

@@ -3,7 +3,9 @@
 //! behind each other's commits. A group forms while the previous ones are being committed.
 
 use std::collections::BTreeMap;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use sea_orm::{DatabaseConnection, DbErr, EntityTrait, TransactionTrait};
 use tokio::sync::{Semaphore, mpsc, oneshot};
@@ -24,12 +26,27 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Returns once the rows are committed, with the group they went in.
-    pub async fn insert(&self, rows: Vec<jobs::Model>) -> Result<(), DbErr> {
+    /// Hands the rows to the committer: they go in the next group. The answer says when (and
+    /// whether) they were committed; a caller may stop waiting for it and pick it up later.
+    pub fn insert(&self, rows: Vec<jobs::Model>) -> Committed {
         let (done, answer) = oneshot::channel();
-        let gone = || DbErr::Custom("the history committer stopped".into());
-        self.tx.send(Request { rows, done }).map_err(|_| gone())?;
-        answer.await.map_err(|_| gone())?.map_err(DbErr::Custom)
+        // A committer that stopped drops the request, and with it the sender: the answer says so.
+        let _ = self.tx.send(Request { rows, done });
+        Committed(answer)
+    }
+}
+
+/// Whether a group with the rows was committed.
+pub struct Committed(oneshot::Receiver<Result<(), String>>);
+
+impl Future for Committed {
+    type Output = Result<(), DbErr>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx).map(|answer| match answer {
+            Ok(result) => result.map_err(DbErr::Custom),
+            Err(_) => Err(DbErr::Custom("the history committer stopped".into())),
+        })
     }
 }
 

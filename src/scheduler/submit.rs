@@ -17,6 +17,7 @@ use super::scripts::call;
 use super::{
     Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, durable, keys, now_ms, s,
 };
+use crate::history;
 
 impl Handle {
     /// Creates a job, or returns the tenant's existing one with the same idempotency key
@@ -63,9 +64,19 @@ impl Handle {
         // The database first: once Redis has a job a worker may run it, and an accepted job must
         // be durable. What Redis then does not take is deleted again.
         if let Some(store) = &self.history {
-            store
-                .insert(sent.iter().map(durable::row).collect())
-                .await?;
+            match store.insert(sent.iter().map(durable::row).collect()).await {
+                Ok(()) => {}
+                Err(history::Inserting::Failed(e)) => return Err(e.into()),
+                // The database is slow or away: the caller hears so in time, and the jobs are
+                // submitted once (if) their rows land.
+                Err(history::Inserting::Slow(committed)) => {
+                    let timeout = store.timeout();
+                    tokio::spawn(self.clone().once_committed(committed, queue, args, sent));
+                    return Err(Error::History(format!(
+                        "the database did not answer within {timeout:?}"
+                    )));
+                }
+            }
         }
         match self.submit_redis(&queue, &mut args, sent.len()).await {
             Ok(answers) => self.accepted(&queue, sent, answers).await,
@@ -77,6 +88,22 @@ impl Handle {
                 self.forget(sent.iter().map(|j| j.id.clone()).collect())
                     .await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Submits jobs whose rows landed after their caller stopped waiting; nothing if they did not.
+    async fn once_committed(
+        self,
+        committed: history::commit::Committed,
+        queue: String,
+        args: Vec<Value>,
+        sent: Vec<Job>,
+    ) {
+        match committed.await {
+            Ok(()) => self.submit_again(queue, args, sent).await,
+            Err(e) => {
+                tracing::warn!(error = %e, queue, "a slow insert failed; its jobs were not accepted")
             }
         }
     }

@@ -211,3 +211,83 @@ async fn the_cli_submits_once_however_often_it_tries() {
     .await;
     assert!(listed.iter().any(|j| j.id == id));
 }
+
+/// The database hangs (frozen: it takes connections and answers nothing). A submit hears
+/// UNAVAILABLE within the database timeout (2 s), or before its own shorter deadline; readiness
+/// turns NOT_SERVING within seconds; once the database is back, the submit that waited lands as
+/// one job. Before, a submit waited as long as the database hung and the readiness check with it.
+#[tokio::test]
+async fn a_hung_database_costs_a_submit_seconds() {
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    harness::logs();
+    let postgres = crate::postgres::Postgres::start();
+    let redis = Redis::start().await;
+    let mut config = harness::config(&redis);
+    config.database_url = Some(postgres.url("sslmode=disable"));
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    submit_job(&mut jobs, submit("render", "{}")).await;
+    postgres.freeze();
+    let mut keyed = submit("render", r#"{"video":"c.mp4"}"#);
+    keyed.idempotency_key = "while-frozen".into();
+    let mut request = tonic::Request::new(keyed.clone());
+    request.set_timeout(Duration::from_secs(8));
+    let began = tokio::time::Instant::now();
+    let refused = jobs.submit_job(request).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(
+        began.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        began.elapsed()
+    );
+    // A deadline shorter than the database timeout: UNAVAILABLE still, before the deadline.
+    let mut short = tonic::Request::new(submit("render", "{}"));
+    short.set_timeout(Duration::from_secs(1));
+    let refused = jobs.submit_job(short).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    let health = HealthClient::new(server.channel().await);
+    eventually("readiness to drop", || {
+        let mut health = health.clone();
+        async move {
+            let status = health.check(HealthCheckRequest::default()).await.ok()?;
+            (status.into_inner().status == 2).then_some(())
+        }
+    })
+    .await;
+    postgres.thaw();
+    eventually("readiness to come back", || {
+        let mut health = health.clone();
+        async move {
+            let status = health.check(HealthCheckRequest::default()).await.ok()?;
+            (status.into_inner().status == 1).then_some(())
+        }
+    })
+    .await;
+    // The keyed submit that waited is one job, in the database and in Redis.
+    let store =
+        conveyor::history::Store::open(&postgres.url("sslmode=disable"), Default::default())
+            .await
+            .unwrap();
+    let again = jobs
+        .submit_job(keyed)
+        .await
+        .unwrap()
+        .into_inner()
+        .job
+        .unwrap();
+    eventually("one row for the key", || async {
+        use conveyor::history::entity::jobs::{Column, Entity};
+        use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+        let rows = Entity::find()
+            .filter(Column::IdempotencyKey.eq("while-frozen"))
+            .count(store.db())
+            .await
+            .ok()?;
+        (rows == 1).then_some(())
+    })
+    .await;
+    assert_eq!(
+        get(&mut jobs, &again.id).await.state,
+        JobState::Queued as i32
+    );
+}

@@ -19,6 +19,7 @@ mod history;
 mod jobs;
 mod limits;
 mod ops;
+mod postgres;
 mod postgres_tls;
 mod process;
 mod queues;
