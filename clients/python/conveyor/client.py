@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import urllib.request
+import uuid
 from typing import Iterator, Mapping, Optional, Sequence, Union
 
 import grpc
@@ -75,11 +77,28 @@ def _payload(payload: Payload) -> tuple[bytes, str]:
 
 class Client:
     """JobService for one caller. `address` defaults to CONVEYOR_ADDR or 127.0.0.1:50051, `key`
-    to CONVEYOR_KEY."""
+    to CONVEYOR_KEY.
 
-    def __init__(self, address: Optional[str] = None, key: Optional[str] = None):
+    Submits are safe to retry: one without an idempotency key gets one of its own (`py:` and a
+    random hex), and a submit answered UNAVAILABLE is tried again with the same request, up to
+    `submit_retries` times, the first after `submit_backoff` seconds, doubling. With
+    `submit_timeout` (seconds), the tries and the waits between them together take no longer:
+    each try's deadline is what is left, and no wait runs past it. The last error is raised."""
+
+    def __init__(self, address: Optional[str] = None, key: Optional[str] = None, *,
+                 submit_retries: int = 5, submit_backoff: float = 0.2,
+                 submit_timeout: Optional[float] = None):
+        if submit_retries < 0:
+            raise ValueError("submit_retries must be 0 or more")
+        if submit_backoff < 0:
+            raise ValueError("submit_backoff must be 0 or more")
+        if submit_timeout is not None and submit_timeout <= 0:
+            raise ValueError("submit_timeout must be more than 0")
         address = address or os.environ.get("CONVEYOR_ADDR", "127.0.0.1:50051")
         key = key or os.environ.get("CONVEYOR_KEY")
+        self.submit_retries = submit_retries
+        self.submit_backoff = submit_backoff
+        self.submit_timeout = submit_timeout
         self._channel = channel(address, key)
         self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
 
@@ -97,7 +116,9 @@ class Client:
                idempotency_key: str = "", inputs: Sequence[str] = (), keep: bool = False,
                **fields) -> pb.Job:
         """Submits a job and answers at once with it (QUEUED, or the first job of a repeated
-        idempotency key). Other SubmitJobRequest fields go in `fields`."""
+        idempotency key). Other SubmitJobRequest fields go in `fields` (`on_success` follow-ups
+        included: they are sent as given, with no key). Without `idempotency_key` the submit gets
+        a key of its own and UNAVAILABLE is retried (see `Client`), so one call is one job."""
         data, content_type = _payload(payload)
         request = pb.SubmitJobRequest(
             queue=queue, payload=data, content_type=content_type, tier=TIERS[tier],
@@ -105,7 +126,48 @@ class Client:
             keep=keep, **fields)
         if priority is not None:
             request.priority = priority
-        return self.jobs.SubmitJob(request).job
+        return self.submit_job(request).job
+
+    def submit_job(self, request: pb.SubmitJobRequest,
+                   metadata: Optional[Sequence[tuple[str, str]]] = None) -> pb.SubmitJobResponse:
+        """SubmitJob with a request built by hand (and call `metadata`, e.g. `traceparent`), made
+        safe to retry as `submit` is: an unkeyed request is sent with a key of its own (the
+        caller's request is not changed; the answer's `job.idempotency_key` shows the key), and
+        UNAVAILABLE is retried with the same request. Follow-ups (`on_success`) get no key: the
+        server derives theirs. Under a key of its own, `created` is True even when a later try
+        found the job an earlier try made (the server answered that try too late): the call made
+        one job. Under the caller's key, `created` is what the server answered."""
+        own_key = not request.idempotency_key
+        if own_key:
+            keyed = pb.SubmitJobRequest()
+            keyed.CopyFrom(request)
+            keyed.idempotency_key = f"py:{uuid.uuid4().hex}"
+            request = keyed
+        response = self._retrying(self.jobs.SubmitJob, request, metadata)
+        if own_key:
+            response.created = True
+        return response
+
+    def _retrying(self, method, request, metadata):
+        """Calls `method` until it answers something other than UNAVAILABLE, at most
+        `submit_retries` times more, waiting `submit_backoff` seconds and doubling, within
+        `submit_timeout`; raises the last error."""
+        deadline = None if self.submit_timeout is None else time.monotonic() + self.submit_timeout
+        wait = self.submit_backoff
+        retries = 0
+        while True:
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            try:
+                return method(request, timeout=timeout, metadata=metadata)
+            except grpc.RpcError as error:
+                code = error.code() if isinstance(error, grpc.Call) else None
+                if code != grpc.StatusCode.UNAVAILABLE or retries >= self.submit_retries:
+                    raise
+                if deadline is not None and time.monotonic() + wait >= deadline:
+                    raise
+            time.sleep(wait)
+            wait *= 2
+            retries += 1
 
     def get(self, job_id: str) -> pb.Job:
         return self.jobs.GetJob(pb.GetJobRequest(job_id=job_id)).job
