@@ -125,6 +125,12 @@ enum Command {
         queue: String,
         result: Result<Leased, scheduler::Error>,
     },
+    /// What a lease call that went without an answer left behind was put back (`unlease`).
+    Unleased {
+        queue: String,
+        session: String,
+        result: Result<usize, scheduler::Error>,
+    },
     Lost {
         ids: Vec<String>,
     },

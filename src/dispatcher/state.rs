@@ -40,6 +40,9 @@ struct Queue {
     /// When the queue next needs a sweep: a lease deadline or an expiry the last sweep saw, or
     /// the safety interval for a queue served here.
     next_check_ms: Option<i64>,
+    /// Sessions whose lease call went without an answer: what it may have leased to them is put
+    /// back before the next lease call (`unlease`).
+    unlease: Vec<String>,
 }
 
 impl Queue {
@@ -144,6 +147,11 @@ impl State {
                 result,
             } => self.leased(queue, session, reserved, news, began, result),
             Command::Swept { queue, result } => self.swept(queue, result),
+            Command::Unleased {
+                queue,
+                session,
+                result,
+            } => self.unleased(queue, session, result),
             Command::Lost { ids } => {
                 let lost: HashSet<String> = ids.into_iter().collect();
                 self.stop_jobs(

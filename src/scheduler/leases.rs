@@ -421,6 +421,42 @@ impl Handle {
         Ok(())
     }
 
+    /// Puts back the jobs a lease call that went without an answer may have leased to
+    /// `session`: its running jobs in `queue` other than `held` (`unlease.lua`). Their attempts
+    /// do not count. Returns how many went back.
+    pub async fn unlease(
+        &self,
+        queue: &str,
+        session: &str,
+        held: &[String],
+    ) -> Result<usize, Error> {
+        let mut args = vec![
+            s(keys::prefix(queue)),
+            Value::Integer(now_ms()),
+            self.retention(queue),
+            s(session),
+        ];
+        args.extend(held.iter().map(|id| s(id.as_str())));
+        let back: Vec<(String, String)> = call(
+            &self.redis,
+            &self.scripts.unlease,
+            keys::leased(queue),
+            args,
+        )
+        .await?;
+        let at = now_ms();
+        let changes = back
+            .iter()
+            .map(|(id, attempt)| Change::Declined {
+                id: id.clone(),
+                attempt: attempt.parse::<u32>().unwrap_or(0) + 1,
+                at,
+            })
+            .collect();
+        self.record(changes);
+        Ok(back.len())
+    }
+
     /// Moves still-valid leases of `queue` to a reconnected worker's session.
     /// Returns (re-attached ids, lost ids).
     pub async fn reattach(

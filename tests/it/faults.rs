@@ -148,16 +148,10 @@ async fn a_submit_the_client_gave_up_on_finishes_as_a_unit() {
         .unwrap();
     let mut keyed = submit("render", r#"{"video":"b.mp4"}"#);
     keyed.idempotency_key = "render-b".into();
-    let mut request = tonic::Request::new(keyed.clone());
-    request.set_timeout(Duration::from_millis(500));
-    let gave_up = jobs.submit_job(request).await.unwrap_err();
-    assert!(
-        matches!(
-            gave_up.code(),
-            tonic::Code::DeadlineExceeded | tonic::Code::Cancelled
-        ),
-        "{gave_up:?}"
-    );
+    // The client stops waiting and cancels the call (no deadline told to the server).
+    let call = jobs.submit_job(keyed.clone());
+    let gave_up = tokio::time::timeout(Duration::from_millis(500), call).await;
+    assert!(gave_up.is_err(), "the submit waits for the database");
     txn.commit().await.unwrap();
     let key = "cv:{render}:idem:default:render-b";
     let id = eventually("the submit to reach Redis", || async {
@@ -290,4 +284,38 @@ async fn a_hung_database_costs_a_submit_seconds() {
         get(&mut jobs, &again.id).await.state,
         JobState::Queued as i32
     );
+}
+
+/// A lease call that Redis answers only after the server's timeout still leases the job when
+/// Redis wakes. The dispatcher puts such jobs back before its next lease call, their attempt not
+/// counted, so the job runs now, as its one attempt. Before, it sat RUNNING with no worker until
+/// its lease expired, and with one attempt ended FAILED without ever running.
+#[tokio::test]
+async fn a_lease_redis_answers_too_late_costs_no_attempt() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let server = Server::start(harness::config(&redis)).await; // Redis calls time out after 1 s
+    let mut jobs = server.jobs().await;
+    // A job run before, so the lease script is loaded: the stalled call is one Redis runs.
+    let warm = submit_job(&mut jobs, submit("render", "{}")).await;
+    let mut first = harness::Worker::connect(&server, &["render"], 1).await;
+    let a = first.assignment().await;
+    assert_eq!(first.complete(&warm.id, a.token, "warm").await.code, 0);
+    drop(first);
+    let job = submit_job(&mut jobs, once("render", "{}")).await;
+    let stall = redis.stall(Duration::from_millis(2500)).await;
+    // The worker's arrival makes a lease call, which waits behind the stall.
+    let mut worker = harness::Worker::connect(&server, &["render"], 1).await;
+    worker.keep_alive();
+    let a = tokio::time::timeout(harness::DEADLINE, worker.next_assignment())
+        .await
+        .expect("the job is assigned, not left leased to nobody");
+    stall.await.unwrap();
+    assert_eq!(
+        (a.job.as_ref().unwrap().id.as_str(), a.attempt),
+        (job.id.as_str(), 1)
+    );
+    assert_eq!(worker.complete(&job.id, a.token, "ran").await.code, 0);
+    let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
+    assert_eq!(done.attempt, 1);
 }

@@ -19,11 +19,15 @@ pub(super) fn ms_from_now(d: Duration) -> i64 {
 impl State {
     /// Starts a lease call for `queue` if a connected session has free slots for it.
     pub(in crate::dispatcher) fn dispatch(&mut self, queue: &str) {
-        if self.draining {
+        let q = self.queues.entry(queue.to_string()).or_default();
+        if q.leasing || q.sweeping {
             return;
         }
-        let q = self.queues.entry(queue.to_string()).or_default();
-        if q.leasing || q.sweeping || !q.maybe_ready {
+        // Even while draining: those jobs should not wait out a lease.
+        if let Some(session) = q.unlease.first().cloned() {
+            return self.unlease(queue, session);
+        }
+        if self.draining || !q.maybe_ready {
             return;
         }
         let best = self
@@ -72,9 +76,13 @@ impl State {
         let leased = match result {
             Ok(leased) => leased,
             Err(e) => {
-                // Redis is unavailable: give the slots back and try again shortly.
+                // Redis did not answer: give the slots back and try again shortly. The call may
+                // have leased jobs when Redis woke, which nobody will run: those go back first.
                 tracing::warn!(error = %e, queue, "lease failed");
                 q.next_check_ms = Some(ms_from_now(RETRY));
+                if !q.unlease.contains(&session) {
+                    q.unlease.push(session.clone());
+                }
                 if let Some(s) = self.sessions.get_mut(&session) {
                     s.free += reserved;
                 }
@@ -115,6 +123,59 @@ impl State {
                         .release(&q2, &s2, "worker disconnected", &ids)
                         .await
                 });
+            }
+        }
+        self.dispatch(&queue);
+    }
+
+    /// Puts back what a lease call for `session` that went without an answer may have leased:
+    /// no other lease call for the queue runs meanwhile, so what the session does not hold is
+    /// exactly that.
+    fn unlease(&mut self, queue: &str, session: String) {
+        let q = self.queues.entry(queue.to_string()).or_default();
+        q.leasing = true;
+        let held: Vec<String> = self.sessions.get(&session).map_or_else(Vec::new, |s| {
+            s.held
+                .iter()
+                .filter(|(_, q)| *q == queue)
+                .map(|(id, _)| id.clone())
+                .collect()
+        });
+        let (scheduler, queue) = (self.scheduler.clone(), queue.to_string());
+        self.later(async move {
+            let result = scheduler.unlease(&queue, &session, &held).await;
+            Command::Unleased {
+                queue,
+                session,
+                result,
+            }
+        });
+    }
+
+    pub(in crate::dispatcher) fn unleased(
+        &mut self,
+        queue: String,
+        session: String,
+        result: Result<usize, scheduler::Error>,
+    ) {
+        let q = self.queues.entry(queue.clone()).or_default();
+        q.leasing = false;
+        match result {
+            Ok(back) => {
+                q.unlease.retain(|s| *s != session);
+                if back > 0 {
+                    tracing::info!(
+                        queue,
+                        back,
+                        "jobs a lease call without an answer had leased went back"
+                    );
+                    q.poke();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, queue, "putting back what a failed lease call leased failed; trying again");
+                q.next_check_ms = Some(ms_from_now(RETRY));
+                return;
             }
         }
         self.dispatch(&queue);

@@ -253,6 +253,20 @@ local function retry_or_fail(prefix, id, j, now, jitter, err, retention_ms, imme
   return 'SCHEDULED', due
 end
 
+-- Takes back the lease of a running job that never ran (a worker declined it, or it never
+-- reached one): the job goes back to its place in line, and its attempt does not count.
+-- Returns the attempt count it is back at.
+local function unlease(prefix, id, j, now)
+  UNLEASED[#UNLEASED + 1] = id
+  free_slot(prefix, id, j)
+  local attempt = tonumber(j.attempt) - 1
+  local seq = tonumber(j.seq) + 1
+  redis.call('HSET', prefix .. 'job:' .. id, 'state', 'QUEUED', 'attempt', attempt, 'seq', seq)
+  admit(prefix, id, j, ready_score(j.priority, j.rank))
+  emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, t = tonumber(now) })
+  return attempt
+end
+
 -- Checks that `worker` holds the running lease of job `j` under `token`; returns nil or the
 -- rejection message.
 local function check_lease(j, token, worker)

@@ -10,22 +10,15 @@ local prefix, now, retention, worker = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV
 local out = {}
 for i = 5, #ARGV, 3 do
   local id, token, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  local jkey = prefix .. 'job:' .. id
-  local j = load(jkey)
+  local j = load(prefix .. 'job:' .. id)
   if j and j.state == 'QUEUED' and tonumber(j.token) == tonumber(token) and j.worker == worker then
-    out[#out + 1] = { 'OK', 'QUEUED', '' }
+    out[#out + 1] = { 'OK', 'QUEUED', j.attempt }
   else
     local rejected = check_lease(j, token, worker)
     if rejected then
       out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
     else
-      UNLEASED[#UNLEASED + 1] = id
-      free_slot(prefix, id, j)
-      local attempt = tonumber(j.attempt) - 1
-      local seq = tonumber(j.seq) + 1
-      redis.call('HSET', jkey, 'state', 'QUEUED', 'attempt', attempt, 'seq', seq)
-      admit(prefix, id, j, ready_score(j.priority, j.rank))
-      emit(id, seq, j, { kind = 'state', state = 'QUEUED', attempt = attempt, t = tonumber(now) })
+      local attempt = unlease(prefix, id, j, now)
       out[#out + 1] = { 'OK', 'QUEUED', tostring(attempt), j.tier }
     end
   end
