@@ -1,26 +1,24 @@
 // A typed JobService client for Node (gRPC over HTTP/2), with the calls a backend makes most:
 // submit, watch, wait, inputs and artifact downloads.
 
-import { create } from "@bufbuild/protobuf";
-import { createClient, type Client, type Transport } from "@connectrpc/connect";
+import { createClient, type Transport } from "@connectrpc/connect";
 import { createGrpcTransport } from "@connectrpc/connect-node";
 
 import { bearer } from "./bearer.js";
+import { submitJob, submitJobs, type JobServiceClient, type RetryOptions, type SubmitInit, type SubmitOptions } from "./submit.js";
 
 import {
   JobEvent_Kind,
   JobService,
   JobState,
-  SubmitJobRequestSchema,
   Tier,
   type Job,
   type JobEvent,
   type SubmitJobRequest,
 } from "./gen/conveyor/v1/jobs_pb.js";
 
-export type JobServiceClient = Client<typeof JobService>;
-
 export { bearer };
+export { submitJob, submitJobs, type JobServiceClient, type RetryOptions, type SubmitInit, type SubmitOptions };
 
 /** Where and as whom: `address` defaults to CONVEYOR_ADDR or http://127.0.0.1:50051. */
 export interface Options {
@@ -59,28 +57,31 @@ export type Submit = Omit<Partial<SubmitJobRequest>, "payload" | "tier" | "$type
   tier?: keyof typeof TIERS;
 };
 
-/** JobService with conveniences; `rpc` is the generated client for everything else. */
+/** JobService with conveniences; `rpc` is the generated client for everything else. `retry`
+ *  is how `submit` and `submitMany` try again after UNAVAILABLE (5 retries from 200 ms,
+ *  doubling, unless given); a call's own options override it. */
 export class Conveyor {
   readonly rpc: JobServiceClient;
+  readonly retry: RetryOptions;
 
-  constructor(transport: Transport = grpcTransport()) {
+  constructor(transport: Transport = grpcTransport(), retry: RetryOptions = {}) {
     this.rpc = createClient(JobService, transport);
+    this.retry = retry;
   }
 
-  async submit(job: Submit): Promise<Job> {
-    const { payload, tier, ...fields } = job;
-    const bytes =
-      payload instanceof Uint8Array
-        ? payload
-        : new TextEncoder().encode(JSON.stringify(payload ?? {}));
-    const request = create(SubmitJobRequestSchema, {
-      ...fields,
-      payload: bytes,
-      contentType: payload instanceof Uint8Array ? "application/octet-stream" : "application/json",
-      tier: TIERS[tier ?? "free"],
-    });
-    const answer = await this.rpc.submitJob(request);
-    return answer.job!;
+  /** Submits one job and returns it. Safe to try again: without `idempotencyKey` the call
+   *  makes up its own (`ts:<uuid>`) and sends it on every try, and UNAVAILABLE is tried again
+   *  (see RetryOptions) before the last error is thrown; the job returned is the one job,
+   *  whichever try made it. `submitJob(client.rpc, ...)` also says whether it was created. */
+  async submit(job: Submit, options: SubmitOptions = {}): Promise<Job> {
+    return (await submitJob(this.rpc, request(job), { ...this.retry, ...options })).job!;
+  }
+
+  /** Submits jobs of one queue in one call (SubmitJobs: up to 1,000, all or none), in order;
+   *  keyed and tried again as `submit` is, each job without a key getting its own. */
+  async submitMany(jobs: Submit[], options: SubmitOptions = {}): Promise<Job[]> {
+    const answer = await submitJobs(this.rpc, jobs.map(request), { ...this.retry, ...options });
+    return answer.results.map((r) => r.job!);
   }
 
   async get(jobId: string): Promise<Job> {
@@ -118,6 +119,21 @@ export class Conveyor {
     if (!response.ok) throw new Error(`fetching ${name}: ${response.status}`);
     return new Uint8Array(await response.arrayBuffer());
   }
+}
+
+/** A `Submit` as the request the server takes. */
+function request(job: Submit): SubmitInit {
+  const { payload, tier, ...fields } = job;
+  const bytes =
+    payload instanceof Uint8Array
+      ? payload
+      : new TextEncoder().encode(JSON.stringify(payload ?? {}));
+  return {
+    ...fields,
+    payload: bytes,
+    contentType: payload instanceof Uint8Array ? "application/octet-stream" : "application/json",
+    tier: TIERS[tier ?? "free"],
+  };
 }
 
 /** PUTs `body` to a presigned URL; returns the store's ETag. */
