@@ -50,6 +50,7 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         labels: Default::default(),
         output_root: None,
         shutdown_timeout: std::time::Duration::from_secs(30),
+        guard: std::env::current_exe().ok(),
     };
     let worker = tokio::spawn(worker::run(options, async {
         let _ = worker_stopped.await;

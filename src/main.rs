@@ -62,6 +62,12 @@ enum Command {
     /// A no-op worker process used by `bench`.
     #[command(hide = true)]
     BenchWorker(conveyor::bench::worker::WorkerArgs),
+    /// Runs one job's command for `conveyor worker`, taking its process group down with it.
+    #[command(hide = true)]
+    JobGuard {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
     /// Run CMD once per job of the given queues.
     Worker(WorkerArgs),
     /// Submit a job and print its id.
@@ -107,6 +113,10 @@ async fn serve(config: Config, listener: TcpListener) -> Result<(), Box<dyn std:
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // No runtime: the guard only waits for its command and for signals.
+    if let Command::JobGuard { command } = &cli.command {
+        return conveyor::worker::guard::run(command);
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Command::Serve(config) | Command::Dev { config, .. } = &cli.command
         && let Some(threads) = config.threads
@@ -234,6 +244,8 @@ async fn client(command: Command) -> ExitCode {
         Command::Pause(args) => cli::queues::pause(args, true).await,
         Command::Resume(args) => cli::queues::pause(args, false).await,
         Command::Drain(args) => cli::drain::run(args).await,
-        Command::Serve(_) | Command::Dev { .. } => unreachable!("handled in main"),
+        Command::Serve(_) | Command::Dev { .. } | Command::JobGuard { .. } => {
+            unreachable!("handled in main")
+        }
     })
 }

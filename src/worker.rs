@@ -2,6 +2,7 @@
 //! assigned job, reports progress and results, and survives reconnects without losing work.
 
 mod command;
+pub mod guard;
 mod line;
 mod session;
 mod upload;
@@ -33,6 +34,9 @@ pub struct Options {
     pub output_root: Option<std::path::PathBuf>,
     /// How long running jobs may take to finish after a shutdown request.
     pub shutdown_timeout: Duration,
+    /// The `conveyor` binary, whose `job-guard` runs each command so that its whole process
+    /// group goes with the worker (see `guard.rs`); `None` runs commands directly.
+    pub guard: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -126,6 +130,7 @@ pub async fn run(
         .map_err(|e| Error::Setup(format!("HTTP client: {e}")))?;
     let setup = std::sync::Arc::new(Setup {
         command: options.command.clone(),
+        guard: options.guard.clone(),
         output_root: options.output_root.clone().unwrap_or_else(|| {
             std::env::temp_dir().join(format!("conveyor-worker-{}", std::process::id()))
         }),

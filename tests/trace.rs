@@ -60,6 +60,7 @@ async fn one_trace_runs_from_the_submit_through_the_queue_and_the_worker_to_the_
         labels: Default::default(),
         output_root: None,
         shutdown_timeout: Duration::from_secs(5),
+        guard: Some(env!("CARGO_BIN_EXE_conveyor").into()),
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let worker = tokio::spawn(conveyor::worker::run(options, async {

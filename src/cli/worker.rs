@@ -59,6 +59,7 @@ pub async fn run(args: WorkerArgs) -> Outcome {
         labels: Default::default(),
         output_root: args.output_root,
         shutdown_timeout: args.shutdown_timeout,
+        guard: std::env::current_exe().ok(),
     };
     worker::run(options, shutdown()).await?;
     Ok(ExitCode::SUCCESS)

@@ -73,6 +73,8 @@ pub enum Event {
 /// What every job of a worker runs with.
 pub struct Setup {
     pub command: Vec<String>,
+    /// The program that runs each command in a process group it takes down with it.
+    pub guard: Option<PathBuf>,
     /// Where each attempt gets its output folder.
     pub output_root: PathBuf,
     pub http: reqwest::Client,
@@ -105,15 +107,8 @@ pub async fn run(
         if let Err(e) = upload::download_inputs(&setup.http, &a.inputs, &inputs).await {
             return failed(e);
         }
-        spawn(
-            &setup.command,
-            &job,
-            a.attempt,
-            &a.trace_context,
-            &inputs,
-            &output,
-        )
-        .map_err(|e| Unstarted::NoCommand(format!("could not start {program:?}: {e}")))
+        spawn(&setup, &job, a.attempt, &a.trace_context, &inputs, &output)
+            .map_err(|e| Unstarted::NoCommand(format!("could not start {program:?}: {e}")))
     };
     let spawned = tokio::select! {
         spawned = spawned => spawned,
@@ -351,21 +346,34 @@ async fn supervise(
 }
 
 fn spawn(
-    command: &[String],
+    setup: &Setup,
     job: &proto::Job,
     attempt: u32,
     trace_context: &str,
     inputs: &Path,
     output: &Path,
 ) -> std::io::Result<Child> {
+    let command = &setup.command;
     let tier = proto::Tier::try_from(job.tier)
         .map(|t| t.as_str_name().trim_start_matches("TIER_").to_string());
-    let mut child = Command::new(&command[0]);
+    // Checked here, where a failure can still hand the job back: the guard would only exit.
+    resolve(&command[0]).map_err(std::io::Error::other)?;
+    let mut child = match &setup.guard {
+        Some(guard) => {
+            let mut child = Command::new(guard);
+            child.arg("job-guard").arg("--").args(command);
+            child
+        }
+        None => {
+            let mut child = Command::new(&command[0]);
+            child.args(&command[1..]);
+            child
+        }
+    };
     // A worker that is killed takes its commands along: their leases die with it, and the job
-    // runs again elsewhere.
+    // runs again elsewhere. The guard passes this on to the whole group.
     crate::child::die_with_parent(&mut child, nix::sys::signal::Signal::SIGTERM);
     child
-        .args(&command[1..])
         .env("CONVEYOR_JOB_ID", &job.id)
         .env("CONVEYOR_QUEUE", &job.queue)
         .env("CONVEYOR_ATTEMPT", attempt.to_string())

@@ -319,3 +319,30 @@ async fn a_lease_redis_answers_too_late_costs_no_attempt() {
     let done = wait_state(&mut jobs, &job.id, JobState::Succeeded).await;
     assert_eq!(done.attempt, 1);
 }
+
+/// A worker killed outright (SIGKILL: nothing of it runs after) takes its commands along, and
+/// whatever they started: nothing of the attempt runs on beside its re-run elsewhere.
+#[tokio::test]
+async fn a_killed_worker_takes_its_commands_and_their_children_along() {
+    harness::logs();
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("pid");
+    // The command's own child: what a shell script's `ffmpeg` would be.
+    let script = format!("sleep 600 & echo $! > {}; wait", pidfile.display());
+    let mut worker = crate::process::worker_with(&server.addr, &[], &script);
+    submit_job(&mut jobs, submit("render", "{}")).await;
+    let pid: u32 = eventually("the command's child to start", || {
+        let pidfile = pidfile.clone();
+        async move { std::fs::read_to_string(&pidfile).ok()?.trim().parse().ok() }
+    })
+    .await;
+    assert!(crate::children::alive(pid));
+    worker.start_kill().unwrap();
+    worker.wait().await.unwrap();
+    eventually("the command's child to go with the worker", || async move {
+        (!crate::children::alive(pid)).then_some(())
+    })
+    .await;
+}
