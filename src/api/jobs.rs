@@ -129,7 +129,9 @@ async fn detached<T: Send + 'static>(
     budget: Option<Duration>,
     work: impl Future<Output = Result<T, scheduler::Error>> + Send + 'static,
 ) -> Result<T, Error> {
-    let task = tokio::spawn(work);
+    use tracing::Instrument;
+    // In the call's span, so its script calls are its children in the trace.
+    let task = tokio::spawn(work.in_current_span());
     let joined = match budget {
         Some(budget) => match tokio::time::timeout(budget, task).await {
             Ok(joined) => joined,
