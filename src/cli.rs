@@ -36,7 +36,8 @@ pub mod exit {
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct ClientArgs {
-    /// The Conveyor server (`https://` for TLS).
+    /// The Conveyor server (`https://` for TLS). Several replicas, comma-separated: the command
+    /// goes on through another when one is gone.
     #[arg(long, env = "CONVEYOR_ADDR", default_value = "http://127.0.0.1:50051")]
     pub addr: String,
     /// An API key (`cvk_...`), worker token (`cvw_...`) or OIDC token.
@@ -73,6 +74,12 @@ pub enum Error {
     History(#[from] crate::history::Error),
 }
 
+impl From<(String, tonic::transport::Error)> for Error {
+    fn from((addr, source): (String, tonic::transport::Error)) -> Error {
+        Error::Connect { addr, source }
+    }
+}
+
 impl ClientArgs {
     pub fn target(&self) -> Target {
         Target {
@@ -83,17 +90,16 @@ impl ClientArgs {
         }
     }
 
+    pub fn dialer(&self) -> Result<client::Dialer, Error> {
+        client::Dialer::new(&self.target(), |e| e).map_err(Error::Usage)
+    }
+
     pub async fn channel(&self) -> Result<Channel, Error> {
-        let endpoint = self.target().endpoint().map_err(Error::Usage)?;
-        endpoint.connect().await.map_err(|source| Error::Connect {
-            addr: self.addr.clone(),
-            source,
-        })
+        self.dialer()?.channel().await.map_err(Error::from)
     }
 
     pub async fn jobs(&self) -> Result<client::Jobs, Error> {
-        let bearer = self.target().bearer().map_err(Error::Usage)?;
-        Ok(client::jobs(self.channel().await?, bearer))
+        self.dialer()?.jobs().await.map_err(Error::from)
     }
 }
 

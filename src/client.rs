@@ -15,7 +15,8 @@ use crate::proto::worker_service_client::WorkerServiceClient;
 
 #[derive(Clone, Debug, Default)]
 pub struct Target {
-    /// e.g. `http://127.0.0.1:50051` or `https://conveyor.example.com`.
+    /// e.g. `http://127.0.0.1:50051` or `https://conveyor.example.com`; several replicas'
+    /// addresses separated by commas (see `Dialer`).
     pub addr: String,
     /// An API key, worker token or JWT.
     pub token: Option<String>,
@@ -44,11 +45,26 @@ impl Target {
         }
     }
 
-    /// The endpoint to dial; an error says what is wrong with the address or the files.
+    /// The endpoint of each address, in order; an error says what is wrong with an address or
+    /// the files.
+    pub fn endpoints(&self) -> Result<Vec<(String, Endpoint)>, String> {
+        let addrs: Vec<&str> = self.addr.split(',').map(str::trim).collect();
+        addrs
+            .into_iter()
+            .map(|addr| Ok((addr.to_string(), self.endpoint_of(addr)?)))
+            .collect()
+    }
+
+    /// The endpoint of the first address.
     pub fn endpoint(&self) -> Result<Endpoint, String> {
-        let endpoint = Endpoint::from_shared(self.addr.clone())
-            .map_err(|_| format!("{}: not an address like http://127.0.0.1:50051", self.addr))?;
-        if !self.addr.starts_with("https://") {
+        let first = self.addr.split(',').next().unwrap_or_default().trim();
+        self.endpoint_of(first)
+    }
+
+    fn endpoint_of(&self, addr: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::from_shared(addr.to_string())
+            .map_err(|_| format!("{addr}: not an address like http://127.0.0.1:50051"))?;
+        if !addr.starts_with("https://") {
             return Ok(endpoint);
         }
         let read = |p: &PathBuf| std::fs::read(p).map_err(|e| format!("{}: {e}", p.display()));
@@ -71,6 +87,68 @@ impl Target {
                 .map(|v| Bearer(Some(v)))
                 .map_err(|_| "the key or token has characters a header cannot carry".to_string()),
         }
+    }
+}
+
+/// Dials one of a target's addresses: the one that answered last, or, once it failed, the next
+/// that answers. A worker or a watcher given every replica's address (or a name that resolves
+/// to them all: each connection tries the addresses a name resolves to in turn) goes on through
+/// another replica in seconds when one dies or drains, and clients spread over the replicas by
+/// starting at a random one.
+pub struct Dialer {
+    endpoints: Vec<(String, Endpoint)>,
+    next: usize,
+    pub bearer: Bearer,
+}
+
+impl Dialer {
+    /// `configure` adjusts each endpoint (timeouts, keep-alives).
+    pub fn new(
+        target: &Target,
+        configure: impl Fn(Endpoint) -> Endpoint,
+    ) -> Result<Dialer, String> {
+        let endpoints: Vec<_> = target
+            .endpoints()?
+            .into_iter()
+            .map(|(addr, endpoint)| (addr, configure(endpoint)))
+            .collect();
+        let next = rand::random_range(0..endpoints.len().max(1));
+        Ok(Dialer {
+            endpoints,
+            next,
+            bearer: target.bearer()?,
+        })
+    }
+
+    /// A channel to the first address, from where it is, that takes a connection; else the last
+    /// address tried and why it did not.
+    pub async fn channel(&mut self) -> Result<Channel, (String, tonic::transport::Error)> {
+        let n = self.endpoints.len();
+        let mut last = None;
+        for i in 0..n {
+            let at = (self.next + i) % n;
+            let (addr, endpoint) = &self.endpoints[at];
+            match endpoint.connect().await {
+                Ok(channel) => {
+                    self.next = at;
+                    return Ok(channel);
+                }
+                Err(e) => last = Some((addr.clone(), e)),
+            }
+        }
+        Err(last.expect("a target has an address"))
+    }
+
+    /// The address in use failed (its stream broke, or its server drained): the next channel
+    /// tries the following one first.
+    pub fn failed(&mut self) {
+        self.next = (self.next + 1) % self.endpoints.len().max(1);
+    }
+
+    /// JobService on the next channel.
+    pub async fn jobs(&mut self) -> Result<Jobs, (String, tonic::transport::Error)> {
+        let channel = self.channel().await?;
+        Ok(jobs(channel, self.bearer.clone()))
     }
 }
 

@@ -63,7 +63,8 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         client_cert: None,
         client_key: None,
     };
-    let mut jobs = client.jobs().await?;
+    let mut dialer = client.dialer()?;
+    let mut jobs = dialer.jobs().await?;
     let request = proto::SubmitJobRequest {
         queue: "render".into(),
         payload: br#"{"video":"intro.mp4"}"#.to_vec(),
@@ -81,7 +82,7 @@ pub async fn run(data_dir: &Path) -> cli::Outcome {
         "demo: submitted job {} to queue render; watching it",
         job.id
     );
-    let outcome = watch::follow(&mut jobs, &job.id, None).await;
+    let outcome = watch::follow(&mut dialer, &job.id, None).await;
 
     let _ = stop_worker.send(());
     let _ = worker.await;

@@ -111,14 +111,14 @@ pub async fn run(
     }
     // Said at start, not by failing every job of the queue one by one.
     command::resolve(&options.command[0]).map_err(Error::Command)?;
-    let endpoint = options
-        .server
-        .endpoint()
-        .map_err(Error::Address)?
-        .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(10))
-        .keep_alive_timeout(Duration::from_secs(5))
-        .keep_alive_while_idle(true);
+    let mut dialer = crate::client::Dialer::new(&options.server, |endpoint| {
+        endpoint
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .keep_alive_while_idle(true)
+    })
+    .map_err(Error::Address)?;
     let (events_tx, events) = mpsc::channel(1024);
     let worker_id = options
         .worker_id
@@ -155,7 +155,7 @@ pub async fn run(
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let ended = worker.serve(endpoint, &mut stop).await;
+    let ended = worker.serve(&mut dialer, &mut stop).await;
     // The attempts' folders are gone; the root goes too when this process made it up.
     if worker.options.output_root.is_none() {
         let _ = std::fs::remove_dir(&worker.setup.output_root);
@@ -170,13 +170,18 @@ impl Worker {
     /// Connects, and connects again, until a shutdown request is done.
     async fn serve(
         &mut self,
-        endpoint: tonic::transport::Endpoint,
+        dialer: &mut crate::client::Dialer,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<(), Error> {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = Instant::now();
-            match self.connection(endpoint.clone(), stop).await? {
+            let ended = self.connection(dialer, stop).await?;
+            // Whatever ended the stream, the next one starts at another replica, if there is one.
+            if !matches!(ended, End::Stopped) {
+                dialer.failed();
+            }
+            match ended {
                 End::Stopped => return Ok(()),
                 End::Drained => {
                     tracing::info!("server is draining; reconnecting");

@@ -157,11 +157,13 @@ async fn upload_input(
 const TRIES: u32 = 6;
 
 /// Submits, trying again while the server says UNAVAILABLE (Redis or the database away for a
-/// moment). Safe because the request carries an idempotency key.
+/// moment, or the replica gone: the next try goes to another). Safe because the request carries
+/// an idempotency key.
 async fn submit_retrying(
-    jobs: &mut crate::client::Jobs,
+    dialer: &mut crate::client::Dialer,
+    mut jobs: crate::client::Jobs,
     request: proto::SubmitJobRequest,
-) -> Result<proto::SubmitJobResponse, tonic::Status> {
+) -> Result<proto::SubmitJobResponse, crate::cli::Error> {
     let mut wait = std::time::Duration::from_millis(200);
     for _ in 1..TRIES {
         match jobs.submit_job(request.clone()).await {
@@ -169,15 +171,20 @@ async fn submit_retrying(
                 tracing::warn!("submit: {}; trying again in {wait:?}", s.message());
                 tokio::time::sleep(wait).await;
                 wait *= 2;
+                dialer.failed();
+                if let Ok(other) = dialer.jobs().await {
+                    jobs = other;
+                }
             }
-            answer => return answer.map(tonic::Response::into_inner),
+            answer => return Ok(answer.map(tonic::Response::into_inner)?),
         }
     }
     Ok(jobs.submit_job(request).await?.into_inner())
 }
 
 pub async fn run(args: SubmitArgs) -> Outcome {
-    let mut jobs = args.client.jobs().await?;
+    let mut dialer = args.client.dialer()?;
+    let mut jobs = dialer.jobs().await?;
     let mut inputs = Vec::with_capacity(args.inputs.len());
     for file in &args.inputs {
         inputs.push(upload_input(&mut jobs, file).await?);
@@ -219,7 +226,7 @@ pub async fn run(args: SubmitArgs) -> Outcome {
         inputs,
         ..Default::default()
     };
-    let response = submit_retrying(&mut jobs, request).await?;
+    let response = submit_retrying(&mut dialer, jobs, request).await?;
     let job = response.job.unwrap_or_default();
     // Not created under a key of its own: an earlier try of this same command went through.
     if response.created || args.idempotency_key.is_none() {
@@ -230,7 +237,7 @@ pub async fn run(args: SubmitArgs) -> Outcome {
     if !args.watch {
         return Ok(ExitCode::SUCCESS);
     }
-    watch::follow(&mut jobs, &job.id, None).await
+    watch::follow(&mut dialer, &job.id, None).await
 }
 
 #[cfg(test)]

@@ -21,79 +21,123 @@ pub struct WatchArgs {
 }
 
 pub async fn run(args: WatchArgs) -> Outcome {
-    let mut jobs = args.client.jobs().await?;
-    follow(&mut jobs, &args.job_id, args.after_seq).await
+    let mut dialer = args.client.dialer()?;
+    follow(&mut dialer, &args.job_id, args.after_seq).await
 }
 
-/// How many times a broken stream is resumed (with `after_seq`) before giving up.
-const RESUMES: u32 = 10;
+/// How long the watch keeps trying to get a stream back (any replica the dialer knows, with
+/// `after_seq`) before it gives up: a replica that died is seconds, a rolling restart minutes.
+const RESUME_FOR: Duration = Duration::from_secs(120);
 /// How often a waiting job is looked at again: why it waits changes without events (a worker
 /// connects, the queue is resumed, jobs ahead of it start).
 const WAITING_POLL: Duration = Duration::from_secs(1);
 
-/// Watches until the terminal event, resuming after a broken stream; the exit code is the
-/// job's final state.
+/// Watches until the terminal event, resuming after a broken stream on whichever replica
+/// answers; the exit code is the job's final state.
 pub async fn follow(
-    jobs: &mut crate::client::Jobs,
+    dialer: &mut crate::client::Dialer,
     job_id: &str,
     mut after_seq: Option<u64>,
 ) -> Outcome {
     let mut view = View::new();
-    let mut resumes = 0;
+    // Since when the watch has had no stream: past RESUME_FOR, it gives up.
+    let mut lost: Option<tokio::time::Instant> = None;
+    let mut wait = Duration::from_millis(200);
     loop {
-        let request = proto::WatchJobRequest {
-            job_id: job_id.to_string(),
-            after_seq,
+        let broken = match watch_once(dialer, job_id, &mut after_seq, &mut view).await {
+            Ok(Some(code)) => return Ok(ExitCode::from(code)),
+            Ok(None) => "the stream ended".to_string(),
+            Err(Resume::Gone(s)) => return Err(s.into()),
+            Err(Resume::Lost(why, streamed)) => {
+                if streamed {
+                    lost = None;
+                    wait = Duration::from_millis(200);
+                }
+                why
+            }
         };
-        let mut stream = match jobs.watch_job(request).await {
-            Ok(r) => r.into_inner(),
-            Err(s) if s.code() == tonic::Code::Unavailable && resumes < RESUMES => {
-                resumes += 1;
-                tokio::time::sleep(Duration::from_millis(500)).await;
+        let since = *lost.get_or_insert_with(tokio::time::Instant::now);
+        if since.elapsed() > RESUME_FOR {
+            return Err(tonic::Status::unavailable(format!(
+                "no server gave the watch back for {RESUME_FOR:?}: {broken}"
+            ))
+            .into());
+        }
+        dialer.failed();
+        view.note(&format!("connection lost ({broken}); resuming"));
+        tokio::time::sleep(wait).await;
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Why a watch stream ended before the job did.
+enum Resume {
+    /// Try again elsewhere: why, and whether the stream delivered anything first.
+    Lost(String, bool),
+    /// The server refused the watch (the job does not exist, no right to watch it).
+    Gone(tonic::Status),
+}
+
+/// Whether the server is worth asking again (it went away, as opposed to refusing).
+fn passing(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Cancelled
+    )
+}
+
+/// One stream, from a channel of `dialer`'s: the exit code once the job ended, `None` when the
+/// stream just ended.
+async fn watch_once(
+    dialer: &mut crate::client::Dialer,
+    job_id: &str,
+    after_seq: &mut Option<u64>,
+    view: &mut View,
+) -> Result<Option<u8>, Resume> {
+    let mut jobs = dialer
+        .jobs()
+        .await
+        .map_err(|(addr, e)| Resume::Lost(format!("{addr}: {e}"), false))?;
+    let request = proto::WatchJobRequest {
+        job_id: job_id.to_string(),
+        after_seq: *after_seq,
+    };
+    let mut stream = match jobs.watch_job(request).await {
+        Ok(r) => r.into_inner(),
+        Err(s) if passing(&s) => return Err(Resume::Lost(s.message().to_string(), false)),
+        Err(s) => return Err(Resume::Gone(s)),
+    };
+    let mut streamed = false;
+    let mut poll = tokio::time::interval(WAITING_POLL);
+    poll.tick().await;
+    loop {
+        let item = tokio::select! {
+            item = stream.next() => match item {
+                Some(item) => item,
+                None => return Ok(None),
+            },
+            _ = poll.tick(), if view.waiting() => {
+                let request = proto::GetJobRequest { job_id: job_id.to_string() };
+                if let Ok(Some(job)) = jobs.get_job(request).await.map(|r| r.into_inner().job) {
+                    view.why(&job);
+                }
                 continue;
             }
-            Err(s) => return Err(s.into()),
         };
-        let mut poll = tokio::time::interval(WAITING_POLL);
-        poll.tick().await;
-        loop {
-            let item = tokio::select! {
-                item = stream.next() => match item {
-                    Some(item) => item,
-                    None => break,
-                },
-                _ = poll.tick(), if view.waiting() => {
-                    let request = proto::GetJobRequest { job_id: job_id.to_string() };
-                    if let Ok(Some(job)) = jobs.get_job(request).await.map(|r| r.into_inner().job) {
-                        view.why(&job);
-                    }
-                    continue;
+        match item {
+            Ok(proto::WatchJobResponse { event: None }) => {}
+            Ok(proto::WatchJobResponse { event: Some(event) }) => {
+                streamed = true;
+                if event.seq > 0 {
+                    *after_seq = Some(event.seq);
                 }
-            };
-            match item {
-                Ok(proto::WatchJobResponse { event: None }) => {}
-                Ok(proto::WatchJobResponse { event: Some(event) }) => {
-                    if event.seq > 0 {
-                        after_seq = Some(event.seq);
-                    }
-                    if let Some(code) = view.show(&event) {
-                        return Ok(ExitCode::from(code));
-                    }
+                if let Some(code) = view.show(&event) {
+                    return Ok(Some(code));
                 }
-                Err(s)
-                    if s.code() == tonic::Code::Unavailable || s.code() == tonic::Code::Unknown =>
-                {
-                    break;
-                }
-                Err(s) => return Err(s.into()),
             }
+            Err(s) if passing(&s) => return Err(Resume::Lost(s.message().to_string(), streamed)),
+            Err(s) => return Err(Resume::Gone(s)),
         }
-        resumes += 1;
-        if resumes > RESUMES {
-            return Err(tonic::Status::unavailable("the watch stream kept breaking").into());
-        }
-        view.note("connection lost; resuming");
-        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 

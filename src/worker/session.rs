@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::command::{self, Event};
 use super::{End, Error, Running, Worker, decline, sleep_until, token_of};
@@ -17,12 +17,12 @@ impl Worker {
     /// One stream: Hello, Welcome, then assignments and reports until it ends.
     pub(super) async fn connection(
         &mut self,
-        endpoint: Endpoint,
+        dialer: &mut crate::client::Dialer,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> Result<End, Error> {
-        let channel: Channel = match endpoint.connect().await {
+        let channel: Channel = match dialer.channel().await {
             Ok(c) => c,
-            Err(e) => return Ok(End::Broken(e.to_string())),
+            Err((addr, e)) => return Ok(End::Broken(format!("{addr}: {e}"))),
         };
         let (tx, rx) = mpsc::channel(256);
         let _ = tx
@@ -30,8 +30,7 @@ impl Worker {
                 msg: Some(self.hello()),
             })
             .await;
-        let bearer = self.options.server.bearer().map_err(Error::Address)?;
-        let mut client = crate::client::workers(channel, bearer);
+        let mut client = crate::client::workers(channel, dialer.bearer.clone());
         let mut inbound = match client.connect(ReceiverStream::new(rx)).await {
             Ok(r) => r.into_inner(),
             Err(s) if is_refusal(&s) => return Err(Error::Refused(s)),

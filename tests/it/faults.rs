@@ -346,3 +346,74 @@ async fn a_killed_worker_takes_its_commands_and_their_children_along() {
     })
     .await;
 }
+
+/// A replica dies (SIGKILL) under a worker and a `conveyor watch` that were given every
+/// replica's address: the worker re-attaches its running job on the other replica in seconds,
+/// the same attempt finishes there, and the watch resumes there to the end. Before, each knew
+/// one address: the worker waited for that replica to come back while its job ran again
+/// elsewhere 30 s later, and the watch gave up after 5 s.
+#[tokio::test]
+async fn a_worker_and_a_watcher_go_on_through_another_replica() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let url = harness::sqlite_url();
+    let ports = [harness::free_port(), harness::free_port()];
+    let addrs = ports.map(|port| format!("http://127.0.0.1:{port}"));
+    let replica = |port: u16| {
+        Command::new(BIN)
+            .arg("serve")
+            .env("CONVEYOR_INSECURE", "true")
+            .env("REDIS_URL", redis.url())
+            .env("DATABASE_URL", &url)
+            .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+            .env("CONVEYOR_HTTP_LISTEN", "off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    // Only the first is up when the worker and the watcher start: both are on it.
+    let mut first = replica(ports[0]);
+    let mut jobs = crate::process::answering(&addrs[0]).await;
+    let both = addrs.join(",");
+    let held = crate::process::Held::new();
+    let _worker = Command::new(BIN)
+        .args([
+            "worker",
+            "--addr",
+            &both,
+            "--queue",
+            "render",
+            "--worker-id",
+            "w",
+        ])
+        .args(["--", "sh", "-c", &held.script()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let job = submit_job(&mut jobs, once("render", "{}")).await;
+    wait_state(&mut jobs, &job.id, JobState::Running).await;
+    let watch = Command::new(BIN)
+        .args(["watch", "--addr", &both, &job.id])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let before = held.session(&redis, &job.id).await;
+    let _second = replica(ports[1]);
+    let mut jobs = crate::process::answering(&addrs[1]).await;
+    first.start_kill().unwrap(); // SIGKILL: no drain, no goodbye
+    first.wait().await.unwrap();
+    held.carries_on(&redis, &mut jobs, &job.id, &before).await;
+    let watched = tokio::time::timeout(harness::DEADLINE, watch.wait_with_output())
+        .await
+        .expect("the watch ends with the job")
+        .unwrap();
+    assert!(watched.status.success(), "{:?}", watched.status);
+    let result = String::from_utf8_lossy(&watched.stdout);
+    assert!(result.contains(r#"{"attempt":1}"#), "{result}");
+}

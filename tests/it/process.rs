@@ -483,18 +483,18 @@ async fn the_readme_video_pipeline_runs_end_to_end() {
 
 /// A job command held running (reporting progress) until the test lets it finish; it answers
 /// with its attempt number.
-struct Held {
+pub struct Held {
     dir: tempfile::TempDir,
 }
 
 impl Held {
-    fn new() -> Held {
+    pub fn new() -> Held {
         Held {
             dir: tempfile::tempdir().unwrap(),
         }
     }
 
-    fn script(&self) -> String {
+    pub fn script(&self) -> String {
         format!(
             "while [ ! -e {go} ]; do echo 'PROGRESS 10 waiting'; sleep 0.1; done; echo 'RESULT {{\"attempt\":'$CONVEYOR_ATTEMPT'}}'",
             go = self.dir.path().join("go").display()
@@ -502,7 +502,7 @@ impl Held {
     }
 
     /// The worker session the job's lease belongs to now.
-    async fn session(&self, redis: &harness::Redis, job_id: &str) -> String {
+    pub async fn session(&self, redis: &harness::Redis, job_id: &str) -> String {
         let key = format!("cv:{{render}}:job:{job_id}");
         let session = redis.command(&["HGET", &key, "session"]).await;
         session.unwrap_or_default()
@@ -510,7 +510,7 @@ impl Held {
 
     /// Waits for the job's lease to move to another session than `before` (the worker
     /// re-attached it), lets the command finish, and checks the same attempt carried on.
-    async fn carries_on(
+    pub async fn carries_on(
         &self,
         redis: &harness::Redis,
         jobs: &mut proto::job_service_client::JobServiceClient<tonic::transport::Channel>,
