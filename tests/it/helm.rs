@@ -184,6 +184,25 @@ fn the_first_admin_key_comes_from_a_secret() {
     assert_eq!(tenant, "ops");
 }
 
+/// Workers and watchers can go straight to the replicas: a headless Service resolves to every
+/// ready server pod, and carries the gRPC port only (nothing scrapes it twice).
+#[test]
+fn a_headless_service_names_every_ready_replica() {
+    let docs = render(&[]).docs;
+    let replicas = one(&docs, "Service", "replicas");
+    let server = one(&docs, "Service", "server");
+    assert_eq!(replicas["spec"]["clusterIP"], "None");
+    assert_eq!(replicas["spec"]["publishNotReadyAddresses"], false);
+    assert_eq!(replicas["spec"]["selector"], server["spec"]["selector"]);
+    let ports: Vec<_> = replicas["spec"]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(ports, ["grpc"]);
+}
+
 #[test]
 fn credentials_come_only_from_secrets() {
     for (values, rendered) in both() {
