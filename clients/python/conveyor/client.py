@@ -4,7 +4,10 @@ and fetch artifacts."""
 from __future__ import annotations
 
 import json
+import logging
 import os
+import random
+import threading
 import time
 import urllib.request
 import uuid
@@ -15,7 +18,23 @@ import grpc
 from conveyor.v1 import jobs_pb2 as pb
 from conveyor.v1 import jobs_pb2_grpc
 
+log = logging.getLogger("conveyor.client")
+
 Payload = Union[bytes, str, Mapping, Sequence, None]
+
+#: One server's address (`host:port`, `https://host:port`), several separated by commas
+#: (`"a:50051,b:50051"`: every replica's), or a sequence of them.
+Addresses = Union[str, Sequence[str]]
+
+#: A watch whose stream broke tries again after this many seconds, doubling up to WATCH_MAX_WAIT,
+#: and gives up once it has had no stream for WATCH_RESUME_FOR.
+WATCH_WAIT = 0.2
+WATCH_MAX_WAIT = 5.0
+WATCH_RESUME_FOR = 120.0
+
+#: The codes of a watch stream that broke because its server went away (as opposed to refusing
+#: the watch): the watch resumes on the next address.
+RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED, grpc.StatusCode.UNKNOWN}
 
 TIERS = {
     "free": pb.TIER_FREE,
@@ -41,6 +60,84 @@ def channel(address: str, key: Optional[str] = None) -> grpc.Channel:
     if key:
         chan = grpc.intercept_channel(chan, _Bearer(key))
     return chan
+
+
+def addresses(address: Optional[Addresses] = None) -> list[str]:
+    """The addresses in `address` (a comma-separated string or a sequence; empty or None:
+    CONVEYOR_ADDR, else 127.0.0.1:50051), in order, blanks left out."""
+    if not address:
+        address = os.environ.get("CONVEYOR_ADDR") or "127.0.0.1:50051"
+    parts = address.split(",") if isinstance(address, str) else [
+        part for a in address for part in a.split(",")]
+    found = [part.strip() for part in parts if part.strip()]
+    if not found:
+        raise ValueError(f"no address in {address!r}")
+    return found
+
+
+class _Dialer:
+    """Which of several addresses (every replica's) a client or worker uses: it starts at a
+    random one, so clients spread over the replicas, stays on it while it answers, and moves to
+    the next once a call there fails UNAVAILABLE or a stream there breaks (`failed`). Keeps one
+    channel per address for unary calls and watches (`jobs`); a worker dials its own (`address`).
+    Safe from any thread."""
+
+    def __init__(self, address: Optional[Addresses], key: Optional[str]):
+        self.addresses = addresses(address)
+        self.key = key
+        self._at = random.randrange(len(self.addresses))
+        self._channels: dict = {}
+        self._lock = threading.Lock()
+        self.closed = False
+
+    def address(self) -> tuple[int, str]:
+        """The address in use, and its place (to hand to `failed`)."""
+        with self._lock:
+            return self._at, self.addresses[self._at]
+
+    def failed(self, at: int) -> None:
+        """The address at `at` failed: the next call goes to the following one. Several calls
+        that failed on the same address move on once."""
+        with self._lock:
+            if self._at == at:
+                self._at = (at + 1) % len(self.addresses)
+
+    def jobs(self) -> tuple[int, jobs_pb2_grpc.JobServiceStub]:
+        """JobService at the address in use, and its place."""
+        with self._lock:
+            if self.closed:
+                raise ValueError("the client is closed")
+            at = self._at
+            if at not in self._channels:
+                chan = channel(self.addresses[at], self.key)
+                self._channels[at] = (chan, jobs_pb2_grpc.JobServiceStub(chan))
+            return at, self._channels[at][1]
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+            channels, self._channels = self._channels, {}
+        for chan, _ in channels.values():
+            chan.close()
+
+
+class _WatchLost(grpc.RpcError):
+    """A watch that no server gave back for WATCH_RESUME_FOR seconds (UNAVAILABLE)."""
+
+    def __init__(self, details: str):
+        super().__init__(details)
+        self._details = details
+
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.UNAVAILABLE
+
+    def details(self) -> str:
+        return self._details
+
+
+def _terminal(event: pb.JobEvent) -> bool:
+    return (event.kind in (pb.JobEvent.KIND_SNAPSHOT, pb.JobEvent.KIND_STATE)
+            and event.state in TERMINAL)
 
 
 class _Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
@@ -79,13 +176,18 @@ class Client:
     """JobService for one caller. `address` defaults to CONVEYOR_ADDR or 127.0.0.1:50051, `key`
     to CONVEYOR_KEY.
 
+    `address` may name every replica: comma-separated (`"a:50051,b:50051"`) or a sequence. The
+    client starts at a random one and stays on it while it answers; a call answered UNAVAILABLE
+    there (the replica is gone, say) sends the next call, and the next try of a submit, to the
+    next address. `watch` resumes on the next one when its stream breaks.
+
     Submits are safe to retry: one without an idempotency key gets one of its own (`py:` and a
     random hex), and a submit answered UNAVAILABLE is tried again with the same request, up to
     `submit_retries` times, the first after `submit_backoff` seconds, doubling. With
     `submit_timeout` (seconds), the tries and the waits between them together take no longer:
     each try's deadline is what is left, and no wait runs past it. The last error is raised."""
 
-    def __init__(self, address: Optional[str] = None, key: Optional[str] = None, *,
+    def __init__(self, address: Optional[Addresses] = None, key: Optional[str] = None, *,
                  submit_retries: int = 5, submit_backoff: float = 0.2,
                  submit_timeout: Optional[float] = None):
         if submit_retries < 0:
@@ -94,16 +196,25 @@ class Client:
             raise ValueError("submit_backoff must be 0 or more")
         if submit_timeout is not None and submit_timeout <= 0:
             raise ValueError("submit_timeout must be more than 0")
-        address = address or os.environ.get("CONVEYOR_ADDR", "127.0.0.1:50051")
         key = key or os.environ.get("CONVEYOR_KEY")
         self.submit_retries = submit_retries
         self.submit_backoff = submit_backoff
         self.submit_timeout = submit_timeout
-        self._channel = channel(address, key)
-        self.jobs = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._dialer = _Dialer(address, key)
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every address the client may use, in order."""
+        return list(self._dialer.addresses)
+
+    @property
+    def jobs(self) -> jobs_pb2_grpc.JobServiceStub:
+        """The JobService stub of the address in use (calls made on it directly do not move to
+        another address when they fail)."""
+        return self._dialer.jobs()[1]
 
     def close(self) -> None:
-        self._channel.close()
+        self._dialer.close()
 
     def __enter__(self) -> "Client":
         return self
@@ -143,24 +254,27 @@ class Client:
             keyed.CopyFrom(request)
             keyed.idempotency_key = f"py:{uuid.uuid4().hex}"
             request = keyed
-        response = self._retrying(self.jobs.SubmitJob, request, metadata)
+        response = self._retrying("SubmitJob", request, metadata)
         if own_key:
             response.created = True
         return response
 
-    def _retrying(self, method, request, metadata):
-        """Calls `method` until it answers something other than UNAVAILABLE, at most
-        `submit_retries` times more, waiting `submit_backoff` seconds and doubling, within
-        `submit_timeout`; raises the last error."""
+    def _retrying(self, method: str, request, metadata):
+        """Calls JobService's `method` until it answers something other than UNAVAILABLE, at
+        most `submit_retries` times more, waiting `submit_backoff` seconds and doubling, within
+        `submit_timeout`; raises the last error. Each retry goes to the next address."""
         deadline = None if self.submit_timeout is None else time.monotonic() + self.submit_timeout
         wait = self.submit_backoff
         retries = 0
         while True:
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            at, stub = self._dialer.jobs()
             try:
-                return method(request, timeout=timeout, metadata=metadata)
+                return getattr(stub, method)(request, timeout=timeout, metadata=metadata)
             except grpc.RpcError as error:
                 code = error.code() if isinstance(error, grpc.Call) else None
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    self._dialer.failed(at)
                 if code != grpc.StatusCode.UNAVAILABLE or retries >= self.submit_retries:
                     raise
                 if deadline is not None and time.monotonic() + wait >= deadline:
@@ -169,21 +283,87 @@ class Client:
             wait *= 2
             retries += 1
 
+    def _call(self, method: str, request):
+        """One unary call at the address in use; UNAVAILABLE sends the next call to the next
+        address (and is raised)."""
+        at, stub = self._dialer.jobs()
+        try:
+            return getattr(stub, method)(request)
+        except grpc.RpcError as error:
+            if isinstance(error, grpc.Call) and error.code() == grpc.StatusCode.UNAVAILABLE:
+                self._dialer.failed(at)
+            raise
+
     def get(self, job_id: str) -> pb.Job:
-        return self.jobs.GetJob(pb.GetJobRequest(job_id=job_id)).job
+        return self._call("GetJob", pb.GetJobRequest(job_id=job_id)).job
 
     def cancel(self, job_id: str) -> pb.Job:
-        return self.jobs.CancelJob(pb.CancelJobRequest(job_id=job_id)).job
+        return self._call("CancelJob", pb.CancelJobRequest(job_id=job_id)).job
 
     def watch(self, job_id: str, after_seq: Optional[int] = None) -> Iterator[pb.JobEvent]:
         """The job's snapshot, then each event, ending after the terminal one (keep-alives are
-        left out)."""
-        request = pb.WatchJobRequest(job_id=job_id)
-        if after_seq is not None:
-            request.after_seq = after_seq
-        for answer in self.jobs.WatchJob(request):
-            if answer.event.kind != pb.JobEvent.KIND_KEEPALIVE:
-                yield answer.event
+        left out). With `after_seq` (the last `seq` seen), no snapshot when nothing happened
+        since, and nothing at all when the job ended by then.
+
+        When the stream breaks (UNAVAILABLE, CANCELLED, UNKNOWN: its server went away) or ends
+        before the job did, the watch resumes on the next address with `after_seq` the last
+        `seq` it yielded, trying again after 0.2 s, doubling up to 5 s; after 120 s without a
+        stream it raises UNAVAILABLE. Nothing is yielded twice: a resumed stream starts with
+        the events that follow, or, when some were missed, with a fresh snapshot (the job as it
+        is now). Other errors (NOT_FOUND, PERMISSION_DENIED) are raised at once."""
+        lost_since: Optional[float] = None
+        wait = WATCH_WAIT
+        while True:
+            request = pb.WatchJobRequest(job_id=job_id)
+            if after_seq is not None:
+                request.after_seq = after_seq
+            at, stub = self._dialer.jobs()
+            call = stub.WatchJob(request)
+            answers = iter(call)
+            streamed = False
+            error: Optional[grpc.RpcError] = None
+            try:
+                while True:
+                    try:
+                        answer = next(answers)
+                    except StopIteration:
+                        break
+                    except grpc.RpcError as e:
+                        code = e.code() if isinstance(e, grpc.Call) else None
+                        if code not in RESUMABLE or self._dialer.closed:
+                            raise
+                        error = e
+                        break
+                    streamed = True
+                    event = answer.event
+                    if event.kind == pb.JobEvent.KIND_KEEPALIVE:
+                        continue
+                    if event.seq > 0:
+                        after_seq = event.seq
+                    yield event
+                    if _terminal(event):
+                        return
+            finally:
+                call.cancel()
+            if error is None and not streamed and request.HasField("after_seq"):
+                # Ended at once, with nothing: the job had ended by `after_seq`.
+                return
+            why = (f"{error.code().name}: {error.details()}" if error is not None
+                   else "the stream ended before the job did")
+            if streamed:
+                lost_since, wait = None, WATCH_WAIT
+            now = time.monotonic()
+            if lost_since is None:
+                lost_since = now
+            elif now - lost_since > WATCH_RESUME_FOR:
+                raise _WatchLost(
+                    f"no server gave the watch of {job_id} back for {WATCH_RESUME_FOR:.0f}s: "
+                    f"{why}")
+            self._dialer.failed(at)
+            log.info("watch of %s at %s lost (%s); resuming in %.1fs", job_id,
+                     self._dialer.addresses[at], why, wait)
+            time.sleep(wait)
+            wait = min(wait * 2, WATCH_MAX_WAIT)
 
     def watch_jobs(self, queues: list[str], labels: Optional[dict[str, str]] = None,
                    resume_token: str = "") -> Iterator[pb.WatchJobsResponse]:
@@ -207,15 +387,16 @@ class Client:
         """Uploads a file straight to the store through a presigned URL; returns the reference
         to name in `submit(..., inputs=[...])`."""
         name = os.path.basename(path)
-        answer = self.jobs.CreateInputUpload(
-            pb.CreateInputUploadRequest(name=name, content_type=content_type))
+        answer = self._call("CreateInputUpload",
+                            pb.CreateInputUploadRequest(name=name, content_type=content_type))
         with open(path, "rb") as f:
             _put(answer.url, f.read(), content_type)
         return answer.input
 
     def artifact_url(self, job_id: str, name: str) -> str:
         """A presigned GET URL of one of the job's artifacts (an hour, the server's default)."""
-        return self.jobs.GetArtifactUrl(pb.GetArtifactUrlRequest(job_id=job_id, name=name)).url
+        return self._call("GetArtifactUrl",
+                          pb.GetArtifactUrlRequest(job_id=job_id, name=name)).url
 
     def download(self, job_id: str, into: str) -> list[str]:
         """Fetches every artifact of the job into the folder `into`; returns their paths."""

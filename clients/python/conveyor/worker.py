@@ -14,6 +14,10 @@ A handler's return value is the job's result (JSON unless it is a str); raising 
 job for good, any other exception fails the attempt (retried with backoff). The stream is dialed
 again after it breaks, presenting the jobs still running so the server keeps their leases.
 
+`address` may name every replica (`"a:50051,b:50051"`, or a sequence): the worker starts at a
+random one, and whenever its stream ends (the replica drains, dies or the connection breaks) it
+dials the next, where the same Hello re-attaches the jobs it holds.
+
 `stop` tells the server the worker takes no new jobs (Stopping), hands back any assignment that
 still arrives (Decline: the job goes back to its place in line, its attempt not counted), lets
 the running jobs finish and be reported, then `run` returns. In the main thread, SIGTERM (how
@@ -38,7 +42,7 @@ from typing import Callable, Dict, Optional, Sequence
 
 import grpc
 
-from conveyor.client import _put, channel
+from conveyor.client import Addresses, _Dialer, _put, channel
 from conveyor.v1 import jobs_pb2 as jobs_pb
 from conveyor.v1 import workers_pb2 as pb
 from conveyor.v1 import workers_pb2_grpc
@@ -118,12 +122,15 @@ Handler = Callable[[Job, Callable[..., None]], object]
 
 class Worker:
     def __init__(self, queues: Sequence[str], concurrency: int = 1,
-                 address: Optional[str] = None, key: Optional[str] = None,
+                 address: Optional[Addresses] = None, key: Optional[str] = None,
                  worker_id: Optional[str] = None):
         self.queues = list(queues)
         self.concurrency = concurrency
-        self.address = address or os.environ.get("CONVEYOR_ADDR", "127.0.0.1:50051")
         self.key = key or os.environ.get("CONVEYOR_KEY")
+        # Every address given, in order; each stream dials the one in use.
+        self._dialer = _Dialer(address, self.key)
+        self.addresses = list(self._dialer.addresses)
+        self.address = ",".join(self.addresses)
         self.worker_id = worker_id or str(uuid.uuid4())
         self._handlers: Dict[str, Handler] = {}
         # One thread per running handler. A cancelled job's handler may run on after the server
@@ -203,7 +210,8 @@ class Worker:
             self._outbox.put(message)
 
     def run(self, handle_signals: bool = True, grace: float = 30.0) -> None:
-        """Serves until `stop`, dialing again (with backoff) whenever the stream breaks.
+        """Serves until `stop`, dialing again (with backoff) whenever the stream breaks, and
+        dialing the next address (when there are several) whenever the stream ends.
 
         In the main thread (and unless `handle_signals` is false), SIGTERM and SIGINT call
         `stop(grace)`; a second signal gets the handler that was there before (Ctrl-C twice:
@@ -212,16 +220,24 @@ class Worker:
         try:
             backoff = 0.2
             while not self._closed.is_set():
+                at, address = self._dialer.address()
+                began = time.monotonic()
                 try:
-                    self._serve()
+                    self._serve(address)
                     backoff = 0.2
                 except grpc.RpcError as e:
                     if e.code() in (grpc.StatusCode.PERMISSION_DENIED,
                                     grpc.StatusCode.UNAUTHENTICATED,
                                     grpc.StatusCode.INVALID_ARGUMENT):
                         raise
-                    log.info("stream to %s broke (%s); again in %.1fs", self.address, e.code(),
+                    # A stream that served a while broke: its replica went away, not a
+                    # server that keeps refusing.
+                    if time.monotonic() - began > 10.0:
+                        backoff = 0.2
+                    log.info("stream to %s broke (%s); again in %.1fs", address, e.code(),
                              backoff)
+                # Whatever ended the stream, the next one starts at the next address.
+                self._dialer.failed(at)
                 if not self._closed.wait(backoff):
                     backoff = min(backoff * 2, 5.0)
         finally:
@@ -273,7 +289,7 @@ class Worker:
         return done
 
     # One stream: Hello, Welcome, then assignments until it ends.
-    def _serve(self) -> None:
+    def _serve(self, address: str) -> None:
         outbox: "queue.Queue[Optional[pb.ConnectRequest]]" = queue.Queue()
         with self._lock:
             if self._closed.is_set():
@@ -316,7 +332,7 @@ class Worker:
                     return
                 yield item
 
-        chan = channel(self.address, self.key)
+        chan = channel(address, self.key)
         try:
             stream = workers_pb2_grpc.WorkerServiceStub(chan).Connect(requests())
             with self._lock:
