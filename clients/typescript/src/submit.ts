@@ -96,7 +96,7 @@ async function retrying<T>(call: (options: CallOptions) => Promise<T>, options: 
 }
 
 /** Waits `ms`; an abort of `signal` ends the wait with Canceled, as it ends a call. */
-function pause(ms: number, signal?: AbortSignal): Promise<void> {
+export function pause(ms: number, signal?: AbortSignal): Promise<void> {
   return new Promise((resolve, reject) => {
     const aborted = () => {
       clearTimeout(timer);

@@ -1,5 +1,7 @@
 // A Node worker: dial Conveyor over one bidirectional gRPC stream, take jobs of your queues,
-// report progress, upload artifacts, and dial again when the stream breaks.
+// report progress, upload artifacts, and dial again when the stream breaks. Given every
+// replica's address (`address: [a, b]` or "a,b"), it dials the next one whenever its stream
+// ends, and presents the jobs it holds there.
 //
 //   const worker = new Worker({ queues: ["render"], concurrency: 2 });
 //   worker.job("render", async (job, progress) => {
@@ -22,7 +24,7 @@ import { isMainThread } from "node:worker_threads";
 import { create } from "@bufbuild/protobuf";
 import { createClient, type Transport } from "@connectrpc/connect";
 
-import { grpcTransport, put, type Options } from "./client.js";
+import { Replicas, grpcTransport, put, type Options } from "./client.js";
 import { ProgressSchema, type Job as JobMessage } from "./gen/conveyor/v1/jobs_pb.js";
 import {
   CompleteSchema,
@@ -159,12 +161,20 @@ export class Job {
   }
 }
 
+/** `address` may list every replica (see `Options`): the worker starts at a random one, stays
+ *  on it while its stream lasts, and dials the next whenever the stream ends (the replica gone,
+ *  or draining). `transport` replaces the one made from `address` and `key`; a `Replicas` one
+ *  is moved on the same way. */
 export interface WorkerOptions extends Options {
   queues: string[];
   concurrency?: number;
   workerId?: string;
   transport?: Transport;
 }
+
+/** How the worker's connection is checked (see KeepAlive): a replica gone without closing it
+ *  is noticed in seconds, as the Rust worker does. */
+const KEEP_ALIVE = { pingIntervalMs: 10_000, pingTimeoutMs: 5_000 };
 
 /** What `run` takes. */
 export interface RunOptions {
@@ -203,10 +213,15 @@ export class Worker {
   /** Ends the wait before the next dial early. */
   private wake?: () => void;
   private transport: Transport;
+  /** The transport, when it can be told to move on to another replica. */
+  private replicas?: Replicas;
+  /** The current stream got its Welcome: it was up, so the next dial needs no long wait. */
+  private welcomed = false;
 
   constructor(private options: WorkerOptions) {
     this.workerId = options.workerId ?? randomUUID();
-    this.transport = options.transport ?? grpcTransport(options);
+    this.transport = options.transport ?? grpcTransport(options, KEEP_ALIVE);
+    if (this.transport instanceof Replicas) this.replicas = this.transport;
   }
 
   job(queue: string, handler: Handler): this {
@@ -236,20 +251,28 @@ export class Worker {
     this.endIfDone();
   }
 
-  /** Serves until `stop`, dialing again (with backoff) whenever the stream breaks. Unless
-   *  `handleSignals` is false, SIGTERM and SIGINT stop the worker (see RunOptions). */
+  /** Serves until `stop`, dialing again (with backoff; the next replica, when there are several)
+   *  whenever the stream ends. Unless `handleSignals` is false, SIGTERM and SIGINT stop the
+   *  worker (see RunOptions). */
   async run({ handleSignals = true, graceMs = 30_000 }: RunOptions = {}): Promise<void> {
     const untrap = handleSignals ? this.trapSignals(graceMs) : undefined;
     try {
       let backoff = 200;
       while (!this.stopped) {
+        const via = this.replicas?.address;
         try {
           await this.serve();
           backoff = 200;
         } catch (e) {
           if (this.stopped) break;
-          console.warn(`conveyor worker: stream broke (${(e as Error).message}); again in ${backoff} ms`);
+          // A stream that was up broke (its replica gone): the next one is dialed soon.
+          if (this.welcomed) backoff = 200;
+          const to = via === undefined ? "" : ` to ${via}`;
+          const next = this.replicas && this.replicas.addresses.length > 1 ? ", on the next address" : "";
+          console.warn(`conveyor worker: stream${to} broke (${(e as Error).message}); again in ${backoff} ms${next}`);
         }
+        // Drained or broken, the next stream starts at the next replica, if there is one.
+        if (via !== undefined) this.replicas!.failed(via);
         if (this.stopped) break;
         await new Promise<void>((resolve) => {
           const timer = setTimeout(resolve, backoff);
@@ -321,6 +344,7 @@ export class Worker {
   private async serve(): Promise<void> {
     const outbox = new Outbox();
     this.outbox = outbox;
+    this.welcomed = false;
     const call = new AbortController();
     this.call = call;
     // The leases this worker holds: its running jobs, and those whose end is not answered yet
@@ -352,6 +376,7 @@ export class Worker {
         const msg = message.msg;
         switch (msg.case) {
           case "welcome": {
+            this.welcomed = true;
             const every = Number(msg.value.heartbeatInterval?.seconds ?? 5n) * 1000 || 5000;
             beat = setInterval(() => outbox.push({ case: "heartbeat", value: create(HeartbeatSchema) }), every);
             for (const lost of msg.value.lost) {
