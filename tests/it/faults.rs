@@ -359,20 +359,7 @@ async fn a_worker_and_a_watcher_go_on_through_another_replica() {
     let url = harness::sqlite_url();
     let ports = [harness::free_port(), harness::free_port()];
     let addrs = ports.map(|port| format!("http://127.0.0.1:{port}"));
-    let replica = |port: u16| {
-        Command::new(BIN)
-            .arg("serve")
-            .env("CONVEYOR_INSECURE", "true")
-            .env("REDIS_URL", redis.url())
-            .env("DATABASE_URL", &url)
-            .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONVEYOR_HTTP_LISTEN", "off")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let replica = |port: u16| crate::process::replica(&redis, &url, port);
     // Only the first is up when the worker and the watcher start: both are on it.
     let mut first = replica(ports[0]);
     let mut jobs = crate::process::answering(&addrs[0]).await;

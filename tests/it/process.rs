@@ -532,6 +532,23 @@ impl Held {
     }
 }
 
+/// A `conveyor serve` replica on `port`, on `redis` and the database at `url`.
+pub fn replica(redis: &harness::Redis, url: &str, port: u16) -> Child {
+    Command::new(BIN)
+        .arg("serve")
+        .env("CONVEYOR_INSECURE", "true")
+        .env("REDIS_URL", redis.url())
+        .env("DATABASE_URL", url)
+        .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
+        .env("CONVEYOR_HTTP_LISTEN", "off")
+        .env("CONVEYOR_SHUTDOWN_TIMEOUT", "5s")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 /// A load balancer in front of replicas, as a Service is: each connection goes to the first
 /// backend that accepts it.
 async fn balancer(backends: Vec<u16>) -> u16 {
@@ -564,21 +581,7 @@ async fn sigterm_moves_a_running_jobs_worker_to_the_other_replica() {
     let redis = harness::Redis::start().await;
     let url = harness::sqlite_url();
     let ports = [harness::free_port(), harness::free_port()];
-    let replica = |port: u16| {
-        Command::new(BIN)
-            .arg("serve")
-            .env("CONVEYOR_INSECURE", "true")
-            .env("REDIS_URL", redis.url())
-            .env("DATABASE_URL", &url)
-            .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CONVEYOR_HTTP_LISTEN", "off")
-            .env("CONVEYOR_SHUTDOWN_TIMEOUT", "5s")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap()
-    };
+    let replica = |port: u16| replica(&redis, &url, port);
     let mut first = replica(ports[0]);
     let mut jobs = answering(&format!("http://127.0.0.1:{}", ports[0])).await;
     let _second = replica(ports[1]);

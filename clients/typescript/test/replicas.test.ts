@@ -39,29 +39,8 @@ import {
   type WatchJobResponse,
 } from "@conveyor/client";
 
-import { ROOT, freePort, unique } from "./server.js";
+import { ROOT, freePort, later, sleep, unique, within } from "./server.js";
 
-/** A promise and what settles it. */
-function later<T = void>() {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** `promise`, or a failure naming `what` after `ms`: a test that waits fails, not hangs. */
-async function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, fail) => {
-    timer = setTimeout(() => fail(new Error(`no ${what} within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 /** Everything `items` yields, in order. */
 async function collect<T>(items: AsyncIterable<T>): Promise<T[]> {

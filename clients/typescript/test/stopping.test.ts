@@ -27,7 +27,7 @@ import {
   type ConnectResponse,
 } from "@conveyor/client";
 
-import { startDev, unique, type DevServer } from "./server.js";
+import { later, sleep, startDev, unique, within, type DevServer } from "./server.js";
 
 let dev: DevServer;
 let address: string;
@@ -41,27 +41,6 @@ after(() => {
   dev?.stop();
 });
 
-/** A promise and what settles it. */
-function later<T = void>() {
-  let resolve!: (value: T) => void;
-  const promise = new Promise<T>((r) => (resolve = r));
-  return { promise, resolve };
-}
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** `promise`, or a failure naming `what` after `ms`: a test that waits fails, not hangs. */
-async function within<T>(promise: Promise<T>, what: string, ms = 20_000): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const late = new Promise<never>((_, fail) => {
-    timer = setTimeout(() => fail(new Error(`no ${what} within ${ms} ms`)), ms);
-  });
-  try {
-    return await Promise.race([promise, late]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
 
 test("a job submitted while a worker stops is not failed: another worker runs its first attempt", async () => {
   const queue = unique("drain");
