@@ -114,7 +114,8 @@ async fn watch_once(
         let item = tokio::select! {
             item = stream.next() => match item {
                 Some(item) => item,
-                None => return Ok(None),
+                // A watch resumed after the job's last event ends at once: show how it ended.
+                None => return Ok(ended(&mut jobs, job_id, view).await),
             },
             _ = poll.tick(), if view.waiting() => {
                 let request = proto::GetJobRequest { job_id: job_id.to_string() };
@@ -139,6 +140,26 @@ async fn watch_once(
             Err(s) => return Err(Resume::Gone(s)),
         }
     }
+}
+
+/// The exit code of a job that has ended, shown as its snapshot; `None` while it has not.
+async fn ended(jobs: &mut crate::client::Jobs, job_id: &str, view: &mut View) -> Option<u8> {
+    let request = proto::GetJobRequest {
+        job_id: job_id.to_string(),
+    };
+    let job = jobs.get_job(request).await.ok()?.into_inner().job?;
+    let terminal = [JobState::Succeeded, JobState::Failed, JobState::Cancelled];
+    if !terminal.iter().any(|s| *s as i32 == job.state) {
+        return None;
+    }
+    let snapshot = proto::JobEvent {
+        job_id: job.id.clone(),
+        seq: 0,
+        kind: Kind::Snapshot as i32,
+        job: Some(job),
+        ..Default::default()
+    };
+    view.show(&snapshot)
 }
 
 fn state_name(state: i32) -> &'static str {

@@ -121,3 +121,38 @@ async fn the_demo_runs_a_job_to_its_result() {
         "{said}"
     );
 }
+
+/// `conveyor watch --after-seq N` of a job whose last event was N: the server has nothing more to
+/// send, and the watch says how the job ended and exits with it, at once.
+#[tokio::test]
+async fn watch_after_the_last_event_of_an_ended_job_ends_at_once() {
+    let (_redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    let mut worker = Worker::connect(&server, &["render"], 1).await;
+    let a = worker.assignment().await;
+    worker.complete(&job.id, a.token, r#"{"ok":1}"#).await;
+    let events = harness::watch_all(&mut jobs, &job.id, None).await;
+    let last = events.iter().map(|e| e.seq).max().unwrap();
+    let watch = tokio::process::Command::new(env!("CARGO_BIN_EXE_conveyor"))
+        .args([
+            "watch",
+            "--addr",
+            &server.addr,
+            "--after-seq",
+            &last.to_string(),
+            &job.id,
+        ])
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(DEADLINE, watch)
+        .await
+        .expect("it ends")
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(r#"{"ok":1}"#));
+}
