@@ -23,6 +23,8 @@ pub enum Signal {
     Wake { queue: String, due_ms: Option<i64> },
     /// A job was cancelled; whoever runs it must stop.
     Cancelled { job_id: String },
+    /// A worker is connected again, as `session` (on this replica or another).
+    WorkerBack { worker: String, session: String },
     /// The subscription was re-established; signals may have been missed meanwhile.
     Resubscribed,
 }
@@ -218,6 +220,7 @@ pub async fn run(
             keys::EVENTS_CHANNEL,
             keys::WAKE_CHANNEL,
             keys::AFTER_CHANNEL,
+            keys::BACK_CHANNEL,
         ])
         .await?;
     loop {
@@ -241,6 +244,12 @@ pub async fn run(
                     let _ = signals.send(Signal::Wake { queue, due_ms: due }).await;
                 } else if channel == keys::AFTER_CHANNEL {
                     flows.poke(&String::from_utf8_lossy(payload));
+                } else if channel == keys::BACK_CHANNEL {
+                    let text = String::from_utf8_lossy(payload);
+                    if let Some((worker, session)) = text.rsplit_once('|') {
+                        let (worker, session) = (worker.to_string(), session.to_string());
+                        let _ = signals.send(Signal::WorkerBack { worker, session }).await;
+                    }
                 } else if channel == keys::EVENTS_CHANNEL {
                     match Event::parse_many(payload) {
                         Ok(events) => {

@@ -117,8 +117,17 @@ impl State {
                     welcome.held.push((id, queue, token));
                 }
                 let queues = s.queues.clone();
+                let worker = s.worker.clone();
                 let _ = reply.send(Ok(welcome));
                 queues.iter().for_each(|q| self.dispatch(q));
+                // A replica where its old stream waits out the grace lets go of the jobs that
+                // did not come back with it, instead of holding them until the grace ends.
+                let scheduler = self.scheduler.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = scheduler.announce_back(&worker, &session).await {
+                        tracing::debug!(error = %e, "could not announce a reconnected worker");
+                    }
+                });
             }
             Command::Disconnected { session } => self.disconnected(session),
             Command::GraceOver { session } => self.grace_over(session),
@@ -295,8 +304,31 @@ impl State {
         if s.connected {
             return;
         }
-        let s = self.sessions.remove(&session).expect("checked above");
         let reason = format!("worker {} disconnected and did not come back", s.worker);
+        self.let_go(session, reason);
+    }
+
+    /// A worker this replica holds a disconnected session of is connected again (here or on
+    /// another replica) as `session`: the leases it still held moved there already, so what
+    /// stayed with the old session goes back to its queues now.
+    fn worker_back(&mut self, worker: &str, session: &str) {
+        let old: Vec<String> = self
+            .sessions
+            .iter()
+            .filter(|(id, s)| s.worker == worker && !s.connected && *id != session)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for old in old {
+            let reason = format!("worker {worker} reconnected without this job");
+            self.let_go(old, reason);
+        }
+    }
+
+    /// Ends a disconnected session: the leases still under it go back to their queues.
+    fn let_go(&mut self, session: String, reason: String) {
+        let Some(s) = self.sessions.remove(&session) else {
+            return;
+        };
         for (queue, ids) in by_queue(s.held.iter().map(|(id, q)| (id.clone(), q.clone()))) {
             let scheduler = self.scheduler.clone();
             let (session, reason) = (session.clone(), reason.clone());
@@ -326,6 +358,7 @@ impl State {
             Signal::Cancelled { job_id } => {
                 self.stop_jobs(&HashSet::from([job_id]), "the job was cancelled");
             }
+            Signal::WorkerBack { worker, session } => self.worker_back(&worker, &session),
             Signal::Resubscribed => {
                 let names: Vec<String> = self.queues.keys().cloned().collect();
                 for name in names {

@@ -13,6 +13,10 @@ pub const WAKE_CHANNEL: &str = "cv:wake";
 /// Pub/sub channel saying "queue has ended jobs with work after them" (`queue`; crate::flows).
 pub const AFTER_CHANNEL: &str = "cv:after";
 
+/// Pub/sub channel saying "this worker is connected again, to this session" (`worker|session`):
+/// a replica where the worker's old stream waits out its grace lets go of what that stream held.
+pub const BACK_CHANNEL: &str = "cv:back";
+
 /// Present once Redis holds everything the database says it should; written by the
 /// reconciler. Its absence means Redis is new, or lost its data.
 pub const MARKER: &str = "cv:marker";

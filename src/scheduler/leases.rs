@@ -373,6 +373,11 @@ impl Handle {
             Some("FAILED_PRECONDITION") => Err(Error::FailedPrecondition(
                 reply.get(1).cloned().unwrap_or_default(),
             )),
+            // A queue not restored yet; without a database nothing will restore it.
+            Some("UNAVAILABLE") if self.history.is_some() => Err(Error::Restoring),
+            Some("UNAVAILABLE") => Err(Error::FailedPrecondition(
+                "job does not exist (Redis lost its data)".into(),
+            )),
             other => Err(Error::Corrupt(format!("report answered {other:?}"))),
         };
         let resolve = |mut i: usize| loop {
@@ -455,6 +460,15 @@ impl Handle {
             .collect();
         self.record(changes);
         Ok(back.len())
+    }
+
+    /// Tells every replica that `worker` is connected again as `session`, once the leases it
+    /// still holds moved there (see `keys::BACK_CHANNEL`).
+    pub async fn announce_back(&self, worker: &str, session: &str) -> Result<(), Error> {
+        use fred::interfaces::PubsubInterface;
+        let message = format!("{worker}|{session}");
+        let _: i64 = self.redis.publish(keys::BACK_CHANNEL, message).await?;
+        Ok(())
     }
 
     /// Moves still-valid leases of `queue` to a reconnected worker's session.

@@ -46,10 +46,10 @@ pub struct Reconciler {
 /// What one reconciliation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Restored {
-    /// Unfinished jobs put back (including `requeued`).
+    /// Unfinished jobs put back (including `running`).
     pub unfinished: u64,
-    /// RUNNING jobs whose lease was lost, requeued as a new attempt.
-    pub requeued: u64,
+    /// RUNNING jobs whose lease went with the data, back RUNNING for their worker to take over.
+    pub running: u64,
     /// Finished jobs put back for the rest of their retention (their idempotency keys).
     pub finished: u64,
 }
@@ -166,7 +166,7 @@ impl Reconciler {
             ),
             Ok(Some(r)) => tracing::warn!(
                 unfinished = r.unfinished,
-                requeued = r.requeued,
+                running = r.running,
                 finished = r.finished,
                 "Redis had no marker (new, or it lost its data); restored the queues from the database"
             ),
@@ -228,7 +228,7 @@ impl Reconciler {
             after = Some(last.id.clone());
             for answer in self.restore(rows).await? {
                 restored.unfinished += (answer > 0) as u64;
-                restored.requeued += (answer == 2) as u64;
+                restored.running += (answer == 2) as u64;
             }
         }
         let since = now_ms() - self.scheduler.options.retention.as_millis() as i64;
@@ -255,8 +255,8 @@ impl Reconciler {
 
 impl Handle {
     /// Puts rows back in Redis (`restore.lua`, per queue): 0 left alone (Redis has the job), 1
-    /// restored as it was, 2 requeued from RUNNING. The answers follow the rows' order within
-    /// each queue.
+    /// restored as it was, 2 restored RUNNING for its worker to take over (or the lease's
+    /// reclaim to requeue). The answers follow the rows' order within each queue.
     pub(super) async fn restore_rows(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
         let mut answers = Vec::new();
         for (queue, chunk) in per_call(rows) {
@@ -264,28 +264,13 @@ impl Handle {
                 s(keys::prefix(&queue)),
                 Value::Integer(now_ms()),
                 Value::Integer(self.options.retention_of(&queue).as_millis() as i64),
+                Value::Integer(self.options.lease_ttl.as_millis() as i64),
             ];
             for row in &chunk {
                 args.extend(restore_args(row));
             }
             let replies: Vec<i64> =
                 call(&self.redis, &self.scripts.restore, keys::all(&queue), args).await?;
-            // A lost lease ended its attempt; the history says so.
-            let requeued = chunk
-                .iter()
-                .zip(&replies)
-                .filter(|(_, answer)| **answer == 2)
-                .map(|(row, _)| {
-                    durable::ended(
-                        &row.id,
-                        JobState::Queued,
-                        None,
-                        None,
-                        Some("lease lost: Redis lost its data while the job ran".into()),
-                    )
-                })
-                .collect();
-            self.record(requeued);
             // Restored WAITING jobs tell their dependencies again that they wait.
             for (row, answer) in chunk.iter().zip(&replies) {
                 if *answer == 1 && row.state == JobState::Waiting.as_str() {

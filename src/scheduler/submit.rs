@@ -6,7 +6,10 @@
 //! answers (`submit_again`): a job Redis has already is left as it is, one whose idempotency key now
 //! names another job (the client retried meanwhile) is dropped with its row, and one Redis lacks
 //! is created. So a job is never in Redis without its row, and a retried submit with the same key
-//! ends on one job.
+//! ends on one job. A call refused because Redis lost its data and is not restored yet keeps its
+//! rows the same way: the restore may have read them already (deleting them then left a job in
+//! Redis without its row, which a retry with the key was answered with), and the call is made
+//! again once the restore is done.
 
 use std::time::Duration;
 
@@ -80,7 +83,9 @@ impl Handle {
         }
         match self.submit_redis(&queue, &mut args, sent.len()).await {
             Ok(answers) => self.accepted(&queue, sent, answers).await,
-            Err(e) if unanswered(&e) && self.history.is_some() => {
+            Err(e)
+                if (unanswered(&e) || matches!(e, Error::Restoring)) && self.history.is_some() =>
+            {
                 tokio::spawn(self.clone().submit_again(queue, args, sent));
                 Err(e)
             }
@@ -110,12 +115,64 @@ impl Handle {
 
     /// Deletes the rows of jobs Redis did not take. Best effort: a row left behind is an
     /// unfinished job Redis never had, which a later repair would restore (and run).
+    ///
+    /// While Redis is being restored, the restore may have read these rows and put their jobs
+    /// back: so then the rows go only once the restore is done (the marker is back, waited for in
+    /// the background), and only those of jobs Redis does not have then. Before, a repeat that
+    /// found its key taken deleted a row the restore then brought back, and a job lived in Redis
+    /// without its row.
     async fn forget(&self, ids: Vec<String>) {
+        if self.history.is_none() {
+            return;
+        }
+        match self.not_in_redis(&ids).await {
+            Ok(Some(gone)) => self.delete_rows(gone).await,
+            Ok(None) => {
+                tokio::spawn(self.clone().forget_when_whole(ids));
+            }
+            Err(e) => tracing::warn!(error = %e, "could not check rows of jobs Redis did not take"),
+        }
+    }
+
+    async fn forget_when_whole(self, ids: Vec<String>) {
+        let mut wait = Duration::from_millis(100);
+        let until = tokio::time::Instant::now() + RESOLVE_FOR;
+        while tokio::time::Instant::now() < until {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+            match self.not_in_redis(&ids).await {
+                Ok(Some(gone)) => return self.delete_rows(gone).await,
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "could not check rows of jobs Redis did not take");
+                    return;
+                }
+            }
+        }
+        // The rows stay; the repair compares them with Redis.
+    }
+
+    async fn delete_rows(&self, ids: Vec<String>) {
         if let Some(store) = &self.history
             && let Err(e) = store.forget(ids).await
         {
             tracing::warn!(error = %e, "could not delete rows of jobs Redis did not take");
         }
+    }
+
+    /// Of `ids`, those Redis does not have; `None` while Redis is not whole (no marker).
+    async fn not_in_redis(&self, ids: &[String]) -> Result<Option<Vec<String>>, Error> {
+        if self.redis.exists::<i64, _>(keys::MARKER).await? == 0 {
+            return Ok(None);
+        }
+        let mut gone = Vec::new();
+        for id in ids {
+            let queue = keys::queue_of(id).unwrap_or_default();
+            if self.redis.exists::<i64, _>(keys::job(queue, id)).await? == 0 {
+                gone.push(id.clone());
+            }
+        }
+        Ok(Some(gone))
     }
 
     /// What Redis answered for the `sent` jobs (`None`: created as sent; else the job it repeats):
@@ -163,9 +220,9 @@ impl Handle {
         Ok(answered)
     }
 
-    /// Makes a submit call that went without an answer again, as a repeat, until Redis answers
-    /// (see the module comment). Gives up after `RESOLVE_FOR`: the rows stay, and the repair
-    /// restores what Redis lacks.
+    /// Makes a submit call that went without an answer (or met a restore in progress) again, as a
+    /// repeat, until Redis answers (see the module comment). Gives up after `RESOLVE_FOR`: the
+    /// rows stay, and the repair restores what Redis lacks.
     async fn submit_again(self, queue: String, mut args: Vec<Value>, sent: Vec<Job>) {
         args[4] = s("1"); // a repeat
         let until = tokio::time::Instant::now() + RESOLVE_FOR;
@@ -179,12 +236,15 @@ impl Handle {
                     }
                     return;
                 }
-                Err(e) if unanswered(&e) && tokio::time::Instant::now() < until => {
+                // Redis lost its data: once the restore is done (it may bring these rows back
+                // itself), the repeat finds them or creates them.
+                Err(e)
+                    if (unanswered(&e) || matches!(e, Error::Restoring))
+                        && tokio::time::Instant::now() < until =>
+                {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                // Redis lost its data: the restore brings the rows back.
-                Err(Error::Restoring) => return,
-                Err(e) if unanswered(&e) => {
+                Err(e) if unanswered(&e) || matches!(e, Error::Restoring) => {
                     tracing::warn!(error = %e, queue, "submit still unresolved; the repair takes it over");
                     return;
                 }

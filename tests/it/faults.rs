@@ -1,5 +1,7 @@
-//! Faults a job must survive without being lost or run twice at once: a worker frozen while its
-//! job finishes, then back within the grace period.
+//! Faults a job must survive without being lost or run twice at once, one test per defect the
+//! fault runs found (workers frozen, killed or back on another replica; Redis or the database
+//! answering too late; a replica gone). The whole scenarios with a history checker are in
+//! `fault_suite.rs`.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -9,7 +11,9 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::process::Command;
 
-use crate::harness::{self, Redis, Server, eventually, get, submit, submit_job, wait_state};
+use crate::harness::{
+    self, Redis, Server, Worker, eventually, get, submit, submit_job, wait_state,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
 
@@ -403,4 +407,91 @@ async fn a_worker_and_a_watcher_go_on_through_another_replica() {
     assert!(watched.status.success(), "{:?}", watched.status);
     let result = String::from_utf8_lossy(&watched.stdout);
     assert!(result.contains(r#"{"attempt":1}"#), "{result}");
+}
+
+/// A worker whose stream to one replica broke comes back on another, holding one of its two
+/// jobs (the other's assignment never reached it). The first replica, still waiting out the
+/// grace for the old stream, lets go of the job at once when it hears the worker is back
+/// elsewhere, and the job runs again within a second or two. Before, it waited out the whole
+/// grace (in the fault suite, every job stalled behind it for 7 s).
+#[tokio::test]
+async fn a_worker_back_on_another_replica_frees_what_it_no_longer_holds() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let mut config = harness::config(&redis);
+    config.grace = Duration::from_secs(60);
+    let first = Server::start(config.clone()).await;
+    let second = Server::start(config).await;
+    let mut jobs = first.jobs().await;
+    let mut worker = Worker::connect_with(&first, harness::hello(&["render"], 2, "w")).await;
+    let kept = submit_job(&mut jobs, submit("render", "1")).await;
+    let dropped = submit_job(&mut jobs, submit("render", "2")).await;
+    let mut tokens = std::collections::HashMap::new();
+    while tokens.len() < 2 {
+        let a = worker.assignment().await;
+        tokens.insert(a.job.unwrap().id, a.token);
+    }
+    drop(worker);
+    let began = std::time::Instant::now();
+
+    let mut hello = harness::hello(&["render"], 2, "w");
+    hello.held.push(proto::HeldLease {
+        job_id: kept.id.clone(),
+        token: tokens[&kept.id],
+    });
+    let mut back = Worker::connect_with(&second, hello).await;
+    let _beating = back.keep_alive();
+    assert_eq!(back.welcome.reattached, vec![kept.id.clone()]);
+    let again = back.assignment().await;
+    assert_eq!(again.job.unwrap().id, dropped.id);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the job came back after {:?}",
+        began.elapsed()
+    );
+}
+
+/// A replica dies right after it leased a job to a worker that never got it: nobody renews that
+/// lease any more. The surviving replica reclaims it when it lapses (it learns the earliest lease
+/// deadline from its own lease calls) and the job runs there. Before, it waited for the safety
+/// sweep (`CONVEYOR_SWEEP`, a minute by default) after the lease had lapsed.
+#[tokio::test]
+async fn a_lease_of_a_dead_replica_comes_back_when_it_lapses() {
+    harness::logs();
+    let redis = Redis::start().await;
+    let url = harness::sqlite_url();
+    let port = harness::free_port();
+    let ttl = [("CONVEYOR_LEASE_TTL", "2s"), ("CONVEYOR_BACKOFF", "50ms")];
+    let mut dead = crate::process::replica_with(&redis, &url, port, &ttl, Stdio::null());
+    let addr = format!("http://127.0.0.1:{port}");
+    let mut jobs = crate::process::answering(&addr).await;
+    let channel = tonic::transport::Endpoint::from_shared(addr)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let hello = proto::connect_request::Msg::Hello(harness::hello(&["render"], 1, "lost"));
+    let (tx, rx) = Worker::open_on(channel, None, hello).await.unwrap();
+    let mut first = Worker::welcomed(tx, rx).await;
+    let job = submit_job(&mut jobs, submit("render", "{}")).await;
+    let lost = first.assignment().await;
+    assert_eq!(lost.job.unwrap().id, job.id);
+    dead.start_kill().unwrap();
+    dead.wait().await.unwrap();
+
+    let mut config = harness::config(&redis);
+    config.database_url = Some(url);
+    config.lease_ttl = Duration::from_secs(2);
+    config.sweep = Duration::from_secs(60);
+    let survivor = Server::start(config).await;
+    let mut worker = Worker::connect_with(&survivor, harness::hello(&["render"], 1, "w")).await;
+    let _beating = worker.keep_alive();
+    let began = std::time::Instant::now();
+    let again = worker.assignment().await;
+    assert_eq!(again.job.unwrap().id, job.id);
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "the job came back after {:?}",
+        began.elapsed()
+    );
 }

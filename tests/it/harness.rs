@@ -348,7 +348,7 @@ impl Worker {
     }
 
     /// The worker once its Welcome has arrived.
-    async fn welcomed(tx: mpsc::Sender<proto::ConnectRequest>, mut rx: Streaming) -> Worker {
+    pub async fn welcomed(tx: mpsc::Sender<proto::ConnectRequest>, mut rx: Streaming) -> Worker {
         let welcome = match rx.next().await {
             Some(Ok(proto::ConnectResponse {
                 msg: Some(ServerMsg::Welcome(w)),

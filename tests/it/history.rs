@@ -328,7 +328,8 @@ async fn history_answers_filtered_pages_and_outlives_redis(backend: Backend) {
 }
 
 /// A worker that reconnects whenever its stream breaks and completes each job it is given with
-/// its id as the result; counts the completions the server accepted, per job.
+/// its id as the result, sending a completion again when the server answers UNAVAILABLE (as
+/// the proto asks); counts the completions the server accepted, per job.
 fn resilient_worker(
     server_addr: String,
     accepted: Arc<Mutex<HashMap<String, u32>>>,
@@ -362,6 +363,7 @@ fn resilient_worker(
                 continue;
             };
             let mut stream = response.into_inner();
+            let mut sent = HashMap::new();
             while let Some(Ok(message)) = stream.next().await {
                 match message.msg {
                     Some(Msg::Assignment(a)) => {
@@ -369,14 +371,22 @@ fn resilient_worker(
                         let complete = proto::Complete {
                             job_id: id.clone(),
                             token: a.token,
-                            result: id,
+                            result: id.clone(),
                             ..Default::default()
                         };
                         let msg = proto::connect_request::Msg::Complete(complete);
+                        sent.insert(id, msg.clone());
                         let _ = tx.send(proto::ConnectRequest { msg: Some(msg) }).await;
                     }
                     Some(Msg::ReportResult(r)) if r.code == 0 => {
                         *accepted.lock().unwrap().entry(r.job_id).or_default() += 1;
+                    }
+                    Some(Msg::ReportResult(r)) if r.code == tonic::Code::Unavailable as i32 => {
+                        let (tx, msg) = (tx.clone(), sent.get(&r.job_id).cloned());
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = tx.send(proto::ConnectRequest { msg }).await;
+                        });
                     }
                     Some(Msg::Heartbeat(_)) => {
                         let msg = proto::connect_request::Msg::Heartbeat(proto::Heartbeat {});

@@ -10,6 +10,7 @@ mod cli;
 mod clients;
 mod cost;
 mod fairness;
+mod fault_suite;
 mod faults;
 mod flows;
 mod follow;

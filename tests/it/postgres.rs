@@ -129,6 +129,36 @@ impl Postgres {
         )
     }
 
+    /// Runs one SQL statement with `psql` and returns its rows, a line each, columns split by `|`.
+    pub fn query(&self, sql: &str) -> Vec<String> {
+        let out = Command::new(bin("psql"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .arg("-p")
+            .arg(self.port.to_string())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(str::to_string)
+            .collect()
+    }
+
     /// The server's processes: the postmaster (its pid file's first line) and its children.
     fn processes(&self) -> Vec<Pid> {
         let pidfile = self.dir.path().join("data/postmaster.pid");

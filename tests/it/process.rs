@@ -534,6 +534,17 @@ impl Held {
 
 /// A `conveyor serve` replica on `port`, on `redis` and the database at `url`.
 pub fn replica(redis: &harness::Redis, url: &str, port: u16) -> Child {
+    replica_with(redis, url, port, &[], Stdio::null())
+}
+
+/// A replica with more settings (`env`), its log written to `log`.
+pub fn replica_with(
+    redis: &harness::Redis,
+    url: &str,
+    port: u16,
+    env: &[(&str, &str)],
+    log: impl Into<Stdio>,
+) -> Child {
     Command::new(BIN)
         .arg("serve")
         .env("CONVEYOR_INSECURE", "true")
@@ -542,8 +553,9 @@ pub fn replica(redis: &harness::Redis, url: &str, port: u16) -> Child {
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
         .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("CONVEYOR_SHUTDOWN_TIMEOUT", "5s")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .kill_on_drop(true)
         .spawn()
         .unwrap()

@@ -91,9 +91,11 @@ impl State {
         };
         q.maybe_ready = leased.more || q.news != news;
         q.next_due_ms = leased.next_due_ms;
-        // Leases of other replicas this one has not seen are caught by the safety sweep.
+        // The earliest lease deadline is when one may lapse: a replica that died leaves leases
+        // nobody renews, whose jobs go back once they lapse. The safety sweep covers the rest.
         let safety = ms_from_now(self.options.sweep);
-        q.next_check_ms.get_or_insert(safety);
+        let check = leased.next_check_ms.map_or(safety, |at| at.min(safety));
+        q.next_check_ms = Some(q.next_check_ms.map_or(check, |c| c.min(check)));
         let unused = reserved - leased.jobs.len() as u32;
         match self.sessions.get_mut(&session) {
             Some(s) => {

@@ -36,9 +36,9 @@ local ENDED = {}
 -- need (`SETTLE_FIELDS`).
 local FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'qw', 'idem', 'tenant', 'result',
   'lk', 'after', 'session', 'max_attempts', 'backoff_initial', 'backoff_max', 'tier',
-  'priority', 'rank', 'timeout', 'timeout_at', 'error' }
+  'priority', 'rank', 'timeout', 'timeout_at', 'error', 'adopt', 'atok' }
 local SETTLE_FIELDS = { 'state', 'token', 'worker', 'attempt', 'seq', 'w', 'qw', 'idem', 'tenant', 'result',
-  'lk', 'after', 'tier' }
+  'lk', 'after', 'tier', 'adopt', 'atok' }
 
 -- The job's `fields` (default: all) by name, or nil when the job does not exist. The first field
 -- must be `state`, which every job has.
@@ -267,20 +267,44 @@ local function unlease(prefix, id, j, now)
   return attempt
 end
 
--- Checks that `worker` holds the running lease of job `j` under `token`; returns nil or the
--- rejection message.
-local function check_lease(j, token, worker)
+-- Restored from the database RUNNING after Redis lost its data (restore.lua), a job's lease
+-- went with the data: `adopt` holds the token restore.lua gave it, and the first holder that
+-- speaks for it (a report, a renewal, a reattach) takes it over under its own old token
+-- (`atok`), so the result of a run the loss interrupted is not thrown away. A new lease changes
+-- `token`, which ends the arrangement.
+local function adopted(j)
+  return j.adopt ~= nil and j.adopt ~= false and j.adopt == j.token
+end
+
+-- Whether `token` is the lease's: its own, or the adopting holder's (see `adopted`).
+local function holds(j, token)
+  if tonumber(token) == tonumber(j.token) then return true end
+  return adopted(j) and j.atok == token
+end
+
+-- Checks that `worker` holds the running lease of job `id` (`j`) under `token`; returns nil, or
+-- the refusal {code, message}. A job Redis does not have in a queue whose data it lost and
+-- that is not restored yet (no `ok` key, see submit.lua) is UNAVAILABLE: the worker keeps its
+-- report and sends it again once the restore put the job back.
+local function check_lease(prefix, id, j, token, worker)
   if not j then
-    return 'job does not exist (finished jobs expire after the retention period)'
+    if redis.call('EXISTS', prefix .. 'ok') == 0 then
+      return { 'UNAVAILABLE', 'Redis lost its data; the queue is being restored' }
+    end
+    return { 'FAILED_PRECONDITION', 'job does not exist (finished jobs expire after the retention period)' }
   end
-  if tonumber(token) ~= tonumber(j.token) then
-    return 'stale fencing token ' .. token .. '; the current lease has token ' .. j.token
+  if adopted(j) and j.state == 'RUNNING' and (j.atok == nil or j.atok == false) then
+    redis.call('HSET', prefix .. 'job:' .. id, 'worker', worker, 'atok', token)
+    j.worker, j.atok = worker, token
+  end
+  if not holds(j, token) then
+    return { 'FAILED_PRECONDITION', 'stale fencing token ' .. token .. '; the current lease has token ' .. j.token }
   end
   if j.worker ~= worker then
-    return 'job was never assigned to this worker'
+    return { 'FAILED_PRECONDITION', 'job was never assigned to this worker' }
   end
   if j.state ~= 'RUNNING' then
-    return 'job is ' .. j.state .. ', not RUNNING'
+    return { 'FAILED_PRECONDITION', 'job is ' .. j.state .. ', not RUNNING' }
   end
   return nil
 end

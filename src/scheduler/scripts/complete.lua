@@ -11,14 +11,14 @@ for i = 5, #ARGV, 4 do
   local id, token, result, arts = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local j = load(prefix .. 'job:' .. id, SETTLE_FIELDS)
   local reply = { 'OK', '' }
-  if j and j.state == 'SUCCEEDED' and tonumber(j.token) == tonumber(token) and j.worker == worker then
+  if j and j.state == 'SUCCEEDED' and holds(j, token) and j.worker == worker then
     if j.result ~= result then
       reply = { 'FAILED_PRECONDITION', 'this attempt already completed with a different result' }
     end
   else
-    local rejected = check_lease(j, token, worker)
+    local rejected = check_lease(prefix, id, j, token, worker)
     if rejected then
-      reply = { 'FAILED_PRECONDITION', rejected }
+      reply = rejected
     else
       local fields = { 'result', result, 'pct', '100' }
       local ev = { result = result }

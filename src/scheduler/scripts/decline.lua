@@ -11,12 +11,12 @@ local out = {}
 for i = 5, #ARGV, 3 do
   local id, token, reason = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local j = load(prefix .. 'job:' .. id)
-  if j and j.state == 'QUEUED' and tonumber(j.token) == tonumber(token) and j.worker == worker then
+  if j and j.state == 'QUEUED' and holds(j, token) and j.worker == worker then
     out[#out + 1] = { 'OK', 'QUEUED', j.attempt }
   else
-    local rejected = check_lease(j, token, worker)
+    local rejected = check_lease(prefix, id, j, token, worker)
     if rejected then
-      out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
+      out[#out + 1] = rejected
     else
       local attempt = unlease(prefix, id, j, now)
       out[#out + 1] = { 'OK', 'QUEUED', tostring(attempt), j.tier }

@@ -9,13 +9,13 @@ local out = {}
 for i = 5, #ARGV, 5 do
   local id, token, err, retryable, jitter = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], tonumber(ARGV[i + 4])
   local j = load(prefix .. 'job:' .. id)
-  if j and j.state ~= 'RUNNING' and tonumber(j.token) == tonumber(token) and j.error == err
+  if j and j.state ~= 'RUNNING' and holds(j, token) and j.error == err
     and j.worker == worker then
     out[#out + 1] = { 'OK', j.state, '' }
   else
-    local rejected = check_lease(j, token, worker)
+    local rejected = check_lease(prefix, id, j, token, worker)
     if rejected then
-      out[#out + 1] = { 'FAILED_PRECONDITION', rejected }
+      out[#out + 1] = rejected
     elseif retryable == '1' then
       local state, due = retry_or_fail(prefix, id, j, now, jitter, err, retention, false)
       out[#out + 1] = { 'OK', state, due and tostring(due) or '', j.tier }

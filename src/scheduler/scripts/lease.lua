@@ -13,8 +13,9 @@
 -- A job whose limit key is at its limit is parked (common.lua) instead of leased, and the
 -- line moves on to the next job; a key blocked by its rate gets a timer (`ktimer`), which the
 -- next_due answer and a wake-up include, so a dispatcher comes back exactly when it opens.
--- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1, ENDED (see common.lua),
---   {job field, value...}...} (the leased jobs' fields an assignment needs)
+-- Returns {next_due_ms or -1, more_ready 0|1, next_check_ms or -1 (a lease call: the earliest
+--   lease deadline), ENDED (see common.lua), {job field, value...}...} (the leased jobs' fields
+--   an assignment needs)
 local prefix, now, n, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local session, worker = ARGV[5], ARGV[6]
 local retention, jitter = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -361,4 +362,6 @@ if full then more = 0 end
 WAKE.ready = WAKE.ready and more == 1
 finish(prefix, now, retention)
 if left == 0 then rate_next = nil end
-return { next_look(next_due) or -1, more, -1, ENDED, unpack(out) }
+-- The earliest lease deadline, so that a lease no replica renews any more (its replica died
+-- with it) is reclaimed when it lapses, not at the next safety sweep.
+return { next_look(next_due) or -1, more, first_score(leased) or -1, ENDED, unpack(out) }

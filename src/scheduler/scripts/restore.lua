@@ -3,43 +3,45 @@
 -- another job (one submitted before the restore was done, or a row of a submit Redis never
 -- took), both jobs stay, and the key goes to the older: no accepted job is ever dropped, at the
 -- price of running a rare duplicate. An unfinished job goes back to wait: QUEUED,
--- or SCHEDULED until its run_at; a RUNNING one lost its lease with the data, so it is requeued
--- and its next lease is a new attempt. A finished job comes back only for the rest of its
--- retention, so its idempotency key keeps answering.
+-- or SCHEDULED until its run_at. A RUNNING one lost its lease with the data, but its worker may
+-- still run it: it comes back RUNNING, for the first holder that speaks for it to take over
+-- (common.lua `adopted`), with a lease of `ttl` that the usual reclaim ends if nobody does. A
+-- finished job comes back only for the rest of its retention, so its idempotency key keeps
+-- answering.
 -- KEYS[1] the queue's all-jobs index
--- ARGV prefix now retention, then 32 per job: id tenant tier priority state payload ctype labels
+-- ARGV prefix now retention ttl, then 32 per job: id tenant tier priority state payload ctype labels
 --   attempt max_attempts backoff_initial backoff_max timeout idem created run_at started
 --   finished pct stage msg result error callback_url limit_key on_success parent_id depends_on
 --   if_dependency_fails artifacts keep inputs
 -- A WAITING job comes back waiting for all its dependencies; the caller registers it with
 -- them again (their `waiters` sets went with the data), which resolves those that ended. A
 -- SUCCEEDED job with follow-ups goes to crate::flows again (its follow-ups are idempotent).
--- Returns one answer per job: 0 left alone, 1 restored as it was, 2 requeued from RUNNING.
-local prefix, now, retention = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+-- Returns one answer per job: 0 left alone, 1 restored as it was, 2 restored RUNNING for its
+-- holder.
+local prefix, now, retention, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local PER_JOB = 32
 local queue = string.sub(prefix, 5, -3)
-local LOST = 'lease lost: Redis lost its data while the job ran'
 
 redis.call('SET', prefix .. 'ok', '1') -- see submit.lua
 local out = {}
-for i = 4, #ARGV, PER_JOB do
+for i = 5, #ARGV, PER_JOB do
   local id, tenant, tier, priority, state = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3], ARGV[i + 4]
   local idem, run_at, finished, err = ARGV[i + 13], tonumber(ARGV[i + 15]), ARGV[i + 17], ARGV[i + 22]
   local jkey = prefix .. 'job:' .. id
   local ikey = prefix .. 'idem:' .. tenant .. ':' .. idem
   local answer = 0
-  local ttl = nil
-  if TERMINAL[state] then ttl = (tonumber(finished) or now) + retention - now end
+  local keep_for = nil
+  if TERMINAL[state] then keep_for = (tonumber(finished) or now) + retention - now end
   local owner = idem ~= '' and redis.call('GET', ikey)
   local take_key = idem ~= ''
   if owner and owner ~= id then
     local owner_created = redis.call('HGET', prefix .. 'job:' .. owner, 'created')
     take_key = not owner_created or tonumber(ARGV[i + 14]) < tonumber(owner_created)
   end
-  if redis.call('EXISTS', jkey) == 0 and not (ttl and ttl <= 0) then
+  if redis.call('EXISTS', jkey) == 0 and not (keep_for and keep_for <= 0) then
     answer = 1
     if state == 'RUNNING' then
-      state, err, answer = 'QUEUED', LOST, 2
+      answer = 2
     elseif state == 'SCHEDULED' and run_at <= now then
       state = 'QUEUED'
     end
@@ -79,10 +81,17 @@ for i = 4, #ARGV, PER_JOB do
     end
     if take_key then redis.call('SET', ikey, id) end
     redis.call('ZADD', KEYS[1], rank, id)
-    if ttl then
-      redis.call('PEXPIRE', jkey, ttl)
-      if take_key then redis.call('PEXPIRE', ikey, ttl) end
-      redis.call('ZADD', prefix .. 'expiring', now + ttl, id)
+    if keep_for then
+      redis.call('PEXPIRE', jkey, keep_for)
+      if take_key then redis.call('PEXPIRE', ikey, keep_for) end
+      redis.call('ZADD', prefix .. 'expiring', now + keep_for, id)
+    elseif state == 'RUNNING' then
+      redis.call('HSET', jkey, 'adopt', ARGV[2], 'timeout_at', now + tonumber(ARGV[i + 12]))
+      redis.call('ZADD', prefix .. 'leased', now + ttl, id)
+      wake_at(now + ttl)
+      -- It runs: it counts against its limit key's concurrency again.
+      local k = limit_key({ tenant = tenant, lk = ARGV[i + 24] })
+      if k then redis.call('SADD', prefix .. 'kn:' .. k, id) end
     elseif state == 'WAITING' then
       -- In no line until its dependencies succeed (see above).
     elseif state == 'QUEUED' then
