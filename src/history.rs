@@ -371,11 +371,39 @@ impl Store {
     /// reconciler puts back into Redis.
     pub async fn unfinished(
         &self,
+        queue: Option<&str>,
         after: Option<&str>,
         limit: u64,
     ) -> Result<Vec<jobs::Model>, Error> {
         let query = jobs::Entity::find().filter(Expr::cust(UNFINISHED));
-        self.page_by_id(query, after, limit).await
+        self.page_by_id(in_queue(query, queue), after, limit).await
+    }
+
+    /// The queues that have unfinished jobs: those a Redis shard that lost its data may have
+    /// lost jobs of.
+    pub async fn queues_in_play(&self) -> Result<Vec<String>, Error> {
+        Ok(jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Queue)
+            .distinct()
+            .filter(Expr::cust(UNFINISHED))
+            .into_tuple()
+            .all(&self.db)
+            .await?)
+    }
+
+    /// Whether `queue` has unfinished jobs other than `except`.
+    pub async fn in_play(&self, queue: &str, except: &[String]) -> Result<bool, Error> {
+        let found: Option<String> = jobs::Entity::find()
+            .select_only()
+            .column(jobs::Column::Id)
+            .filter(Expr::cust(UNFINISHED))
+            .filter(jobs::Column::Queue.eq(queue))
+            .filter(jobs::Column::Id.is_not_in(except.iter().cloned()))
+            .into_tuple()
+            .one(&self.db)
+            .await?;
+        Ok(found.is_some())
     }
 
     /// Unfinished jobs whose row has not changed since `before` (unix ms), in id order after
@@ -398,6 +426,7 @@ impl Store {
     /// after `after`: their keys still hold in Redis, so the reconciler restores them too.
     pub async fn finished_with_keys(
         &self,
+        queue: Option<&str>,
         since: i64,
         after: Option<&str>,
         limit: u64,
@@ -405,7 +434,7 @@ impl Store {
         let query = jobs::Entity::find()
             .filter(jobs::Column::FinishedMs.gte(since))
             .filter(jobs::Column::IdempotencyKey.ne(""));
-        self.page_by_id(query, after, limit).await
+        self.page_by_id(in_queue(query, queue), after, limit).await
     }
 
     /// Up to `limit` rows of `query` in id order after `after`: the paging of every scan that
@@ -480,5 +509,16 @@ impl Store {
                 artifacts,
             })
             .collect())
+    }
+}
+
+/// `query` narrowed to `queue`'s jobs, when one is given.
+fn in_queue(
+    query: sea_orm::Select<jobs::Entity>,
+    queue: Option<&str>,
+) -> sea_orm::Select<jobs::Entity> {
+    match queue {
+        Some(queue) => query.filter(jobs::Column::Queue.eq(queue)),
+        None => query,
     }
 }

@@ -187,6 +187,8 @@ pub struct Handle {
     history: Option<history::Store>,
     /// Told of every job that ends, for its webhook.
     webhooks: Option<crate::webhooks::Handle>,
+    /// Rung when a submit finds a queue a Redis Cluster shard lost: the reconciler looks at once.
+    lost_queue: Arc<tokio::sync::Notify>,
 }
 
 pub fn now_ms() -> i64 {
@@ -242,6 +244,7 @@ impl Handle {
             options: Arc::new(options),
             history: None,
             webhooks: None,
+            lost_queue: Arc::default(),
         }
     }
 

@@ -26,6 +26,16 @@ pub fn prefix(queue: &str) -> String {
     format!("cv:{{{queue}}}:")
 }
 
+/// Redis has the queue as the database does (see submit.lua); gone with the queue's shard's data.
+pub fn ok(queue: &str) -> String {
+    format!("cv:{{{queue}}}:ok")
+}
+
+/// The lock of the replica restoring one queue whose shard lost its data (`reconcile.rs`).
+pub fn restoring(queue: &str) -> String {
+    format!("cv:{{{queue}}}:reconciling")
+}
+
 pub fn job(queue: &str, id: &str) -> String {
     format!("cv:{{{queue}}}:job:{id}")
 }

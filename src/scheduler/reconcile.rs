@@ -5,6 +5,11 @@
 //! was flushed, has no marker. Each replica checks when its Redis connection comes back and every
 //! `CHECK`; the first to take the lock rebuilds, the others wait for the marker.
 //!
+//! On a Redis Cluster the marker lives on one shard, and another can lose its data alone. So
+//! there each queue with unfinished jobs in the database is checked for its `ok` key too, every
+//! `CHECK` and at once when a submit meets such a queue, and a queue without it is restored on
+//! its own (under a lock in its slot) while the others keep flowing.
+//!
 //! The repair covers the other way history can fall behind: a replica that dies without a
 //! goodbye loses the writes it had not flushed. Every `repair_every`, one replica compares the
 //! unfinished rows that stopped changing with Redis, writes what Redis knows, and restores what
@@ -13,7 +18,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use fred::interfaces::{EventInterface, KeysInterface};
+use fred::interfaces::{ClientLike, EventInterface, KeysInterface};
 use fred::prelude::{Expiration, SetOptions, Value};
 
 use super::keys::{self, MARKER};
@@ -77,6 +82,7 @@ impl Reconciler {
             tokio::select! {
                 _ = reconnects.recv() => {}
                 _ = tokio::time::sleep(CHECK) => {}
+                _ = self.scheduler.lost_queue.notified() => {}
                 _ = repairs.tick() => {
                     match self.repair().await {
                         Ok(r) if r != Repaired::default() => tracing::warn!(
@@ -152,7 +158,7 @@ impl Reconciler {
         }
         self.scheduler.record(changes);
         for answer in self.restore(gone).await? {
-            repaired.restored += (answer > 0) as u64;
+            repaired.restored += matches!(answer, 1 | 2) as u64;
         }
         Ok(())
     }
@@ -180,7 +186,10 @@ impl Reconciler {
     pub async fn check(&self) -> Result<Option<Restored>, Error> {
         let redis = &self.scheduler.redis;
         if redis.exists::<i64, _>(MARKER).await? > 0 {
-            return Ok(None);
+            return match redis.is_clustered() {
+                true => self.check_queues().await,
+                false => Ok(None),
+            };
         }
         // This replica's own pending writes first.
         self.store.flush().await;
@@ -219,15 +228,60 @@ impl Reconciler {
         restored.map(Some)
     }
 
+    /// Restores every queue of a cluster whose shard lost its data (its `ok` key is gone), each
+    /// under its own lock, and says so in the log.
+    async fn check_queues(&self) -> Result<Option<Restored>, Error> {
+        let redis = &self.scheduler.redis;
+        for queue in self.store.queues_in_play().await? {
+            if redis.exists::<i64, _>(keys::ok(&queue)).await? > 0 {
+                continue;
+            }
+            let lock = keys::restoring(&queue);
+            let locked: Option<String> = redis
+                .set(
+                    &lock,
+                    self.replica.as_str(),
+                    Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
+                    Some(SetOptions::NX),
+                    false,
+                )
+                .await?;
+            if locked.is_none() {
+                continue; // another replica is at it
+            }
+            self.store.flush().await;
+            tokio::time::sleep(self.settle).await;
+            let restored = self.rebuild_in(Some(&queue)).await;
+            let owner: Option<String> = redis.get(&lock).await?;
+            if owner.as_deref() == Some(self.replica.as_str()) {
+                redis.del::<i64, _>(&lock).await?;
+            }
+            let restored = restored?;
+            tracing::warn!(
+                queue,
+                unfinished = restored.unfinished,
+                running = restored.running,
+                finished = restored.finished,
+                "a Redis Cluster shard lost this queue's data; restored it from the database"
+            );
+        }
+        Ok(None)
+    }
+
     async fn rebuild(&self) -> Result<Restored, Error> {
+        self.rebuild_in(None).await
+    }
+
+    /// Puts back what the database says Redis should hold: of every queue, or of one.
+    async fn rebuild_in(&self, queue: Option<&str>) -> Result<Restored, Error> {
         let mut restored = Restored::default();
         let mut after: Option<String> = None;
         loop {
-            let rows = self.store.unfinished(after.as_deref(), PAGE).await?;
+            let rows = self.store.unfinished(queue, after.as_deref(), PAGE).await?;
             let Some(last) = rows.last() else { break };
             after = Some(last.id.clone());
             for answer in self.restore(rows).await? {
-                restored.unfinished += (answer > 0) as u64;
+                restored.unfinished += matches!(answer, 1 | 2) as u64;
                 restored.running += (answer == 2) as u64;
             }
         }
@@ -236,12 +290,12 @@ impl Reconciler {
         loop {
             let rows = self
                 .store
-                .finished_with_keys(since, after.as_deref(), PAGE)
+                .finished_with_keys(queue, since, after.as_deref(), PAGE)
                 .await?;
             let Some(last) = rows.last() else { break };
             after = Some(last.id.clone());
             for answer in self.restore(rows).await? {
-                restored.finished += (answer > 0) as u64;
+                restored.finished += matches!(answer, 1 | 2) as u64;
             }
         }
         Ok(restored)
@@ -256,7 +310,7 @@ impl Reconciler {
 impl Handle {
     /// Puts rows back in Redis (`restore.lua`, per queue): 0 left alone (Redis has the job), 1
     /// restored as it was, 2 restored RUNNING for its worker to take over (or the lease's
-    /// reclaim to requeue). The answers follow the rows' order within each queue.
+    /// reclaim to requeue), 3 a repeat of the job its idempotency key names (its row goes). The answers follow the rows' order within each queue.
     pub(super) async fn restore_rows(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
         let mut answers = Vec::new();
         for (queue, chunk) in per_call(rows) {
@@ -271,6 +325,19 @@ impl Handle {
             }
             let replies: Vec<i64> =
                 call(&self.redis, &self.scripts.restore, keys::all(&queue), args).await?;
+            // Repeats of a job their key names (a retry made while Redis was away): one key,
+            // one job, so their rows go.
+            let repeats: Vec<String> = chunk
+                .iter()
+                .zip(&replies)
+                .filter(|(_, answer)| **answer == 3)
+                .map(|(row, _)| row.id.clone())
+                .collect();
+            if let Some(store) = &self.history
+                && !repeats.is_empty()
+            {
+                store.forget(repeats).await?;
+            }
             // Restored WAITING jobs tell their dependencies again that they wait.
             for (row, answer) in chunk.iter().zip(&replies) {
                 if *answer == 1 && row.state == JobState::Waiting.as_str() {

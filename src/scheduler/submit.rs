@@ -6,14 +6,15 @@
 //! answers (`submit_again`): a job Redis has already is left as it is, one whose idempotency key now
 //! names another job (the client retried meanwhile) is dropped with its row, and one Redis lacks
 //! is created. So a job is never in Redis without its row, and a retried submit with the same key
-//! ends on one job. A call refused because Redis lost its data and is not restored yet keeps its
-//! rows the same way: the restore may have read them already (deleting them then left a job in
-//! Redis without its row, which a retry with the key was answered with), and the call is made
-//! again once the restore is done.
+//! ends on one job. Rows of a call refused because Redis lost its data and is not restored yet
+//! go only once the restore is done, and only if it did not bring their jobs back: it may have
+//! read them already (deleting them at once left a job in Redis without its row, which a retry
+//! with the key was answered with). A row the restore finds repeating a job its key names is
+//! not brought back (`restore.lua`), so one key stays one job.
 
 use std::time::Duration;
 
-use fred::prelude::{KeysInterface, Value};
+use fred::prelude::{ClientLike, KeysInterface, Value};
 
 use super::job::json_list;
 use super::scripts::call;
@@ -83,9 +84,7 @@ impl Handle {
         }
         match self.submit_redis(&queue, &mut args, sent.len()).await {
             Ok(answers) => self.accepted(&queue, sent, answers).await,
-            Err(e)
-                if (unanswered(&e) || matches!(e, Error::Restoring)) && self.history.is_some() =>
-            {
+            Err(e) if unanswered(&e) && self.history.is_some() => {
                 tokio::spawn(self.clone().submit_again(queue, args, sent));
                 Err(e)
             }
@@ -220,9 +219,9 @@ impl Handle {
         Ok(answered)
     }
 
-    /// Makes a submit call that went without an answer (or met a restore in progress) again, as a
-    /// repeat, until Redis answers (see the module comment). Gives up after `RESOLVE_FOR`: the
-    /// rows stay, and the repair restores what Redis lacks.
+    /// Makes a submit call that went without an answer again, as a repeat, until Redis answers
+    /// (see the module comment). Gives up after `RESOLVE_FOR`: the rows stay, and the repair
+    /// restores what Redis lacks.
     async fn submit_again(self, queue: String, mut args: Vec<Value>, sent: Vec<Job>) {
         args[4] = s("1"); // a repeat
         let until = tokio::time::Instant::now() + RESOLVE_FOR;
@@ -236,15 +235,12 @@ impl Handle {
                     }
                     return;
                 }
-                // Redis lost its data: once the restore is done (it may bring these rows back
-                // itself), the repeat finds them or creates them.
-                Err(e)
-                    if (unanswered(&e) || matches!(e, Error::Restoring))
-                        && tokio::time::Instant::now() < until =>
-                {
+                Err(e) if unanswered(&e) && tokio::time::Instant::now() < until => {
                     wait = (wait * 2).min(Duration::from_secs(5));
                 }
-                Err(e) if unanswered(&e) || matches!(e, Error::Restoring) => {
+                // Redis lost its data: the restore brings the rows back.
+                Err(Error::Restoring) => return,
+                Err(e) if unanswered(&e) => {
                     tracing::warn!(error = %e, queue, "submit still unresolved; the repair takes it over");
                     return;
                 }
@@ -275,6 +271,17 @@ impl Handle {
             if self.redis.exists::<i64, _>(keys::MARKER).await? == 0 {
                 return Err(Error::Restoring);
             }
+            // On a Redis Cluster the marker lives on one shard: a queue with jobs in the
+            // database whose shard lost its data is restored first, not made anew.
+            if self.redis.is_clustered()
+                && let Some(store) = &self.history
+            {
+                let ours: Vec<String> = (0..count).map(|i| job_id(args, i)).collect();
+                if store.in_play(queue, &ours).await? {
+                    self.lost_queue.notify_one();
+                    return Err(Error::Restoring);
+                }
+            }
             args[3] = s("1");
             reply = call(&self.redis, script, keys::all(queue), args.to_vec()).await?;
         }
@@ -303,6 +310,14 @@ const RESOLVE_FOR: Duration = Duration::from_secs(600);
 /// connection), as opposed to a refusal.
 fn unanswered(e: &Error) -> bool {
     matches!(e, Error::Redis(_) | Error::Corrupt(_))
+}
+
+/// The id of the `i`th job of a submit call's arguments (see `submit.lua`: 22 per job after
+/// the fixed ones and the key limits).
+fn job_id(args: &[Value], i: usize) -> String {
+    let limits = args[5].as_i64().unwrap_or(0) as usize;
+    let at = 6 + 4 * limits + 22 * i;
+    args[at].as_string().unwrap_or_default()
 }
 
 fn is_no_queue(reply: &Value) -> bool {

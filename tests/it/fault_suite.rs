@@ -1,7 +1,8 @@
 //! The fault suite: real processes (two `conveyor serve` replicas on a private PostgreSQL and
 //! redis-server, two `conveyor worker` processes) run a steady stream of deterministic jobs while
 //! one fault strikes, and a history checker says what became of every accepted job: lost, two
-//! accepted results, a finished result thrown away, two executions at once. CI runs each scenario
+//! accepted results (or two jobs for one submission), a finished result thrown away, two
+//! executions at once. CI runs each scenario
 //! small; `full` (ignored) runs them all at 1,000 jobs each and prints the table (README,
 //! "Fault suite").
 
@@ -549,6 +550,15 @@ async fn scenario(fault: Fault, count: usize, full: bool) -> Verdict {
         verdict
             .notes
             .push(format!("job {id}: two accepted results"));
+    }
+    // One submission (one idempotency key) that became two jobs ran twice as well.
+    let twins = rig.postgres.query(&format!(
+        "SELECT idempotency_key FROM jobs WHERE queue = '{QUEUE}' \
+         GROUP BY idempotency_key HAVING count(*) > 1"
+    ));
+    verdict.two_results += twins.len();
+    for key in twins.iter().take(5) {
+        verdict.notes.push(format!("submission {key}: two jobs"));
     }
 
     // Executions: which one's result each job kept, which finished and were not kept, which

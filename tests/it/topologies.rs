@@ -186,6 +186,71 @@ async fn a_server_runs_on_a_redis_cluster_of_three_masters() {
     runs_jobs_through(&server).await;
 }
 
+impl Cluster {
+    /// The port of the master that holds `key`.
+    async fn owner(&self, key: &str) -> u16 {
+        for port in &self.ports {
+            let reply = redis_cli(&["-p", &port.to_string(), "EXISTS", key]).await;
+            if !reply.contains("MOVED") {
+                return *port;
+            }
+        }
+        panic!("no master holds {key}");
+    }
+}
+
+/// One master of a cluster loses its data (FLUSHALL) while another holds the reconciler's
+/// marker: the jobs of a queue on the flushed master come back from the database as soon as a
+/// submit meets the queue, and all of them run. Before, the submit made the queue anew, its
+/// waiting jobs were in the database only, and only the repair (5 minutes) brought them back.
+#[tokio::test]
+async fn a_cluster_shard_that_lost_its_data_gets_its_queues_back() {
+    harness::logs();
+    let cluster = Cluster::start().await;
+    let mut config = harness::config(&harness::Redis::start().await);
+    config.redis_url = Some(cluster.url());
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let marker = cluster.owner("cv:marker").await;
+    let mut queue = String::new();
+    for i in 0.. {
+        queue = format!("q{i}");
+        if cluster.owner(&format!("cv:{{{queue}}}:ok")).await != marker {
+            break;
+        }
+    }
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        ids.push(
+            submit_job(&mut jobs, submit(&queue, &i.to_string()))
+                .await
+                .id,
+        );
+    }
+    let shard = cluster.owner(&format!("cv:{{{queue}}}:ok")).await;
+    redis_cli(&["-p", &shard.to_string(), "FLUSHALL"]).await;
+
+    let mut late = submit(&queue, "5");
+    late.idempotency_key = "late".into();
+    let late = eventually("the submit to be taken once the queue is back", || {
+        let (mut jobs, late) = (jobs.clone(), late.clone());
+        async move { Some(jobs.submit_job(late).await.ok()?.into_inner().job?.id) }
+    })
+    .await;
+    ids.push(late);
+    let mut worker = Worker::connect(&server, &[&queue], 10).await;
+    let _beating = worker.keep_alive();
+    let mut leased: Vec<String> = worker
+        .assignments(Duration::from_secs(2))
+        .await
+        .into_iter()
+        .map(|a| a.job.unwrap().id)
+        .collect();
+    leased.sort();
+    ids.sort();
+    assert_eq!(leased, ids);
+}
+
 #[tokio::test]
 async fn a_server_finds_its_redis_through_sentinel() {
     harness::logs();

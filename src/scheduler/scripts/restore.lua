@@ -17,7 +17,7 @@
 -- them again (their `waiters` sets went with the data), which resolves those that ended. A
 -- SUCCEEDED job with follow-ups goes to crate::flows again (its follow-ups are idempotent).
 -- Returns one answer per job: 0 left alone, 1 restored as it was, 2 restored RUNNING for its
--- holder.
+-- holder, 3 not restored: a repeat of the job its idempotency key names.
 local prefix, now, retention, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
 local PER_JOB = 32
 local queue = string.sub(prefix, 5, -3)
@@ -38,7 +38,15 @@ for i = 5, #ARGV, PER_JOB do
     local owner_created = redis.call('HGET', prefix .. 'job:' .. owner, 'created')
     take_key = not owner_created or tonumber(ARGV[i + 14]) < tonumber(owner_created)
   end
-  if redis.call('EXISTS', jkey) == 0 and not (keep_for and keep_for <= 0) then
+  -- A row that never ran whose key names a job Redis has is the same submission made again
+  -- (a retry during the restore, or a call that went without an answer): it is not put back,
+  -- and the caller deletes its row (answer 3), so one key stays one job.
+  local repeat_of_owner = owner and owner ~= id and tonumber(ARGV[i + 8]) == 0
+    and (state == 'QUEUED' or state == 'SCHEDULED' or state == 'WAITING')
+    and redis.call('EXISTS', prefix .. 'job:' .. owner) == 1
+  if repeat_of_owner and redis.call('EXISTS', jkey) == 0 then
+    answer = 3
+  elseif redis.call('EXISTS', jkey) == 0 and not (keep_for and keep_for <= 0) then
     answer = 1
     if state == 'RUNNING' then
       answer = 2
