@@ -193,16 +193,7 @@ impl Reconciler {
         }
         // This replica's own pending writes first.
         self.store.flush().await;
-        let locked: Option<String> = redis
-            .set(
-                LOCK,
-                self.replica.as_str(),
-                Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
-                Some(SetOptions::NX),
-                false,
-            )
-            .await?;
-        if locked.is_none() {
+        if !self.lock(LOCK).await? {
             // Another replica is restoring: wait for its marker, so this one (at start) serves
             // only a restored Redis.
             let deadline = tokio::time::Instant::now() + LOCK_TTL;
@@ -221,11 +212,35 @@ impl Reconciler {
                 .set::<(), _, _>(MARKER, epoch, None, None, false)
                 .await?;
         }
-        let owner: Option<String> = redis.get(LOCK).await?;
-        if owner.as_deref() == Some(self.replica.as_str()) {
-            redis.del::<i64, _>(LOCK).await?;
-        }
+        self.unlock(LOCK).await?;
         restored.map(Some)
+    }
+
+    /// Takes the restore lock `key` (it lapses after `LOCK_TTL` if this replica dies); false when
+    /// another replica holds it.
+    async fn lock(&self, key: &str) -> Result<bool, Error> {
+        let locked: Option<String> = self
+            .scheduler
+            .redis
+            .set(
+                key,
+                self.replica.as_str(),
+                Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
+                Some(SetOptions::NX),
+                false,
+            )
+            .await?;
+        Ok(locked.is_some())
+    }
+
+    /// Lets go of the lock `key` if this replica still holds it.
+    async fn unlock(&self, key: &str) -> Result<(), Error> {
+        let redis = &self.scheduler.redis;
+        let owner: Option<String> = redis.get(key).await?;
+        if owner.as_deref() == Some(self.replica.as_str()) {
+            redis.del::<i64, _>(key).await?;
+        }
+        Ok(())
     }
 
     /// Restores every queue of a cluster whose shard lost its data (its `ok` key is gone), each
@@ -237,25 +252,13 @@ impl Reconciler {
                 continue;
             }
             let lock = keys::restoring(&queue);
-            let locked: Option<String> = redis
-                .set(
-                    &lock,
-                    self.replica.as_str(),
-                    Some(Expiration::PX(LOCK_TTL.as_millis() as i64)),
-                    Some(SetOptions::NX),
-                    false,
-                )
-                .await?;
-            if locked.is_none() {
+            if !self.lock(&lock).await? {
                 continue; // another replica is at it
             }
             self.store.flush().await;
             tokio::time::sleep(self.settle).await;
             let restored = self.rebuild_in(Some(&queue)).await;
-            let owner: Option<String> = redis.get(&lock).await?;
-            if owner.as_deref() == Some(self.replica.as_str()) {
-                redis.del::<i64, _>(&lock).await?;
-            }
+            self.unlock(&lock).await?;
             let restored = restored?;
             tracing::warn!(
                 queue,
@@ -310,7 +313,8 @@ impl Reconciler {
 impl Handle {
     /// Puts rows back in Redis (`restore.lua`, per queue): 0 left alone (Redis has the job), 1
     /// restored as it was, 2 restored RUNNING for its worker to take over (or the lease's
-    /// reclaim to requeue), 3 a repeat of the job its idempotency key names (its row goes). The answers follow the rows' order within each queue.
+    /// reclaim to requeue), 3 a repeat of the job its idempotency key names (its row goes). The
+    /// answers follow the rows' order within each queue.
     pub(super) async fn restore_rows(&self, rows: Vec<jobs::Model>) -> Result<Vec<i64>, Error> {
         let mut answers = Vec::new();
         for (queue, chunk) in per_call(rows) {
