@@ -82,7 +82,7 @@ impl Handle {
                 }
             }
         }
-        match self.submit_redis(&queue, &mut args, sent.len()).await {
+        match self.submit_redis(&queue, &mut args, &sent).await {
             Ok(answers) => self.accepted(&queue, sent, answers).await,
             Err(e) if unanswered(&e) && self.history.is_some() => {
                 tokio::spawn(self.clone().submit_again(queue, args, sent));
@@ -159,19 +159,23 @@ impl Handle {
         }
     }
 
-    /// Of `ids`, those Redis does not have; `None` while Redis is not whole (no marker).
+    /// Of `ids`, those Redis does not have (one pipelined EXISTS each); `None` while Redis is
+    /// not whole (no marker).
     async fn not_in_redis(&self, ids: &[String]) -> Result<Option<Vec<String>>, Error> {
         if self.redis.exists::<i64, _>(keys::MARKER).await? == 0 {
             return Ok(None);
         }
-        let mut gone = Vec::new();
+        let pipeline = self.redis.pipeline();
         for id in ids {
             let queue = keys::queue_of(id).unwrap_or_default();
-            if self.redis.exists::<i64, _>(keys::job(queue, id)).await? == 0 {
-                gone.push(id.clone());
-            }
+            let _: () = pipeline.exists(keys::job(queue, id)).await?;
         }
-        Ok(Some(gone))
+        let found: Vec<i64> = match ids.len() {
+            0 => Vec::new(),
+            _ => pipeline.all().await?,
+        };
+        let gone = ids.iter().zip(found).filter(|(_, n)| *n == 0);
+        Ok(Some(gone.map(|(id, _)| id.clone()).collect()))
     }
 
     /// What Redis answered for the `sent` jobs (`None`: created as sent; else the job it repeats):
@@ -228,7 +232,7 @@ impl Handle {
         let mut wait = Duration::from_millis(100);
         loop {
             tokio::time::sleep(wait).await;
-            match self.submit_redis(&queue, &mut args, sent.len()).await {
+            match self.submit_redis(&queue, &mut args, &sent).await {
                 Ok(answers) => {
                     if let Err(e) = self.accepted(&queue, sent, answers).await {
                         tracing::warn!(error = %e, queue, "registering resolved jobs failed");
@@ -255,14 +259,15 @@ impl Handle {
         }
     }
 
-    /// Runs `submit.lua` for `count` jobs; per job, `None` when it was created as sent, or the
+    /// Runs `submit.lua` for the `sent` jobs; per job, `None` when it was created as sent, or the
     /// job it repeats. `args` stays the caller's, to make the call again.
     async fn submit_redis(
         &self,
         queue: &str,
         args: &mut [Value],
-        count: usize,
+        sent: &[Job],
     ) -> Result<Vec<Option<Job>>, Error> {
+        let count = sent.len();
         let script = &self.scripts.submit;
         let mut reply = call(&self.redis, script, keys::all(queue), args.to_vec()).await?;
         if is_no_queue(&reply) {
@@ -276,7 +281,7 @@ impl Handle {
             if self.redis.is_clustered()
                 && let Some(store) = &self.history
             {
-                let ours: Vec<String> = (0..count).map(|i| job_id(args, i)).collect();
+                let ours: Vec<String> = sent.iter().map(|j| j.id.clone()).collect();
                 if store.in_play(queue, &ours).await? {
                     self.lost_queue.notify_one();
                     return Err(Error::Restoring);
@@ -310,14 +315,6 @@ const RESOLVE_FOR: Duration = Duration::from_secs(600);
 /// connection), as opposed to a refusal.
 fn unanswered(e: &Error) -> bool {
     matches!(e, Error::Redis(_) | Error::Corrupt(_))
-}
-
-/// The id of the `i`th job of a submit call's arguments (see `submit.lua`: 22 per job after
-/// the fixed ones and the key limits).
-fn job_id(args: &[Value], i: usize) -> String {
-    let limits = args[5].as_i64().unwrap_or(0) as usize;
-    let at = 6 + 4 * limits + 22 * i;
-    args[at].as_string().unwrap_or_default()
 }
 
 fn is_no_queue(reply: &Value) -> bool {
