@@ -20,6 +20,7 @@ pub mod history;
 pub mod http;
 pub mod listener;
 pub mod metrics;
+pub mod redis;
 pub mod retention;
 pub mod scheduler;
 pub mod server;

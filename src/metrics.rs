@@ -73,6 +73,7 @@ pub struct Metrics {
     pub redis_calls: Durations<Call>,
     pub db_calls: Durations<Call>,
     pub webhook_deliveries: Family<Outcome, Counter>,
+    pub redis_restarts: Counter,
 }
 
 /// 1 ms to about 9 h, doubling: job waits and runs span all of it.
@@ -109,6 +110,7 @@ impl Metrics {
             redis_calls: Family::new_with_constructor(call_buckets),
             db_calls: Family::new_with_constructor(call_buckets),
             webhook_deliveries: Family::default(),
+            redis_restarts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -180,6 +182,11 @@ impl Metrics {
             "webhook_deliveries",
             "Webhook delivery tries, by outcome (delivered, retry, failed)",
             m.webhook_deliveries.clone(),
+        );
+        registry.register(
+            "redis_restarts",
+            "Redis connection tasks that ended on an error and were started again",
+            m.redis_restarts.clone(),
         );
         Metrics {
             registry: root,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fred::prelude::{Builder, ClientLike, Config as RedisConfig, ReconnectPolicy};
+use fred::prelude::ClientLike;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
@@ -110,37 +110,6 @@ fn tls(config: &Config) -> Result<Option<Arc<listener::Tls>>, Error> {
     )))
 }
 
-async fn connect(
-    url: &str,
-    timeout: Duration,
-) -> Result<(fred::prelude::Client, fred::clients::SubscriberClient), Error> {
-    let redis_err = |source| Error::Redis {
-        url: url.to_string(),
-        source,
-    };
-    let config = RedisConfig::from_url(url).map_err(redis_err)?;
-    let mut builder = Builder::from_config(config);
-    builder.set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2));
-    // The subscriber hands every event of the replica to one task; a bigger buffer means a burst
-    // does not overflow it (which would make every watcher re-read from Redis).
-    builder.with_performance_config(|p| {
-        p.broadcast_channel_capacity = 16 * 1024;
-        // While Redis is unreachable, calls fail (UNAVAILABLE) instead of queueing forever.
-        p.default_command_timeout = timeout;
-    });
-    builder.with_connection_config(|c| {
-        c.connection_timeout = timeout;
-        // Calls from many tasks share one connection; Nagle's algorithm would hold each write
-        // back until the previous one is acknowledged.
-        c.tcp.nodelay = Some(true);
-    });
-    let client = builder.build().map_err(redis_err)?;
-    let subscriber = builder.build_subscriber_client().map_err(redis_err)?;
-    client.init().await.map_err(redis_err)?;
-    subscriber.init().await.map_err(redis_err)?;
-    Ok((client, subscriber))
-}
-
 /// The HTTP port's listener, if the config has one.
 async fn http_listener(config: &Config) -> Result<Option<TcpListener>, Error> {
     let address = match config.http_listen.as_deref() {
@@ -160,7 +129,12 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
-    let (redis, subscriber) = connect(config.redis_url(), config.redis_timeout).await?;
+    let (redis, subscriber) = crate::redis::connect(config.redis_url(), config.redis_timeout)
+        .await
+        .map_err(|source| Error::Redis {
+            url: config.redis_url().to_string(),
+            source,
+        })?;
     let mut scheduler = scheduler::Handle::new(redis.clone(), config.scheduler());
     let store = match config.database() {
         Some(url) => Some(history::Store::open(url, config.history()).await?),

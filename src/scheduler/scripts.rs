@@ -1,5 +1,7 @@
 //! The Lua transition scripts, loaded once and called by SHA (reloaded on NOSCRIPT).
 
+use std::time::Duration;
+
 use fred::prelude::{Client, FromValue, Value};
 use fred::types::scripts::Script;
 
@@ -75,7 +77,36 @@ impl Scripts {
 }
 
 /// Runs `script` with one routing key and string arguments, timed into the Redis call metrics.
+///
+/// While the queue's Cluster slot is moving to another master the script refuses to start
+/// (`MOVING`, see common.lua) having written nothing, so it is run again, with a short backoff,
+/// for as long as a slot takes to move; past that the caller gets the error.
 pub async fn call<R: FromValue>(
+    client: &Client,
+    script: &Named,
+    key: String,
+    args: Vec<Value>,
+) -> Result<R, fred::error::Error> {
+    let mut pause = Duration::from_millis(10);
+    let mut waited = Duration::ZERO;
+    loop {
+        match call_once(client, script, key.clone(), args.clone()).await {
+            Err(e) if e.details().starts_with("MOVING") && waited < MOVE_PATIENCE => {
+                tracing::debug!(script = script.name, %key, "slot moving; running the script again shortly");
+                tokio::time::sleep(pause).await;
+                waited += pause;
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// How long a call waits for its slot to finish moving (a slot of a busy queue moves in a few
+/// seconds; `redis-cli --cluster reshard` moves keys in batches of 10).
+const MOVE_PATIENCE: Duration = Duration::from_secs(10);
+
+async fn call_once<R: FromValue>(
     client: &Client,
     script: &Named,
     key: String,

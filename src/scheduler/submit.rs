@@ -126,10 +126,11 @@ impl Handle {
         }
         match self.not_in_redis(&ids).await {
             Ok(Some(gone)) => self.delete_rows(gone).await,
-            Ok(None) => {
+            // Redis is being restored, or out of reach for now (a Cluster master failing over):
+            // ask again in the background.
+            Ok(None) | Err(_) => {
                 tokio::spawn(self.clone().forget_when_whole(ids));
             }
-            Err(e) => tracing::warn!(error = %e, "could not check rows of jobs Redis did not take"),
         }
     }
 
@@ -138,13 +139,12 @@ impl Handle {
         let until = tokio::time::Instant::now() + RESOLVE_FOR;
         while tokio::time::Instant::now() < until {
             tokio::time::sleep(wait).await;
-            wait = (wait * 2).min(Duration::from_secs(5));
+            wait = (wait * 2).min(Duration::from_secs(2));
             match self.not_in_redis(&ids).await {
                 Ok(Some(gone)) => return self.delete_rows(gone).await,
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not check rows of jobs Redis did not take");
-                    return;
+                    tracing::debug!(error = %e, "cannot check rows of jobs Redis did not take yet")
                 }
             }
         }
@@ -314,7 +314,11 @@ const RESOLVE_FOR: Duration = Duration::from_secs(600);
 /// Whether a submit call may or may not have run: Redis gave no answer (a timeout, a broken
 /// connection), as opposed to a refusal.
 fn unanswered(e: &Error) -> bool {
-    matches!(e, Error::Redis(_) | Error::Corrupt(_))
+    match e {
+        Error::Redis(e) => !crate::redis::not_applied(e),
+        Error::Corrupt(_) => true,
+        _ => false,
+    }
 }
 
 fn is_no_queue(reply: &Value) -> bool {

@@ -22,6 +22,7 @@ use tonic::transport::{Channel, Endpoint};
 use crate::harness::{self, Redis, free_port};
 use crate::postgres::Postgres;
 use crate::process::{answering, replica_with};
+use crate::redis_groups::{Cluster, Sentinels};
 
 const BIN: &str = env!("CARGO_BIN_EXE_conveyor");
 const QUEUE: &str = "faults";
@@ -54,16 +55,25 @@ enum Fault {
     RedisStalled,
     /// Every PostgreSQL process stopped (SIGSTOP) for 20 s (6 s in CI), then continued.
     DatabaseDown,
+    /// On a 6-node Redis Cluster: the master holding the queue SIGKILLed; its replica takes over.
+    ClusterMasterKilled,
+    /// On a Redis Cluster: the queue's slot moved to another master key by key, and back.
+    ClusterSlotMoved,
+    /// On Redis with Sentinel: the master SIGKILLed; the sentinels promote its replica.
+    SentinelFailover,
 }
 
 impl Fault {
-    const ALL: [Fault; 6] = [
+    const ALL: [Fault; 9] = [
         Fault::WorkerKilled,
         Fault::WorkerStopped,
         Fault::ReplicaKilled,
         Fault::RedisEmptied,
         Fault::RedisStalled,
         Fault::DatabaseDown,
+        Fault::ClusterMasterKilled,
+        Fault::ClusterSlotMoved,
+        Fault::SentinelFailover,
     ];
 
     fn name(self) -> &'static str {
@@ -74,6 +84,51 @@ impl Fault {
             Fault::RedisEmptied => "Redis emptied",
             Fault::RedisStalled => "Redis stalled 8 s",
             Fault::DatabaseDown => "database stopped",
+            Fault::ClusterMasterKilled => "Cluster master killed",
+            Fault::ClusterSlotMoved => "Cluster slot moved",
+            Fault::SentinelFailover => "Sentinel failover",
+        }
+    }
+
+    /// The Redis the scenario runs on.
+    async fn backing(self) -> Backing {
+        match self {
+            Fault::ClusterMasterKilled | Fault::ClusterSlotMoved => {
+                Backing::Cluster(Cluster::start_with(1).await)
+            }
+            Fault::SentinelFailover => Backing::Sentinel(Sentinels::start().await),
+            _ => Backing::Single(Redis::start().await),
+        }
+    }
+}
+
+/// The Redis the replicas share: one server, a Cluster or a Sentinel group.
+enum Backing {
+    Single(Redis),
+    Cluster(Cluster),
+    Sentinel(Sentinels),
+}
+
+impl Backing {
+    fn url(&self) -> String {
+        match self {
+            Backing::Single(redis) => redis.url(),
+            Backing::Cluster(cluster) => cluster.url(),
+            Backing::Sentinel(group) => group.url(),
+        }
+    }
+
+    fn single(&mut self) -> &mut Redis {
+        match self {
+            Backing::Single(redis) => redis,
+            _ => panic!("this fault needs a single Redis"),
+        }
+    }
+
+    fn cluster(&mut self) -> &mut Cluster {
+        match self {
+            Backing::Cluster(cluster) => cluster,
+            _ => panic!("this fault needs a Redis Cluster"),
         }
     }
 }
@@ -88,7 +143,7 @@ fn now_ms() -> i64 {
 /// What the servers, workers and stores of one scenario are.
 struct Rig {
     dir: tempfile::TempDir,
-    redis: Redis,
+    redis: Backing,
     postgres: Postgres,
     ports: [u16; 2],
     replicas: Vec<Child>,
@@ -97,9 +152,9 @@ struct Rig {
 }
 
 impl Rig {
-    async fn start() -> Rig {
+    async fn start(fault: Fault) -> Rig {
         let dir = tempfile::tempdir().unwrap();
-        let redis = Redis::start().await;
+        let redis = fault.backing().await;
         let postgres = Postgres::start();
         let ports = [free_port(), free_port()];
         let mut rig = Rig {
@@ -115,7 +170,7 @@ impl Rig {
         for (i, port) in ports.into_iter().enumerate() {
             let log = std::fs::File::create(rig.file(&format!("replica-{i}.log"))).unwrap();
             let url = rig.postgres.url("");
-            let replica = replica_with(&rig.redis, &url, port, SETTINGS, log);
+            let replica = replica_with(&rig.redis.url(), &url, port, SETTINGS, log);
             rig.replicas.push(replica);
             answering(&rig.addr(i)).await;
             let endpoint = Endpoint::from_shared(rig.addr(i)).unwrap();
@@ -187,12 +242,12 @@ echo "RESULT {\"run\":\"$tok\"}""#
             }
             Fault::ReplicaKilled => Rig::signal(&self.replicas[0], Signal::SIGKILL),
             Fault::RedisEmptied => {
-                self.redis.kill().await;
+                self.redis.single().kill().await;
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                self.redis.restart().await;
+                self.redis.single().restart().await;
             }
             Fault::RedisStalled => {
-                let stall = self.redis.stall(Duration::from_secs(8)).await;
+                let stall = self.redis.single().stall(Duration::from_secs(8)).await;
                 stall.await.unwrap();
             }
             Fault::DatabaseDown => {
@@ -201,6 +256,25 @@ echo "RESULT {\"run\":\"$tok\"}""#
                 tokio::time::sleep(Duration::from_secs(down)).await;
                 self.postgres.thaw();
             }
+            Fault::ClusterMasterKilled => {
+                let cluster = self.redis.cluster();
+                let master = cluster.owner(&format!("cv:{{{QUEUE}}}:ok")).await;
+                cluster.kill(master).await;
+            }
+            Fault::ClusterSlotMoved => {
+                let cluster = self.redis.cluster();
+                let key = format!("cv:{{{QUEUE}}}:ok");
+                let home = cluster.owner(&key).await;
+                let away = cluster.other_master(home).await;
+                let slot = cluster.slot(&key).await;
+                cluster.move_slot(&slot, home, away, Duration::ZERO).await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                cluster.move_slot(&slot, away, home, Duration::ZERO).await;
+            }
+            Fault::SentinelFailover => match &mut self.redis {
+                Backing::Sentinel(group) => group.kill_master().await,
+                _ => unreachable!("a Sentinel fault runs on Sentinel"),
+            },
         }
     }
 
@@ -430,7 +504,7 @@ fn terminal(job: &proto::Job) -> bool {
 /// Runs one scenario: jobs flow, the fault strikes a third of the way in, everything settles,
 /// and the checker reads the history.
 async fn scenario(fault: Fault, count: usize, full: bool) -> Verdict {
-    let mut rig = Rig::start().await;
+    let mut rig = Rig::start(fault).await;
     let started = Arc::new(Mutex::new(0));
     let submitting = tokio::spawn(submit_all(rig.clients.clone(), count, started.clone()));
     let log = rig.file("executions");
@@ -531,7 +605,10 @@ async fn scenario(fault: Fault, count: usize, full: bool) -> Verdict {
             let fields = [
                 "HMGET", &key, "idem", "created", "attempt", "state", "token",
             ];
-            let redis = rig.redis.command(&fields).await.unwrap_or_default();
+            let redis = match &rig.redis {
+                Backing::Single(redis) => redis.command(&fields).await.unwrap_or_default(),
+                _ => String::new(),
+            };
             let idem = redis.split("\r\n").nth(2).unwrap_or_default().to_string();
             let same_key = rig.postgres.query(&format!(
                 "SELECT id, state, created_ms FROM jobs WHERE idempotency_key = '{idem}'"
@@ -551,14 +628,27 @@ async fn scenario(fault: Fault, count: usize, full: bool) -> Verdict {
             .notes
             .push(format!("job {id}: two accepted results"));
     }
-    // One submission (one idempotency key) that became two jobs ran twice as well.
-    let twins = rig.postgres.query(&format!(
+    // One submission (one idempotency key) that became two jobs ran twice as well. (Rows of
+    // submit calls refused while Redis was out of reach go once Redis can say it has none of
+    // them: a few seconds are given.)
+    let twins_sql = format!(
         "SELECT idempotency_key FROM jobs WHERE queue = '{QUEUE}' \
          GROUP BY idempotency_key HAVING count(*) > 1"
-    ));
+    );
+    let until = Instant::now() + Duration::from_secs(15);
+    let mut twins = rig.postgres.query(&twins_sql);
+    while !twins.is_empty() && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        twins = rig.postgres.query(&twins_sql);
+    }
     verdict.two_results += twins.len();
     for key in twins.iter().take(5) {
-        verdict.notes.push(format!("submission {key}: two jobs"));
+        let rows = rig.postgres.query(&format!(
+            "SELECT id, state, created_ms, attempt FROM jobs WHERE idempotency_key = '{key}'"
+        ));
+        verdict
+            .notes
+            .push(format!("submission {key}: two jobs {rows:?}"));
     }
 
     // Executions: which one's result each job kept, which finished and were not kept, which
@@ -690,6 +780,21 @@ async fn a_stalled_redis_loses_nothing() {
 #[tokio::test]
 async fn a_stopped_database_loses_nothing() {
     short(Fault::DatabaseDown).await;
+}
+
+#[tokio::test]
+async fn a_killed_cluster_master_loses_nothing() {
+    short(Fault::ClusterMasterKilled).await;
+}
+
+#[tokio::test]
+async fn a_moved_cluster_slot_loses_nothing() {
+    short(Fault::ClusterSlotMoved).await;
+}
+
+#[tokio::test]
+async fn a_sentinel_failover_loses_nothing() {
+    short(Fault::SentinelFailover).await;
 }
 
 /// The whole suite at 1,000 jobs per scenario (`CONVEYOR_FAULT_JOBS` for another count), one

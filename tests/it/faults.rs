@@ -462,7 +462,7 @@ async fn a_lease_of_a_dead_replica_comes_back_when_it_lapses() {
     let url = harness::sqlite_url();
     let port = harness::free_port();
     let ttl = [("CONVEYOR_LEASE_TTL", "2s"), ("CONVEYOR_BACKOFF", "50ms")];
-    let mut dead = crate::process::replica_with(&redis, &url, port, &ttl, Stdio::null());
+    let mut dead = crate::process::replica_with(&redis.url(), &url, port, &ttl, Stdio::null());
     let addr = format!("http://127.0.0.1:{port}");
     let mut jobs = crate::process::answering(&addr).await;
     let channel = tonic::transport::Endpoint::from_shared(addr)

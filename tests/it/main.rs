@@ -24,6 +24,7 @@ mod postgres;
 mod postgres_tls;
 mod process;
 mod queues;
+mod redis_groups;
 mod replicas;
 mod retry;
 mod standard;

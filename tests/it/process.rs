@@ -534,12 +534,12 @@ impl Held {
 
 /// A `conveyor serve` replica on `port`, on `redis` and the database at `url`.
 pub fn replica(redis: &harness::Redis, url: &str, port: u16) -> Child {
-    replica_with(redis, url, port, &[], Stdio::null())
+    replica_with(&redis.url(), url, port, &[], Stdio::null())
 }
 
 /// A replica with more settings (`env`), its log written to `log`.
 pub fn replica_with(
-    redis: &harness::Redis,
+    redis_url: &str,
     url: &str,
     port: u16,
     env: &[(&str, &str)],
@@ -548,7 +548,7 @@ pub fn replica_with(
     Command::new(BIN)
         .arg("serve")
         .env("CONVEYOR_INSECURE", "true")
-        .env("REDIS_URL", redis.url())
+        .env("REDIS_URL", redis_url)
         .env("DATABASE_URL", url)
         .env("CONVEYOR_LISTEN", format!("127.0.0.1:{port}"))
         .env("CONVEYOR_HTTP_LISTEN", "off")

@@ -6,107 +6,13 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use conveyor::proto::{self, JobState, job_event::Kind};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
+
+use conveyor::proto::connect_request::Msg as WorkerMsg;
+use conveyor::proto::connect_response::Msg as ServerMsg;
 
 use crate::harness::{self, Server, Worker, eventually, submit, submit_job, watch_all};
-
-/// A loopback port whose cluster bus port (+10000) is usable too.
-fn node_port() -> u16 {
-    loop {
-        let port = harness::free_port();
-        if port < 50_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
-            return port;
-        }
-    }
-}
-
-fn redis_server(args: &[&str]) -> Child {
-    Command::new("redis-server")
-        .args(args)
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("redis-server must be installed")
-}
-
-async fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .expect("redis-cli comes with redis-server");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-async fn answers(port: u16) -> Option<()> {
-    let pong = redis_cli(&["-p", &port.to_string(), "PING"]).await;
-    pong.contains("PONG").then_some(())
-}
-
-/// Three masters sharing the 16,384 slots; the nodes die with the value.
-struct Cluster {
-    ports: Vec<u16>,
-    _nodes: Vec<Child>,
-    _dir: tempfile::TempDir,
-}
-
-impl Cluster {
-    async fn start() -> Cluster {
-        let dir = tempfile::tempdir().unwrap();
-        let ports: Vec<u16> = (0..3).map(|_| node_port()).collect();
-        let mut nodes = Vec::new();
-        for port in &ports {
-            let conf = dir.path().join(format!("nodes-{port}.conf"));
-            nodes.push(redis_server(&[
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                &port.to_string(),
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                conf.to_str().unwrap(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ]));
-        }
-        for port in &ports {
-            eventually("a cluster node to answer", || answers(*port)).await;
-        }
-        let addresses: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-        let mut create = vec!["--cluster", "create"];
-        create.extend(addresses.iter().map(String::as_str));
-        create.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-        redis_cli(&create).await;
-        for port in &ports {
-            eventually("the cluster to be ok", || async {
-                let info = redis_cli(&["-p", &port.to_string(), "CLUSTER", "INFO"]).await;
-                info.contains("cluster_state:ok").then_some(())
-            })
-            .await;
-        }
-        Cluster {
-            ports,
-            _nodes: nodes,
-            _dir: dir,
-        }
-    }
-
-    fn url(&self) -> String {
-        let others: Vec<String> = self.ports[1..]
-            .iter()
-            .map(|p| format!("node=127.0.0.1:{p}"))
-            .collect();
-        format!(
-            "redis-cluster://127.0.0.1:{}?{}",
-            self.ports[0],
-            others.join("&")
-        )
-    }
-}
+use crate::redis_groups::{Cluster, redis_cli, redis_server};
 
 /// Jobs in several queues (so several slots) run, a watcher sees one to its end, a page's
 /// WatchJobs hears another, and a job waits for a dependency in another queue.
@@ -186,19 +92,6 @@ async fn a_server_runs_on_a_redis_cluster_of_three_masters() {
     runs_jobs_through(&server).await;
 }
 
-impl Cluster {
-    /// The port of the master that holds `key`.
-    async fn owner(&self, key: &str) -> u16 {
-        for port in &self.ports {
-            let reply = redis_cli(&["-p", &port.to_string(), "EXISTS", key]).await;
-            if !reply.contains("MOVED") {
-                return *port;
-            }
-        }
-        panic!("no master holds {key}");
-    }
-}
-
 /// One master of a cluster loses its data (FLUSHALL) while another holds the reconciler's
 /// marker: the jobs of a queue on the flushed master come back from the database as soon as a
 /// submit meets the queue, and all of them run. Before, the submit made the queue anew, its
@@ -249,6 +142,256 @@ async fn a_cluster_shard_that_lost_its_data_gets_its_queues_back() {
     leased.sort();
     ids.sort();
     assert_eq!(leased, ids);
+}
+
+/// A queue's slot moves to another master and back (key by key, slowly) while jobs are
+/// submitted and run: every job runs once, and the server keeps serving once the slot has
+/// settled. Before, a script that met a key already moved failed halfway, keeping its first
+/// writes (a job in the database and half in Redis), and a redirect that ran out of attempts
+/// ended the Redis client's connection task, after which every call timed out for good.
+#[tokio::test]
+async fn a_slot_moving_under_load_costs_seconds_and_leaves_no_script_half_done() {
+    harness::logs();
+    let cluster = Cluster::start().await;
+    let mut config = harness::config(&harness::Redis::start().await);
+    config.redis_url = Some(cluster.url());
+    let server = Server::start(config).await;
+    let queue = "moving";
+    let slot = redis_cli(&[
+        "-p",
+        &cluster.ports[0].to_string(),
+        "CLUSTER",
+        "KEYSLOT",
+        "{moving}",
+    ])
+    .await
+    .trim()
+    .to_string();
+    let home = cluster.owner(&format!("cv:{{{queue}}}:ok")).await;
+    let away = *cluster.ports.iter().find(|p| **p != home).unwrap();
+
+    const JOBS: usize = 300;
+    let submitting = {
+        let mut jobs = server.jobs().await;
+        tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..JOBS {
+                let mut job = submit(queue, &i.to_string());
+                job.idempotency_key = format!("job-{i}");
+                // A refused submit changed nothing; the same key makes its retry safe.
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                let id = loop {
+                    match jobs.submit_job(job.clone()).await {
+                        Ok(reply) => break reply.into_inner().job.unwrap().id,
+                        Err(e) if std::time::Instant::now() < deadline => {
+                            tracing::info!("submit {i} refused: {e}");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        }
+                        Err(e) => panic!("submit {i} still refused after 30 s: {e}"),
+                    }
+                };
+                ids.push(id);
+                tokio::time::sleep(Duration::from_millis(15)).await;
+            }
+            ids
+        })
+    };
+    let mut worker = Worker::connect(&server, &[queue], 20).await;
+    let _beating = worker.keep_alive();
+    let working = tokio::spawn(async move {
+        let mut leased: std::collections::HashMap<String, usize> = Default::default();
+        let mut succeeded = 0;
+        while succeeded < JOBS {
+            match worker.recv().await {
+                ServerMsg::Assignment(a) => {
+                    let id = a.job.unwrap().id;
+                    *leased.entry(id.clone()).or_default() += 1;
+                    let done = proto::Complete {
+                        job_id: id,
+                        token: a.token,
+                        result: "ok".into(),
+                        ..Default::default()
+                    };
+                    worker.send(WorkerMsg::Complete(done)).await;
+                }
+                ServerMsg::ReportResult(r) if r.code == 0 => succeeded += 1,
+                ServerMsg::ReportResult(r) => tracing::info!("result refused: {r:?}"),
+                _ => {}
+            }
+        }
+        leased
+    });
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster
+        .move_slot(&slot, home, away, Duration::from_millis(20))
+        .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .move_slot(&slot, away, home, Duration::from_millis(20))
+        .await;
+
+    let ids = submitting.await.unwrap();
+    let leased = tokio::time::timeout(Duration::from_secs(60), working)
+        .await
+        .expect("every job ran within a minute of the last submit")
+        .unwrap();
+    let mut jobs = server.jobs().await;
+    for id in &ids {
+        assert_eq!(
+            harness::get(&mut jobs, id).await.state,
+            JobState::Succeeded as i32,
+            "{id}"
+        );
+        assert_eq!(leased.get(id), Some(&1), "{id} ran once");
+    }
+    // The server still serves at once.
+    let late = tokio::time::timeout(
+        Duration::from_secs(2),
+        jobs.submit_job(submit(queue, "late")),
+    )
+    .await;
+    assert!(matches!(late, Ok(Ok(_))), "{late:?}");
+}
+
+/// While a queue's slot is marked as moving (nothing moved yet), a submit waits instead of
+/// running its script: before, the script bumped the queue's counter, then failed on the new
+/// job's key (not here, so "non local"), keeping the bump, and the client was refused. Once the
+/// slot is stable again the submit goes through, once.
+#[tokio::test]
+async fn a_script_waits_for_its_slot_to_settle_instead_of_failing_halfway() {
+    harness::logs();
+    let cluster = Cluster::start().await;
+    let mut config = harness::config(&harness::Redis::start().await);
+    config.redis_url = Some(cluster.url());
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let queue = "settling";
+    submit_job(&mut jobs, submit(queue, "first")).await;
+    let seq = format!("cv:{{{queue}}}:seq");
+    let home = cluster.owner(&seq).await;
+    let away = *cluster.ports.iter().find(|p| **p != home).unwrap();
+    let slot = redis_cli(&["-p", &home.to_string(), "CLUSTER", "KEYSLOT", &seq]).await;
+    let slot = slot.trim();
+    let (home_id, away_id) = (Cluster::node_id(home).await, Cluster::node_id(away).await);
+    let (home, away) = (home.to_string(), away.to_string());
+    redis_cli(&[
+        "-p",
+        &away,
+        "CLUSTER",
+        "SETSLOT",
+        slot,
+        "IMPORTING",
+        &home_id,
+    ])
+    .await;
+    redis_cli(&[
+        "-p",
+        &home,
+        "CLUSTER",
+        "SETSLOT",
+        slot,
+        "MIGRATING",
+        &away_id,
+    ])
+    .await;
+    let before = redis_cli(&["-p", &home, "GET", &seq]).await;
+
+    let second = tokio::spawn({
+        let mut jobs = jobs.clone();
+        async move { jobs.submit_job(submit(queue, "second")).await }
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        !second.is_finished(),
+        "the submit waits while the slot moves"
+    );
+    assert_eq!(redis_cli(&["-p", &home, "GET", &seq]).await, before);
+
+    for port in [&away, &home] {
+        redis_cli(&["-p", port, "CLUSTER", "SETSLOT", slot, "STABLE"]).await;
+    }
+    let second = second.await.unwrap().expect("taken once the slot settled");
+    let id = second.into_inner().job.unwrap().id;
+    let after: i64 = redis_cli(&["-p", &home, "GET", &seq])
+        .await
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(after, before.trim().parse::<i64>().unwrap() + 1);
+    let mut worker = Worker::connect(&server, &[queue], 10).await;
+    let leased: Vec<String> = worker
+        .assignments(Duration::from_secs(1))
+        .await
+        .into_iter()
+        .map(|a| a.job.unwrap().id)
+        .collect();
+    assert_eq!(leased.len(), 2);
+    assert!(leased.contains(&id));
+}
+
+/// A master of a 6-node cluster is SIGKILLed: submits to a queue on another master keep being
+/// answered at once while its replica takes over (before, every call waited ~10 s: the client
+/// would not route anything until it reached every master), and the dead master's queue works
+/// again once the replica has taken over.
+#[tokio::test]
+async fn a_dead_master_stalls_only_its_own_queues() {
+    harness::logs();
+    let mut cluster = Cluster::start_with(1).await;
+    let mut config = harness::config(&harness::Redis::start().await);
+    config.redis_url = Some(cluster.url());
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    let marker = cluster.owner("cv:marker").await;
+    let mut queues = Vec::new();
+    for i in 0.. {
+        let queue = format!("q{i}");
+        let owner = cluster.owner(&format!("cv:{{{queue}}}:ok")).await;
+        if owner != marker && queues.iter().all(|(_, o)| *o != owner) {
+            queues.push((queue, owner));
+        }
+        if queues.len() == 2 {
+            break;
+        }
+    }
+    let (doomed, healthy) = (queues[0].clone(), queues[1].0.clone());
+    for (queue, _) in &queues {
+        submit_job(&mut jobs, submit(queue, "before")).await;
+    }
+
+    cluster.kill(doomed.1).await;
+    let killed = std::time::Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut i = 0;
+    while killed.elapsed() < Duration::from_secs(6) {
+        let started = std::time::Instant::now();
+        let mut job = submit(&healthy, &i.to_string());
+        job.idempotency_key = format!("healthy-{i}");
+        let reply = tokio::time::timeout(Duration::from_secs(20), jobs.submit_job(job)).await;
+        slowest = slowest.max(started.elapsed());
+        assert!(
+            matches!(reply, Ok(Ok(_))),
+            "submit {i} to {healthy}: {reply:?}"
+        );
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        slowest < Duration::from_secs(1),
+        "a submit to a healthy master's queue took {slowest:?} while another master was down"
+    );
+    let queue = doomed.0.clone();
+    eprintln!(
+        "DEBUG NODES {}",
+        redis_cli(&["-p", &queues[1].1.to_string(), "CLUSTER", "NODES"]).await
+    );
+    eventually("the dead master's queue to take submits again", || {
+        let mut jobs = jobs.clone();
+        let mut job = submit(&queue, "after");
+        job.idempotency_key = "after".into();
+        async move { jobs.submit_job(job).await.ok() }
+    })
+    .await;
 }
 
 #[tokio::test]

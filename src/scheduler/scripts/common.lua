@@ -19,6 +19,20 @@
 -- in the tables below and writes each in one command at the end (`finish`), so a batch of jobs
 -- costs a few commands per job plus a few per call.
 
+-- Redis Cluster moves a slot key by key, and while this queue's slot moves, a command on a key
+-- that is not (or no longer) on this node fails -- in the middle of a script, after its first
+-- writes, which Redis does not undo. So every script first asks about two keys that never
+-- exist: while the slot moves, that fails on either node (ASK on the one giving the slot,
+-- TRYAGAIN on the one taking it) before anything is written, and the caller runs the whole
+-- script again shortly (`MOVING`, see scripts.rs). Outside a move (or a cluster) it costs one
+-- EXISTS.
+do
+  local moving = redis.pcall('EXISTS', KEYS[1] .. ':~moving1', KEYS[1] .. ':~moving2')
+  if type(moving) == 'table' and moving.err then
+    return redis.error_reply('MOVING ' .. moving.err)
+  end
+end
+
 local TERMINAL = { SUCCEEDED = true, FAILED = true, CANCELLED = true }
 
 local EVENTS = {}     -- events for watchers: one PUBLISH of a JSON array
