@@ -5,6 +5,7 @@ mod convert;
 pub mod dashboard;
 #[cfg(test)]
 mod fuzz;
+pub mod headers;
 mod jobs;
 mod status;
 mod uploads;

@@ -342,9 +342,17 @@ pub struct Config {
     /// force for new connections at once, with no restart (0: never). Default 10s.
     #[arg(long, env = "CONVEYOR_TLS_RELOAD", default_value = "10s", value_parser = parse_duration)]
     pub tls_reload: Duration,
-    /// How long a client has to finish its TLS handshake. Default 10s.
-    #[arg(long, env = "CONVEYOR_TLS_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
-    pub tls_handshake_timeout: Duration,
+    /// How long a new connection has to speak: send its first bytes, or finish its TLS
+    /// handshake. Default 10s.
+    #[arg(long, env = "CONVEYOR_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub handshake_timeout: Duration,
+    /// Most connections open on the gRPC port at once; at the cap the oldest that has not
+    /// spoken yet is closed for a new one. Keep it under the process's file limit (`ulimit -n`).
+    #[arg(long, env = "CONVEYOR_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Most concurrent streams (calls) on one HTTP/2 connection, advertised in its SETTINGS.
+    #[arg(long, env = "CONVEYOR_MAX_STREAMS", default_value_t = 1000)]
+    pub max_streams: u32,
     /// Submits per second per tenant, per tier FREE,PRO,PREMIUM,ENTERPRISE, as RATE/BURST or
     /// `unlimited`; over it, RESOURCE_EXHAUSTED with a retry delay.
     #[arg(long, env = "CONVEYOR_SUBMIT_RATE", value_parser = parse_rates,

@@ -74,6 +74,8 @@ pub struct Metrics {
     pub db_calls: Durations<Call>,
     pub webhook_deliveries: Family<Outcome, Counter>,
     pub redis_restarts: Counter,
+    pub connections_open: Gauge,
+    pub connections_shed: Counter,
 }
 
 /// 1 ms to about 9 h, doubling: job waits and runs span all of it.
@@ -111,6 +113,8 @@ impl Metrics {
             db_calls: Family::new_with_constructor(call_buckets),
             webhook_deliveries: Family::default(),
             redis_restarts: Counter::default(),
+            connections_open: Gauge::default(),
+            connections_shed: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -187,6 +191,16 @@ impl Metrics {
             "redis_restarts",
             "Redis connection tasks that ended on an error and were started again",
             m.redis_restarts.clone(),
+        );
+        registry.register(
+            "connections_open",
+            "Connections open on the gRPC port (at most CONVEYOR_MAX_CONNECTIONS)",
+            m.connections_open.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Connections closed or refused because the connection cap was reached",
+            m.connections_shed.clone(),
         );
         Metrics {
             registry: root,

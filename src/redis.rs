@@ -1,10 +1,10 @@
 //! The Redis clients: connects them, and starts a client's connection task again when it ends on
 //! an error.
 //!
-//! fred drives each client through one connection task; when that task ends (a Cluster redirect
-//! that runs out of attempts during a slot move ends it for good), every later call just waits
-//! out its timeout while `CLUSTER INFO` says all is well. Nothing else would notice, so the task
-//! is watched here: one that ends on an error is logged, counted
+//! fred drives each client through one connection task; when that task ends, every later call
+//! just waits out its timeout while Redis itself is fine (unpatched fred ended it when a Cluster
+//! redirect ran out of attempts during a slot move; see vendor/README.md). Nothing else would
+//! notice, so the task is watched here: one that ends on an error is logged, counted
 //! (`conveyor_redis_restarts_total`) and started again, and the clients' reconnect hooks (the
 //! subscriber's subscriptions) run as after any reconnection.
 
@@ -74,7 +74,12 @@ fn supervise<C: ClientLike + Send + 'static>(
 /// found no connection to the Cluster node serving its slot and was never sent (see
 /// vendor/README.md). Any other failure (a timeout, a broken connection) may have been applied.
 pub fn not_applied(e: &fred::error::Error) -> bool {
-    e.details().starts_with("MOVING")
+    slot_moving(e)
         || (*e.kind() == fred::error::ErrorKind::Routing
             && e.details().starts_with("No connection to the cluster node"))
+}
+
+/// Whether a script refused to start because its Cluster slot is moving (common.lua).
+pub fn slot_moving(e: &fred::error::Error) -> bool {
+    e.details().starts_with("MOVING")
 }

@@ -286,11 +286,17 @@ pub async fn run(
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .http2_max_header_list_size(Some(config.max_metadata))
+        // Calls at once on one connection, advertised in SETTINGS (tonic's default is none).
+        .max_concurrent_streams(Some(config.max_streams))
         // A span per RPC while traces are exported, continuing the caller's trace.
         .trace_fn(crate::telemetry::rpc_span)
         // Browsers: gRPC-Web over HTTP/1.1 on the same port, translated to gRPC, behind the
         // CORS policy (whose preflights need no credentials).
         .accept_http1(true)
+        // The metadata cap for HTTP/1.1 (HTTP/2 is held to it by the transport, above).
+        .layer(api::headers::Layer {
+            max: config.max_metadata,
+        })
         // The dashboard's page, on the same origin as the calls it makes.
         .layer(api::dashboard::Layer)
         .layer(cors)
@@ -304,12 +310,19 @@ pub async fn run(
         .add_service(reflection_v1alpha);
     // Connections come from `listener`: TLS, when on, is done there (reloaded as its files
     // change), not by the transport.
+    let limits = listener::Limits {
+        max_connections: config.max_connections.max(1),
+        handshake: config.handshake_timeout,
+    };
     let server: std::pin::Pin<Box<dyn Future<Output = _> + Send>> = match tls {
         Some(tls) => {
-            let incoming = listener::tls(listener, tls, config.tls_handshake_timeout);
+            let incoming = listener::tls(listener, tls, limits);
             Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
         }
-        None => Box::pin(router.serve_with_incoming_shutdown(listener::plain(listener), stopped)),
+        None => {
+            let incoming = listener::plain(listener, limits);
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
     };
     let result = tokio::select! {
         result = server => result.map_err(Error::from),

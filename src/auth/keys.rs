@@ -16,7 +16,7 @@ use rand::RngCore;
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, DatabaseConnection, DbErr, EntityTrait,
-    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder,
+    IntoActiveModel, PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 use sha2::{Digest, Sha256};
 
@@ -141,6 +141,9 @@ pub async fn create(
         Role::Client(scopes) => ("client", CLIENT_PREFIX, scopes.to_string(), String::new()),
         Role::Anyone => return Err(DbErr::Custom("a credential needs a role".into())),
     };
+    if let Some(identity) = &new.cert_identity {
+        admit_identity(db, identity).await?;
+    }
     let token = new
         .cert_identity
         .is_none()
@@ -172,6 +175,38 @@ pub async fn list(db: &DatabaseConnection, tenant: Option<&str>) -> Result<Vec<M
         query = query.filter(C::Tenant.eq(tenant));
     }
     query.all(db).await
+}
+
+/// Makes room for a new credential admitting certificates named `identity`: a revoked one lets
+/// go of the name (kept in its `name`, if it had none, for the record), an active one refuses with a message
+/// saying what to do.
+async fn admit_identity(db: &DatabaseConnection, identity: &str) -> Result<(), DbErr> {
+    let active = Credentials::find()
+        .filter(C::CertIdentity.eq(identity))
+        .filter(C::RevokedMs.is_null())
+        .one(db)
+        .await?;
+    if let Some(row) = active {
+        return Err(DbErr::Custom(format!(
+            "credential {} already admits certificates named {identity:?}: revoke it first \
+             (conveyor keys revoke {})",
+            row.id, row.id
+        )));
+    }
+    let revoked = Credentials::find()
+        .filter(C::CertIdentity.eq(identity))
+        .filter(C::RevokedMs.is_not_null())
+        .all(db)
+        .await?;
+    for row in revoked {
+        let mut row = row.into_active_model();
+        if row.name.as_ref().is_empty() {
+            row.name = Set(format!("cert {identity}"));
+        }
+        row.cert_identity = Set(None);
+        row.update(db).await?;
+    }
+    Ok(())
 }
 
 /// Marks a credential revoked; false when there is no such credential or it already was.

@@ -88,7 +88,11 @@ pub async fn run(args: KeysArgs) -> Outcome {
                 expires_in: c.expires,
                 cert_identity: c.cert,
             };
-            let (row, token) = keys::create(&db, new).await.map_err(db_err)?;
+            let (row, token) = keys::create(&db, new).await.map_err(|e| match e {
+                // A refusal worded for the user, not a database error.
+                sea_orm::DbErr::Custom(message) => Error::Usage(message),
+                e => db_err(e),
+            })?;
             eprintln!(
                 "created {} credential {} for tenant {}",
                 row.kind, row.id, row.tenant

@@ -91,7 +91,7 @@ pub async fn call<R: FromValue>(
     let mut waited = Duration::ZERO;
     loop {
         match call_once(client, script, key.clone(), args.clone()).await {
-            Err(e) if e.details().starts_with("MOVING") && waited < MOVE_PATIENCE => {
+            Err(e) if crate::redis::slot_moving(&e) && waited < MOVE_PATIENCE => {
                 tracing::debug!(script = script.name, %key, "slot moving; running the script again shortly");
                 tokio::time::sleep(pause).await;
                 waited += pause;

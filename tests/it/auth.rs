@@ -211,6 +211,39 @@ async fn row_16_a_revoked_key_stops_working_at_once() {
     assert!(!keys::revoke(&s.db, id).await.unwrap(), "revoking twice");
 }
 
+/// A certificate name whose credential was revoked can be admitted again by a new credential;
+/// one still admitted is refused with a message saying what to do, not a database error.
+/// Before, the name stayed taken by the revoked row: "UNIQUE constraint failed".
+#[tokio::test]
+async fn a_revoked_certificate_name_can_be_admitted_again() {
+    let s = secured(|_| {}).await;
+    let cert = |tenant: &str| NewCredential {
+        tenant: tenant.into(),
+        role: Role::Client(Scopes::parse("submit,read").unwrap()),
+        name: String::new(),
+        expires_in: None,
+        cert_identity: Some("node-1".into()),
+    };
+    let (first, _) = keys::create(&s.db, cert("acme")).await.unwrap();
+    let taken = keys::create(&s.db, cert("other"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(taken.contains("revoke it first"), "{taken}");
+    assert!(!taken.to_lowercase().contains("unique"), "{taken}");
+    assert!(keys::revoke(&s.db, &first.id).await.unwrap());
+    let (second, _) = keys::create(&s.db, cert("other")).await.unwrap();
+    let keys = conveyor::auth::keys::Keys::new(s.db.clone());
+    let principal = keys.by_certificate("node-1").await.unwrap();
+    assert_eq!(principal.tenant, "other");
+    let listed = keys::list(&s.db, Some("acme")).await.unwrap();
+    assert_eq!(
+        listed[0].name, "cert node-1",
+        "the revoked row keeps the name on record"
+    );
+    assert_ne!(first.id, second.id);
+}
+
 /// Row 17 (and 24's "a queue it may not serve"): workers and clients cannot stand in for each
 /// other, and scopes and queues are enforced.
 #[tokio::test]

@@ -57,8 +57,9 @@ enum Fault {
     DatabaseDown,
     /// On a 6-node Redis Cluster: the master holding the queue SIGKILLed; its replica takes over.
     ClusterMasterKilled,
-    /// On a Redis Cluster: the queue's slot moved to another master key by key, and back.
-    ClusterSlotMoved,
+    /// On a Redis Cluster: every slot of the queue's master (the queue's among them) moved to
+    /// another master with `redis-cli --cluster reshard`.
+    ClusterResharded,
     /// On Redis with Sentinel: the master SIGKILLed; the sentinels promote its replica.
     SentinelFailover,
 }
@@ -72,7 +73,7 @@ impl Fault {
         Fault::RedisStalled,
         Fault::DatabaseDown,
         Fault::ClusterMasterKilled,
-        Fault::ClusterSlotMoved,
+        Fault::ClusterResharded,
         Fault::SentinelFailover,
     ];
 
@@ -85,7 +86,7 @@ impl Fault {
             Fault::RedisStalled => "Redis stalled 8 s",
             Fault::DatabaseDown => "database stopped",
             Fault::ClusterMasterKilled => "Cluster master killed",
-            Fault::ClusterSlotMoved => "Cluster slot moved",
+            Fault::ClusterResharded => "Cluster resharded",
             Fault::SentinelFailover => "Sentinel failover",
         }
     }
@@ -93,7 +94,7 @@ impl Fault {
     /// The Redis the scenario runs on.
     async fn backing(self) -> Backing {
         match self {
-            Fault::ClusterMasterKilled | Fault::ClusterSlotMoved => {
+            Fault::ClusterMasterKilled | Fault::ClusterResharded => {
                 Backing::Cluster(Cluster::start_with(1).await)
             }
             Fault::SentinelFailover => Backing::Sentinel(Sentinels::start().await),
@@ -261,15 +262,11 @@ echo "RESULT {\"run\":\"$tok\"}""#
                 let master = cluster.owner(&format!("cv:{{{QUEUE}}}:ok")).await;
                 cluster.kill(master).await;
             }
-            Fault::ClusterSlotMoved => {
+            Fault::ClusterResharded => {
                 let cluster = self.redis.cluster();
-                let key = format!("cv:{{{QUEUE}}}:ok");
-                let home = cluster.owner(&key).await;
+                let home = cluster.owner(&format!("cv:{{{QUEUE}}}:ok")).await;
                 let away = cluster.other_master(home).await;
-                let slot = cluster.slot(&key).await;
-                cluster.move_slot(&slot, home, away, Duration::ZERO).await;
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                cluster.move_slot(&slot, away, home, Duration::ZERO).await;
+                cluster.reshard_all(home, away).await;
             }
             Fault::SentinelFailover => match &mut self.redis {
                 Backing::Sentinel(group) => group.kill_master().await,
@@ -788,8 +785,8 @@ async fn a_killed_cluster_master_loses_nothing() {
 }
 
 #[tokio::test]
-async fn a_moved_cluster_slot_loses_nothing() {
-    short(Fault::ClusterSlotMoved).await;
+async fn a_cluster_reshard_loses_nothing() {
+    short(Fault::ClusterResharded).await;
 }
 
 #[tokio::test]

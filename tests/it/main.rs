@@ -8,6 +8,7 @@ mod bootstrap;
 mod children;
 mod cli;
 mod clients;
+mod connections;
 mod cost;
 mod fairness;
 mod fault_suite;

@@ -165,6 +165,37 @@ impl Cluster {
 }
 
 impl Cluster {
+    /// Moves every slot of master `from` to master `to` with `redis-cli --cluster reshard`, as
+    /// an operator would (keys in batches of 10, slot after slot). Returns once it is done.
+    pub async fn reshard_all(&self, from: u16, to: u16) {
+        let (from_id, to_id) = (Self::node_id(from).await, Self::node_id(to).await);
+        let nodes = redis_cli(&["-p", &from.to_string(), "CLUSTER", "NODES"]).await;
+        let line = nodes.lines().find(|l| l.starts_with(&from_id)).unwrap();
+        let slots: u32 = line
+            .split_whitespace()
+            .skip(8)
+            .map(|range| match range.split_once('-') {
+                Some((a, b)) => b.parse::<u32>().unwrap() - a.parse::<u32>().unwrap() + 1,
+                None => 1,
+            })
+            .sum();
+        let slots = slots.to_string();
+        let out = redis_cli(&[
+            "--cluster",
+            "reshard",
+            &format!("127.0.0.1:{from}"),
+            "--cluster-from",
+            &from_id,
+            "--cluster-to",
+            &to_id,
+            "--cluster-slots",
+            &slots,
+            "--cluster-yes",
+        ])
+        .await;
+        assert!(!out.contains("[ERR]"), "reshard: {out}");
+    }
+
     /// A master other than `master`.
     pub async fn other_master(&self, master: u16) -> u16 {
         for port in &self.ports {
@@ -174,12 +205,6 @@ impl Cluster {
             }
         }
         panic!("no master but {master}");
-    }
-
-    /// The slot of `key`, as the cluster says.
-    pub async fn slot(&self, key: &str) -> String {
-        let reply = redis_cli(&["-p", &self.ports[0].to_string(), "CLUSTER", "KEYSLOT", key]).await;
-        reply.trim().to_string()
     }
 
     pub async fn node_id(port: u16) -> String {

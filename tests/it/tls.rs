@@ -240,3 +240,66 @@ async fn a_rotated_certificate_is_served_without_a_restart() {
     .await;
     assert!(!served(&old).await);
 }
+
+/// A client that offers only `http/1.1` in ALPN (Node's fetch, Python requests, `curl
+/// --http1.1`) gets through the TLS handshake and makes a gRPC-Web call.
+#[tokio::test]
+async fn a_client_that_speaks_only_http1_connects_over_tls() {
+    let redis = Redis::start().await;
+    let files = Files(tempfile::tempdir().unwrap());
+    let ca = ca("conveyor test CA");
+    let (cert, key) = leaf(&ca, "conveyor", &["localhost"]);
+    let mut config = harness::config(&redis);
+    config.tls_cert = Some(files.write("server.crt", &cert));
+    config.tls_key = Some(files.write("server.key", &key));
+    let server = Server::start(config).await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .http1_only()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let port = server.addr.rsplit(':').next().unwrap();
+    let mut body = vec![0u8];
+    let message = prost::Message::encode_to_vec(&submit("web", "{}"));
+    body.extend((message.len() as u32).to_be_bytes());
+    body.extend(message);
+    let reply = client
+        .post(format!(
+            "https://localhost:{port}/conveyor.v1.JobService/SubmitJob"
+        ))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(body)
+        .send()
+        .await
+        .expect("an HTTP/1.1-only client completes the handshake");
+    assert_eq!(reply.status(), reqwest::StatusCode::OK);
+    assert_eq!(reply.version(), reqwest::Version::HTTP_11);
+}
+
+/// A key that is not the certificate's is refused at start, naming both files, before anything
+/// is served.
+#[tokio::test]
+async fn a_key_that_is_not_the_certificates_is_refused_at_start() {
+    let redis = Redis::start().await;
+    let files = Files(tempfile::tempdir().unwrap());
+    let ca = ca("conveyor test CA");
+    let (cert, _) = leaf(&ca, "conveyor", &["localhost"]);
+    let (_, other_key) = leaf(&ca, "conveyor", &["localhost"]);
+    let mut config = harness::config(&redis);
+    config.tls_cert = Some(files.write("server.crt", &cert));
+    config.tls_key = Some(files.write("server.key", &other_key));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let started = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        conveyor::server::run(config, listener, async {}),
+    )
+    .await
+    .expect("refused at once");
+    let error = started.unwrap_err().to_string();
+    assert!(
+        error.contains("server.crt") && error.contains("server.key"),
+        "{error}"
+    );
+}

@@ -201,3 +201,38 @@ async fn row_30_an_origin_not_on_the_allowlist_gets_no_cors_headers() {
         );
     }
 }
+
+/// The metadata cap holds over HTTP/1.1 too: a gRPC-Web call with headers over
+/// `CONVEYOR_MAX_METADATA` is answered 431 and changes nothing; one under it is served. Before,
+/// HTTP/1.1 requests with hundreds of KB of headers were served.
+#[tokio::test]
+async fn metadata_over_the_cap_is_refused_over_http1_too() {
+    let redis = harness::Redis::start().await;
+    let mut config = harness::config(&redis);
+    config.max_metadata = 8 * 1024;
+    let server = harness::Server::start(config).await;
+    let body = frame(&submit("web", "{}"));
+    let send = |padding: usize| {
+        http1()
+            .post(format!("{}/conveyor.v1.JobService/SubmitJob", server.addr))
+            .header("content-type", "application/grpc-web+proto")
+            .header("x-grpc-web", "1")
+            .header("x-padding", "x".repeat(padding))
+            .body(body.clone())
+            .send()
+    };
+    let refused = send(16 * 1024).await.unwrap();
+    assert_eq!(
+        refused.status(),
+        reqwest::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+    let served = send(1024).await.unwrap();
+    assert_eq!(served.status(), reqwest::StatusCode::OK);
+    let header = served.headers().get("grpc-status").cloned();
+    let mut body = served.bytes().await.unwrap().to_vec();
+    let parts = frames(&mut body);
+    assert!(
+        header.is_none() && String::from_utf8_lossy(&parts[1].1).contains("grpc-status:0"),
+        "{header:?} {parts:?}"
+    );
+}
