@@ -19,6 +19,7 @@ pub mod health;
 pub mod history;
 pub mod http;
 pub mod listener;
+pub mod memory;
 pub mod metrics;
 pub mod redis;
 pub mod retention;

@@ -1,4 +1,5 @@
-//! The gRPC port's connections: TCP accepted with TCP_NODELAY, at most `max` open at once, each
+//! The gRPC port's connections: TCP accepted with TCP_NODELAY, at most `CONVEYOR_MAX_CONNECTIONS`
+//! open at once, each
 //! given a time limit to speak (its first bytes, or with TLS on its whole handshake, done on the
 //! side) and, with TLS, offering `h2` and `http/1.1` (gRPC-Web, and clients that speak only
 //! HTTP/1.1). The certificate, its key and the client CA are read again when their files change,
@@ -11,7 +12,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -165,12 +166,14 @@ pub struct Conn<IO> {
 }
 
 /// A place under the connection cap, counted in `conveyor_connections_open`.
-struct Place(#[allow(dead_code)] OwnedSemaphorePermit);
+struct Place {
+    _permit: OwnedSemaphorePermit,
+}
 
 impl Place {
     fn new(permit: OwnedSemaphorePermit) -> Place {
         crate::metrics::get().connections_open.inc();
-        Place(permit)
+        Place { _permit: permit }
     }
 }
 
@@ -228,15 +231,16 @@ impl<IO: Connected> Connected for Conn<IO> {
     }
 }
 
-/// The connections still in their handshake, oldest first: the ones the cap pushes out.
+/// The connections still in their handshake, oldest first: the ones the cap pushes out. Owned
+/// by the accept loop; a connection's task holds the other end of its entry.
 #[derive(Default)]
-struct Silent(Mutex<VecDeque<oneshot::Sender<()>>>);
+struct Silent(VecDeque<oneshot::Sender<()>>);
 
 impl Silent {
     /// Registers a new connection; it is told to go through the receiver.
-    fn add(&self, cap: usize) -> oneshot::Receiver<()> {
+    fn add(&mut self, cap: usize) -> oneshot::Receiver<()> {
         let (tx, rx) = oneshot::channel();
-        let mut queue = self.0.lock().expect("not poisoned");
+        let queue = &mut self.0;
         // Entries of connections that spoke (their receiver is gone) are dropped now and then.
         if queue.len() >= cap {
             queue.retain(|tx| !tx.is_closed());
@@ -246,9 +250,8 @@ impl Silent {
     }
 
     /// Pushes out the oldest connection still silent; false when there is none.
-    fn push_out(&self) -> bool {
-        let mut queue = self.0.lock().expect("not poisoned");
-        while let Some(tx) = queue.pop_front() {
+    fn push_out(&mut self) -> bool {
+        while let Some(tx) = self.0.pop_front() {
             if tx.send(()).is_ok() {
                 return true;
             }
@@ -297,8 +300,8 @@ where
 {
     let (tx, rx) = mpsc::channel(64);
     let places = Arc::new(Semaphore::new(limits.max_connections));
-    let silent = Arc::new(Silent::default());
     tokio::spawn(async move {
+        let mut silent = Silent::default();
         let mut backoff = Duration::from_millis(5);
         let mut log = CapLog(None);
         loop {

@@ -281,6 +281,10 @@ pub async fn run(
     if let (Some(tls), false) = (&tls, config.tls_reload.is_zero()) {
         background.push(tokio::spawn(tls.clone().watch(config.tls_reload)));
     }
+    // What bursts of streams freed goes back to the system (see memory.rs).
+    background.push(tokio::spawn(crate::memory::trim_every(
+        Duration::from_secs(10),
+    )));
     let router = tonic::transport::Server::builder()
         // Dead peers are noticed within seconds even when no message is due.
         .http2_keepalive_interval(Some(Duration::from_secs(10)))

@@ -178,8 +178,8 @@ pub async fn list(db: &DatabaseConnection, tenant: Option<&str>) -> Result<Vec<M
 }
 
 /// Makes room for a new credential admitting certificates named `identity`: a revoked one lets
-/// go of the name (kept in its `name`, if it had none, for the record), an active one refuses with a message
-/// saying what to do.
+/// go of the name (kept on record in its `name` when it had none), an active one refuses with a
+/// message saying what to do. (Two at once may still meet the unique index.)
 async fn admit_identity(db: &DatabaseConnection, identity: &str) -> Result<(), DbErr> {
     let active = Credentials::find()
         .filter(C::CertIdentity.eq(identity))
