@@ -354,9 +354,11 @@ pub struct Config {
     #[arg(long, env = "CONVEYOR_MAX_STREAMS", default_value_t = 1000)]
     pub max_streams: u32,
     /// Submits per second per tenant, per tier FREE,PRO,PREMIUM,ENTERPRISE, as RATE/BURST or
-    /// `unlimited`; over it, RESOURCE_EXHAUSTED with a retry delay.
+    /// `unlimited` (one value for every tier, or four); over it, RESOURCE_EXHAUSTED with a retry
+    /// delay. None by default: a single-tenant or unauthenticated deployment is not throttled
+    /// unless someone asks, e.g. `100/1000,200/2000,500/5000,1000/10000` for shared tenants.
     #[arg(long, env = "CONVEYOR_SUBMIT_RATE", value_parser = parse_rates,
-          default_value = "100/1000,200/2000,500/5000,1000/10000")]
+          default_value = "unlimited")]
     pub submit_rate: [Option<Rate>; 4],
     /// Open WatchJob streams per tenant (per replica).
     #[arg(long, env = "CONVEYOR_MAX_WATCHES", default_value_t = 1000)]

@@ -85,6 +85,8 @@ pub async fn start(redis_url: &str, dir: &Path, options: Options<'_>) -> Result<
         .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("CONVEYOR_INSECURE", insecure.to_string())
         .env("CONVEYOR_SUBMIT_RATE", "unlimited")
+        // The fan-out scenario opens 10,000 streams as one tenant (the default allows 1,000).
+        .env("CONVEYOR_MAX_WATCHES", "100000")
         .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))
         .envs(key_limits.map(|limits| ("CONVEYOR_KEY_LIMITS", limits)))
         .stdin(Stdio::null())

@@ -220,6 +220,14 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (open_s, open) = (start.elapsed().as_secs_f64(), opening.opened());
+    // A figure for streams that never opened would be a figure for work that did not happen.
+    if open < watchers {
+        return Err(Error::Usage(format!(
+            "fan-out: only {open} of {watchers} WatchJob streams opened ({} refused, e.g. by \
+             CONVEYOR_MAX_WATCHES or CONVEYOR_MAX_STREAMS); no figure",
+            opening.refused()
+        )));
+    }
     tokio::time::sleep(SETTLE).await;
     let rss_open = b.server.memory()?.rss_kb;
     let spec = Spec {

@@ -410,6 +410,25 @@ async fn row_26_a_submit_burst_over_the_rate_waits_for_the_retry_delay() {
         .expect("recovered after the delay");
 }
 
+/// Unless someone configures a rate, one tenant is never throttled: 3,000 jobs submitted at once
+/// by an unauthenticated server's one tenant are all taken. Before, the default (100/s after a
+/// burst of 1,000) refused the second thousand.
+#[tokio::test]
+async fn no_rate_applies_unless_one_is_configured() {
+    let redis = Redis::start().await;
+    let mut config = harness::config(&redis);
+    config.submit_rate = Config::with_redis(redis.url()).submit_rate;
+    assert_eq!(config.submit_rate, [None; 4], "the default is no limit");
+    let server = Server::start(config).await;
+    let mut jobs = server.jobs().await;
+    for _ in 0..3 {
+        let batch = proto::SubmitJobsRequest {
+            jobs: vec![submit("render", "{}"); 1000],
+        };
+        jobs.submit_jobs(batch).await.expect("not throttled");
+    }
+}
+
 /// Row 27: watch streams over the tenant's cap are refused; closing one makes room.
 #[tokio::test]
 async fn row_27_watch_streams_over_the_cap_until_one_closes() {
