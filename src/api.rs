@@ -6,6 +6,7 @@ pub mod dashboard;
 #[cfg(test)]
 mod fuzz;
 pub mod headers;
+mod intercept;
 mod jobs;
 mod status;
 mod uploads;

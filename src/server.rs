@@ -298,11 +298,9 @@ pub async fn run(
         // CORS policy (whose preflights need no credentials).
         .accept_http1(true)
         // The metadata cap for HTTP/1.1 (HTTP/2 is held to it by the transport, above).
-        .layer(api::headers::Layer {
-            max: config.max_metadata,
-        })
+        .layer(api::headers::layer(config.max_metadata))
         // The dashboard's page, on the same origin as the calls it makes.
-        .layer(api::dashboard::Layer)
+        .layer(api::dashboard::layer())
         .layer(cors)
         .layer(tonic_web::GrpcWebLayer::new())
         // Every service sits behind authentication (health and reflection pass through).

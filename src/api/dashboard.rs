@@ -3,11 +3,10 @@
 //! page holds no secrets: its calls carry the credential the user types, and are authenticated
 //! like any other.
 
-use std::task::{Context, Poll};
-
-use futures_util::future::BoxFuture;
 use http::{HeaderValue, Method, StatusCode, header};
 use tonic::body::Body;
+
+use super::intercept::{self, Request, Response};
 
 const ROOT: &str = "/dashboard/";
 
@@ -32,44 +31,8 @@ const FILES: [(&str, &str, &str); 3] = [
 
 /// Answers GET and HEAD of the dashboard's paths (and `/`, which redirects to it); everything
 /// else goes on to gRPC.
-#[derive(Clone, Copy, Default)]
-pub struct Layer;
-
-impl<S> tower::Layer<S> for Layer {
-    type Service = Dashboard<S>;
-
-    fn layer(&self, inner: S) -> Dashboard<S> {
-        Dashboard { inner }
-    }
-}
-
-#[derive(Clone)]
-pub struct Dashboard<S> {
-    inner: S,
-}
-
-type Request = http::Request<Body>;
-type Response = http::Response<Body>;
-
-impl<S> tower::Service<Request> for Dashboard<S>
-where
-    S: tower::Service<Request, Response = Response> + Send + 'static,
-    S::Future: Send + 'static,
-{
-    type Response = Response;
-    type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
-        match page(&request) {
-            Some(response) => Box::pin(async move { Ok(response) }),
-            None => Box::pin(self.inner.call(request)),
-        }
-    }
+pub fn layer() -> intercept::Layer<fn(&Request) -> Option<Response>> {
+    intercept::Layer(page)
 }
 
 /// The response for a dashboard request, or `None` for a request that is not one.

@@ -162,7 +162,12 @@ pub fn sqlite_url() -> String {
 /// The test defaults: a fresh SQLite history, and short timers so failure paths finish in well
 /// under a second.
 pub fn config(redis: &Redis) -> Config {
-    let mut c = Config::with_redis(redis.url());
+    config_for(redis.url())
+}
+
+/// The test defaults on the Redis at `url` (a Cluster's or a Sentinel group's).
+pub fn config_for(url: String) -> Config {
+    let mut c = Config::with_redis(url);
     c.database_url = Some(sqlite_url());
     c.history_flush = Duration::from_millis(20);
     c.grace = Duration::from_millis(500);

@@ -86,9 +86,7 @@ async fn runs_jobs_through(server: &Server) {
 async fn a_server_runs_on_a_redis_cluster_of_three_masters() {
     harness::logs();
     let cluster = Cluster::start().await;
-    let mut config = harness::config(&harness::Redis::start().await);
-    config.redis_url = Some(cluster.url());
-    let server = Server::start(config).await;
+    let server = Server::start(harness::config_for(cluster.url())).await;
     runs_jobs_through(&server).await;
 }
 
@@ -100,9 +98,7 @@ async fn a_server_runs_on_a_redis_cluster_of_three_masters() {
 async fn a_cluster_shard_that_lost_its_data_gets_its_queues_back() {
     harness::logs();
     let cluster = Cluster::start().await;
-    let mut config = harness::config(&harness::Redis::start().await);
-    config.redis_url = Some(cluster.url());
-    let server = Server::start(config).await;
+    let server = Server::start(harness::config_for(cluster.url())).await;
     let mut jobs = server.jobs().await;
     let marker = cluster.owner("cv:marker").await;
     let mut queue = String::new();
@@ -153,9 +149,7 @@ async fn a_cluster_shard_that_lost_its_data_gets_its_queues_back() {
 async fn a_slot_moving_under_load_costs_seconds_and_leaves_no_script_half_done() {
     harness::logs();
     let cluster = Cluster::start().await;
-    let mut config = harness::config(&harness::Redis::start().await);
-    config.redis_url = Some(cluster.url());
-    let server = Server::start(config).await;
+    let server = Server::start(harness::config_for(cluster.url())).await;
     let queue = "moving";
     let slot = redis_cli(&[
         "-p",
@@ -262,9 +256,7 @@ async fn a_slot_moving_under_load_costs_seconds_and_leaves_no_script_half_done()
 async fn a_script_waits_for_its_slot_to_settle_instead_of_failing_halfway() {
     harness::logs();
     let cluster = Cluster::start().await;
-    let mut config = harness::config(&harness::Redis::start().await);
-    config.redis_url = Some(cluster.url());
-    let server = Server::start(config).await;
+    let server = Server::start(harness::config_for(cluster.url())).await;
     let mut jobs = server.jobs().await;
     let queue = "settling";
     submit_job(&mut jobs, submit(queue, "first")).await;
@@ -338,9 +330,7 @@ async fn a_script_waits_for_its_slot_to_settle_instead_of_failing_halfway() {
 async fn a_dead_master_stalls_only_its_own_queues() {
     harness::logs();
     let mut cluster = Cluster::start_with(1).await;
-    let mut config = harness::config(&harness::Redis::start().await);
-    config.redis_url = Some(cluster.url());
-    let server = Server::start(config).await;
+    let server = Server::start(harness::config_for(cluster.url())).await;
     let mut jobs = server.jobs().await;
     let marker = cluster.owner("cv:marker").await;
     let mut queues = Vec::new();
