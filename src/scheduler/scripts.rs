@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use fred::prelude::{Client, FromValue, Value};
+use fred::prelude::{Client, ClientLike, FromValue, Value};
 use fred::types::scripts::Script;
 
 /// `common.lua` holds helpers every transition needs (emit an event, requeue with backoff, write
@@ -87,6 +87,10 @@ pub async fn call<R: FromValue>(
     key: String,
     args: Vec<Value>,
 ) -> Result<R, fred::error::Error> {
+    // Only a Cluster moves slots; elsewhere the arguments need no copy for a second try.
+    if !client.is_clustered() {
+        return call_once(client, script, key, args).await;
+    }
     let mut pause = Duration::from_millis(10);
     let mut waited = Duration::ZERO;
     loop {
