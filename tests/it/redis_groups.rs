@@ -9,6 +9,15 @@ use tokio::process::{Child, Command};
 
 use crate::harness::{self, eventually};
 
+/// The `node=` parameters a Redis URL lists its other nodes with.
+fn more_nodes(ports: &[u16]) -> String {
+    let nodes: Vec<String> = ports
+        .iter()
+        .map(|p| format!("node=127.0.0.1:{p}"))
+        .collect();
+    nodes.join("&")
+}
+
 /// A loopback port whose cluster bus port (+10000) is usable too.
 fn node_port() -> u16 {
     loop {
@@ -138,14 +147,10 @@ impl Cluster {
     }
 
     pub fn url(&self) -> String {
-        let others: Vec<String> = self.ports[1..]
-            .iter()
-            .map(|p| format!("node=127.0.0.1:{p}"))
-            .collect();
         format!(
             "redis-cluster://127.0.0.1:{}?{}",
             self.ports[0],
-            others.join("&")
+            more_nodes(&self.ports[1..])
         )
     }
 }
@@ -330,14 +335,10 @@ impl Sentinels {
     }
 
     pub fn url(&self) -> String {
-        let others: Vec<String> = self.sentinels[1..]
-            .iter()
-            .map(|p| format!("node=127.0.0.1:{p}"))
-            .collect();
         format!(
             "redis-sentinel://127.0.0.1:{}/0?sentinelServiceName=conveyor&{}",
             self.sentinels[0],
-            others.join("&")
+            more_nodes(&self.sentinels[1..])
         )
     }
 

@@ -260,10 +260,7 @@ async fn a_client_that_speaks_only_http1_connects_over_tls() {
         .build()
         .unwrap();
     let port = server.addr.rsplit(':').next().unwrap();
-    let mut body = vec![0u8];
-    let message = prost::Message::encode_to_vec(&submit("web", "{}"));
-    body.extend((message.len() as u32).to_be_bytes());
-    body.extend(message);
+    let body = crate::web::frame(&submit("web", "{}"));
     let reply = client
         .post(format!(
             "https://localhost:{port}/conveyor.v1.JobService/SubmitJob"

@@ -12,7 +12,7 @@ use crate::harness::{self, submit};
 const APP: &str = "https://app.example.com";
 
 /// A gRPC-Web frame: flag (0 data, 0x80 trailers), big-endian length, bytes.
-fn frame(message: &impl Message) -> Vec<u8> {
+pub fn frame(message: &impl Message) -> Vec<u8> {
     let bytes = message.encode_to_vec();
     let mut out = vec![0];
     out.extend((bytes.len() as u32).to_be_bytes());
