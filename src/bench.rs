@@ -4,7 +4,9 @@
 //! and in SubmitJobs batches of 1,000; end to end (plain, and mixed tiers and priorities) with
 //! Redis commands, server CPU and memory per job; drain of a preloaded queue; submit-to-worker
 //! latency; progress-event latency over WatchJob; WatchJob fan-out (1,000 and 10,000 streams);
-//! Redis commands per minute while idle. `--smoke` is a seconds-long version (CI);
+//! Redis bytes per waiting job; Redis commands per minute while idle. By default the server
+//! runs as people deploy it (API keys, PostgreSQL history, default limits); `--redis-only` runs
+//! it without either. `--smoke` is a seconds-long version (CI);
 //! `--vs-bullmq` alternates this suite with BullMQ's own harness and prints both side by side.
 
 mod auth;
@@ -14,6 +16,7 @@ mod history;
 mod idle;
 mod keys;
 mod latency;
+mod memory;
 mod proc;
 mod redis;
 mod serve;
@@ -88,8 +91,16 @@ pub struct BenchArgs {
     pub reps: u32,
     /// The server's database: `none` (Redis alone), `sqlite` (a fresh file in the run's
     /// folder), or a `postgres://` URL of a server on which a fresh database is made per run.
-    #[arg(long, default_value = "none")]
-    pub database: String,
+    /// Unset: a fresh database on `--postgres`, or none with `--redis-only`.
+    #[arg(long)]
+    pub database: Option<String>,
+    /// The old, secondary figures: no API keys and no database (Redis alone). Without it the
+    /// suite runs as people deploy it: API keys on, PostgreSQL history, default limits.
+    #[arg(long, conflicts_with_all = ["history", "auth"])]
+    pub redis_only: bool,
+    /// Waiting jobs submitted (no worker) to measure Redis bytes per waiting job.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1000..=10_000_000))]
+    pub memory_jobs: u64,
     /// Instead of the suite: the submit scenarios and end to end with no database, SQLite and
     /// PostgreSQL (`--postgres`), to show what the durable write costs.
     #[arg(long, conflicts_with = "vs_bullmq")]
@@ -103,8 +114,12 @@ pub struct BenchArgs {
     /// beside the same in a queue with none.
     #[arg(long, conflicts_with_all = ["vs_bullmq", "history", "auth"])]
     pub blocked_keys: bool,
-    /// The PostgreSQL server `--history` uses.
-    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432/postgres")]
+    /// The PostgreSQL server the suite (and `--history`) makes its databases on.
+    #[arg(
+        long,
+        env = "CONVEYOR_TEST_POSTGRES",
+        default_value = "postgres://postgres@127.0.0.1:5432/postgres"
+    )]
     pub postgres: String,
 }
 
@@ -113,9 +128,25 @@ impl BenchArgs {
     fn sized(mut self) -> Self {
         if self.smoke {
             (self.jobs, self.rate, self.seconds, self.idle_seconds) = (500, 200, 2, 3);
+            self.memory_jobs = 2000;
             self.fanout = vec![100, 1000];
         }
         self
+    }
+
+    /// The database the suite's server uses: `--database`, else none with `--redis-only`,
+    /// else a fresh one on `--postgres`.
+    pub(super) fn database(&self) -> &str {
+        match (&self.database, self.redis_only) {
+            (Some(spec), _) => spec,
+            (None, true) => "none",
+            (None, false) => &self.postgres,
+        }
+    }
+
+    /// Whether the server checks credentials (the bench makes a client and a worker key).
+    pub(super) fn with_keys(&self) -> bool {
+        !self.redis_only
     }
 }
 
@@ -136,6 +167,10 @@ pub struct Bench {
     server: serve::Server,
     redis_port: u16,
     jobs: crate::client::Jobs,
+    /// What `jobs` sends as credentials, for the scenarios' own connections.
+    bearer: crate::client::Bearer,
+    /// The token the bench workers connect with, when the server checks credentials.
+    worker_key: Option<String>,
     /// One JSON object per scenario, in the order they ran.
     results: Vec<Value>,
 }
@@ -149,12 +184,22 @@ impl Bench {
             Ok(other) => line["value"] = other,
             Err(e) => line["error"] = json!(e.to_string()),
         }
+        // The machine's load as the scenario ended: two cores shared with Redis, the workers
+        // and the clients, so a busy neighbour shows here.
+        if let Some(load) = load_average() {
+            line["load_1m"] = json!(load);
+        }
         println!("{line}");
         self.results.push(line);
     }
 
     async fn worker(&self, spec: workers::Spec<'_>) -> Result<workers::Worker, Error> {
-        workers::start(&self.server.addr, spec).await
+        workers::start(&self.server.addr, self.worker_key.as_deref(), spec).await
+    }
+
+    /// A JobService client on a connection of its own, with the bench's credentials.
+    fn jobs_on(&self, channel: tonic::transport::Channel) -> crate::client::Jobs {
+        crate::client::jobs(channel, self.bearer.clone())
     }
 
     /// CPU ms used so far by the server process and by redis-server.
@@ -178,7 +223,7 @@ pub async fn run(args: BenchArgs) -> cli::Outcome {
     if args.blocked_keys {
         return keys::run(&args).await;
     }
-    let results = suite(&args, false).await?;
+    let results = suite(&args, args.with_keys()).await?;
     print_table(&results);
     Ok(outcome(&results))
 }
@@ -194,37 +239,41 @@ fn outcome(results: &[Value]) -> ExitCode {
 }
 
 /// One run of every scenario on a fresh redis-server and a fresh server; returns the lines.
-/// `with_key`: the server checks credentials, and the bench's client sends an API key.
-async fn suite(args: &BenchArgs, with_key: bool) -> Result<Vec<Value>, Error> {
+/// `with_keys`: the server checks credentials; the bench's client sends an API key and its
+/// workers a worker token.
+async fn suite(args: &BenchArgs, with_keys: bool) -> Result<Vec<Value>, Error> {
     static SUITES: AtomicU32 = AtomicU32::new(0);
     let n = SUITES.fetch_add(1, Ordering::Relaxed);
     let dir = std::env::temp_dir().join(format!("conveyor-bench-{}-{n}", std::process::id()));
     let redis = dev::start_redis(&dir.join("redis"), false)
         .await
         .map_err(usage)?;
-    let database = history::database(&args.database, &dir).await?;
-    let token = match with_key {
-        true => Some(auth::key(database.url()).await?),
+    let database = history::database(args.database(), &dir).await?;
+    let keys = match with_keys {
+        true => Some(auth::keys(database.url()).await?),
         false => None,
     };
     let server = serve::Options {
         threads: args.server_threads,
         database: database.url(),
-        insecure: token.is_none(),
+        insecure: keys.is_none(),
         key_limits: args.blocked_keys.then_some(keys::LIMITS),
     };
     let server = serve::start(&redis.url, &dir, server).await?;
+    let (client_key, worker_key) = keys.map(|k| (k.client, k.worker)).unzip();
     let target = crate::client::Target {
-        token,
+        token: client_key,
         ..crate::client::Target::new(server.addr.clone())
     };
     let bearer = target.bearer().map_err(usage)?;
-    let jobs = crate::client::jobs(serve::connect(&server.addr).await?, bearer);
+    let jobs = crate::client::jobs(serve::connect(&server.addr).await?, bearer.clone());
     let mut b = Bench {
         args: args.clone(),
         server,
         redis_port: redis.port,
         jobs,
+        bearer,
+        worker_key,
         results: Vec::new(),
     };
     run_scenarios(&mut b).await;
@@ -263,6 +312,8 @@ async fn run_scenarios(b: &mut Bench) {
         let r = watch::fanout(b, n).await;
         b.emit("watch_fanout", r);
     }
+    let r = memory::waiting_jobs(b).await;
+    b.emit("redis_bytes_per_waiting_job", r);
     // Last, so the workers and watches of the other scenarios are gone.
     let r = idle::commands(b).await;
     b.emit("idle_redis_commands_per_minute", r);
@@ -277,6 +328,12 @@ async fn within<T>(
     tokio::time::timeout(limit, f)
         .await
         .map_err(|_| usage(format!("{what}: not done within {limit:?}")))?
+}
+
+/// The 1-minute load average (`/proc/loadavg`).
+pub(super) fn load_average() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    text.split_whitespace().next()?.parse().ok()
 }
 
 fn print_table(results: &[Value]) {

@@ -128,6 +128,10 @@ async fn connect_with(url: &str, options: &Options) -> Result<DatabaseConnection
     opts.max_connections(options.pool)
         .connect_timeout(options.timeout)
         .acquire_timeout(options.timeout)
+        // A ping on every acquire is a round trip per statement; a connection that was used
+        // within the second is known to be alive. One the server dropped meanwhile fails its
+        // statement, and the pool replaces it.
+        .test_before_acquire_if_idle_for(Duration::from_secs(1))
         .sqlx_logging(false);
     // SQLite: one writer at a time; WAL lets reads go on meanwhile, and a writer waits its turn
     // instead of failing with SQLITE_BUSY.
@@ -196,7 +200,7 @@ impl Store {
             DbBackend::Sqlite => 1,
             _ => (options.pool as usize / 4).max(1),
         };
-        let commits = commit::spawn(db.clone(), in_flight);
+        let commits = commit::Handle::new(db.clone(), in_flight);
         Ok(Store {
             db,
             commits,

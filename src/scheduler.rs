@@ -6,6 +6,7 @@
 //! the history writer; reads of jobs Redis no longer has go there.
 
 mod chores;
+mod coalesce;
 mod durable;
 mod error;
 mod event;
@@ -189,6 +190,8 @@ pub struct Handle {
     webhooks: Option<crate::webhooks::Handle>,
     /// Rung when a submit finds a queue a Redis Cluster shard lost: the reconciler looks at once.
     lost_queue: Arc<tokio::sync::Notify>,
+    /// Concurrent single submits made into groups.
+    coalescer: Arc<coalesce::Coalescer>,
 }
 
 pub fn now_ms() -> i64 {
@@ -245,6 +248,7 @@ impl Handle {
             history: None,
             webhooks: None,
             lost_queue: Arc::default(),
+            coalescer: Arc::default(),
         }
     }
 

@@ -110,8 +110,15 @@ pub struct NewCredential {
     pub cert_identity: Option<String>,
 }
 
+/// Lower-case hex; every call checks a key's hash, so no allocation per byte.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn hash(secret: &str) -> String {
@@ -403,5 +410,15 @@ mod tests {
         assert!(!looks_like_key("eyJhbGciOi.x.y"));
         assert!(same(&hash("s"), &hash("s")) && !same(&hash("s"), &hash("t")));
         assert!(!same("abc", "abcd"));
+    }
+
+    #[test]
+    fn the_hash_kept_is_lower_case_hex_of_sha256() {
+        // Stored hashes were written in this form; a different one would lock every key out.
+        assert_eq!(
+            hash("s"),
+            "043a718774c572bd8a25adbeb1bfcd5c0256ae11cecf9f9c3f925d0e52beaf89"
+        );
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff]), "000fa0ff");
     }
 }

@@ -5,27 +5,41 @@ use serde_json::json;
 
 use super::{Error, print_table, suite, usage};
 use crate::auth::keys::{self, NewCredential};
-use crate::auth::{Role, Scopes};
+use crate::auth::{Queues, Role, Scopes};
 use crate::cli;
 
-/// A client key for the bench, made in the server's database before it starts.
-pub async fn key(database_url: &str) -> Result<String, Error> {
+/// The bench's credentials, made in the server's database before it starts.
+pub struct Keys {
+    /// The client's API key (`cvk_...`).
+    pub client: String,
+    /// The bench workers' token (`cvw_...`), for any queue.
+    pub worker: String,
+}
+
+pub async fn keys(database_url: &str) -> Result<Keys, Error> {
     let db = crate::history::connect(database_url).await?;
     crate::history::migrate(&db).await?;
-    let new = NewCredential {
-        tenant: "bench".into(),
-        role: Role::Client(Scopes::parse("submit,read,watch,cancel").map_err(usage)?),
-        name: "bench".into(),
-        expires_in: None,
-        cert_identity: None,
+    let make = async |role: Role| {
+        let new = NewCredential {
+            tenant: "bench".into(),
+            role,
+            name: "bench".into(),
+            expires_in: None,
+            cert_identity: None,
+        };
+        let (_, token) = keys::create(&db, new).await.map_err(usage)?;
+        token.ok_or_else(|| usage("a key without a token"))
     };
-    let (_, token) = keys::create(&db, new).await.map_err(usage)?;
-    token.ok_or_else(|| usage("a key without a token"))
+    let scopes = Scopes::parse("submit,read,watch,cancel").map_err(usage)?;
+    Ok(Keys {
+        client: make(Role::Client(scopes)).await?,
+        worker: make(Role::Worker(Queues::Any)).await?,
+    })
 }
 
 pub async fn run(args: &super::BenchArgs) -> cli::Outcome {
     let mut args = args.clone();
-    args.database = "sqlite".into();
+    args.database = Some("sqlite".into());
     let mut all = Vec::new();
     for (with_key, label) in [(false, "no auth"), (true, "API key")] {
         for mut line in suite(&args, with_key).await? {

@@ -1,7 +1,8 @@
 //! BullMQ's own benchmark harness, the baseline: read-only in `--bullmq-dir`, so it is copied
 //! to `target/bullmq-peer/`, installed there once with `npm ci`, and run as `node bench.mjs`
 //! against a redis-server of the same build Conveyor uses. Its last stdout line,
-//! `BENCH_SUMMARY {json}`, holds its figures; it is run as it is, never tuned.
+//! `BENCH_SUMMARY {json}`, holds its figures; it is run as it is, never tuned. Beside it runs
+//! `memory.mjs` (ours), for the one figure the harness lacks: Redis bytes per waiting job.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -18,6 +19,9 @@ use crate::dev;
 
 /// What the harness needs; the rest of its folder (results, scripts) is not run.
 const SCRIPT: &str = "bench.mjs";
+/// Our own measure of BullMQ's Redis bytes per waiting job (the harness has none), run with
+/// the harness's installed packages.
+const MEMORY_SCRIPT: &str = "memory.mjs";
 const MANIFEST: [&str; 2] = ["package.json", "package-lock.json"];
 /// The source's manifest as last installed: npm may rewrite the copied lock file, so the copy
 /// cannot tell whether the source changed.
@@ -26,6 +30,7 @@ const WORK_DIR: &str = "target/bullmq-peer";
 /// As the harness's own run.sh bounds it (RUN_TIMEOUT_S).
 const RUN_LIMIT: Duration = Duration::from_secs(1800);
 const SUMMARY: &str = "BENCH_SUMMARY ";
+const MEMORY_SUMMARY: &str = "MEMORY_SUMMARY ";
 
 /// The harness, copied and installed.
 pub struct Peer {
@@ -47,6 +52,7 @@ pub async fn prepare(source: &Path) -> Result<Peer, Error> {
     let dir = PathBuf::from(WORK_DIR);
     std::fs::create_dir_all(&dir).map_err(usage)?;
     std::fs::write(dir.join(SCRIPT), read(source, SCRIPT)?).map_err(usage)?;
+    std::fs::write(dir.join(MEMORY_SCRIPT), include_str!("memory.mjs")).map_err(usage)?;
     let mut stamp = Vec::new();
     for file in MANIFEST {
         stamp.extend(read(source, file)?);
@@ -93,15 +99,37 @@ async fn npm(dir: &Path, command: &str) -> Result<bool, Error> {
 }
 
 impl Peer {
-    /// One run of the harness (BENCH_REPS=1) on a fresh redis-server; its summary.
+    /// One run of the harness (BENCH_REPS=1) on a fresh redis-server; its summary, with our
+    /// measure of its bytes per waiting job as `memory`.
     pub async fn run(&self, args: &BenchArgs, scratch: &Path) -> Result<Value, Error> {
+        let mut summary = self
+            .node(SCRIPT, SUMMARY, environment(args), &scratch.join("harness"))
+            .await?;
+        let jobs = vec![("JOBS", args.memory_jobs.to_string())];
+        summary["memory"] = self
+            .node(MEMORY_SCRIPT, MEMORY_SUMMARY, jobs, &scratch.join("memory"))
+            .await?;
+        let _ = std::fs::remove_dir_all(scratch);
+        Ok(summary)
+    }
+
+    /// Runs `node script` on a fresh redis-server (REDIS_PORT) with `env`; the JSON of its stdout
+    /// line that starts with `prefix`. Its other lines go to our stderr.
+    async fn node(
+        &self,
+        script: &str,
+        prefix: &str,
+        mut env: Vec<(&'static str, String)>,
+        scratch: &Path,
+    ) -> Result<Value, Error> {
         let redis = dev::start_redis(scratch, false).await.map_err(usage)?;
+        env.push(("REDIS_PORT", redis.port.to_string()));
         let mut command = Command::new("node");
         crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
         let mut child = command
-            .arg(SCRIPT)
+            .arg(script)
             .current_dir(&self.dir)
-            .envs(environment(args, redis.port))
+            .envs(env)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -111,7 +139,7 @@ impl Peer {
         let read = async {
             let mut summary = None;
             while let Some(line) = lines.next_line().await.map_err(usage)? {
-                match line.strip_prefix(SUMMARY) {
+                match line.strip_prefix(prefix) {
                     Some(json) => summary = Some(serde_json::from_str(json).map_err(usage)?),
                     None => eprintln!("{line}"),
                 }
@@ -120,23 +148,21 @@ impl Peer {
             match summary {
                 Some(summary) if status.success() => Ok(summary),
                 _ => Err(usage(format!(
-                    "BullMQ's bench.mjs ended ({status}) without a summary"
+                    "BullMQ's {script} ended ({status}) without a summary"
                 ))),
             }
         };
         let summary = tokio::time::timeout(RUN_LIMIT, read)
             .await
-            .map_err(|_| usage(format!("BullMQ's bench.mjs ran over {RUN_LIMIT:?}")))?;
+            .map_err(|_| usage(format!("BullMQ's {script} ran over {RUN_LIMIT:?}")))?;
         drop(redis);
-        let _ = std::fs::remove_dir_all(scratch);
         summary
     }
 }
 
 /// The harness's knobs, set to this run's sizes.
-fn environment(args: &BenchArgs, port: u16) -> Vec<(&'static str, String)> {
+fn environment(args: &BenchArgs) -> Vec<(&'static str, String)> {
     vec![
-        ("REDIS_PORT", port.to_string()),
         ("BENCH_REPS", "1".into()),
         ("BENCH_N", args.jobs.to_string()),
         ("BENCH_CONCURRENCY", args.concurrency.to_string()),

@@ -179,6 +179,13 @@ const FIGURES: &[Figure] = &[
         theirs: |v| at(v, "/d_progress/median/progress_event_delay/p99_ms"),
     },
     Figure {
+        key: "redis_bytes_per_waiting_job",
+        label: "Redis bytes per waiting job (used_memory)",
+        better: Better::Lower,
+        ours: |l| line(l, "redis_bytes_per_waiting_job", "/bytes_per_job"),
+        theirs: |v| at(v, "/memory/bytes_per_job"),
+    },
+    Figure {
         key: "idle_commands_per_min",
         label: "idle Redis commands/min (4 workers, 10 watches vs Worker+QueueEvents)",
         better: Better::Lower,
@@ -189,11 +196,18 @@ const FIGURES: &[Figure] = &[
 
 pub async fn run(args: &BenchArgs) -> cli::Outcome {
     let peer = bullmq::prepare(&args.bullmq_dir).await?;
+    let configuration = match args.with_keys() {
+        true => format!("API keys on, history in {}", args.database()),
+        false => "Redis only: no API keys, no database (secondary figures)".to_string(),
+    };
+    eprintln!("Conveyor runs with {configuration}, default limits");
     let (mut conveyor, mut bullmq, mut errors) = (Vec::new(), Vec::new(), Vec::new());
+    let mut loads = Vec::new();
     for rep in 1..=args.reps {
         eprintln!("== rep {rep}/{}: Conveyor", args.reps);
-        let lines = suite(args, false).await?;
+        let lines = suite(args, args.with_keys()).await?;
         print_table(&lines);
+        let load: Vec<f64> = lines.iter().filter_map(|l| l["load_1m"].as_f64()).collect();
         conveyor.push(lines);
         eprintln!(
             "== rep {rep}/{}: BullMQ (its progress on stderr)",
@@ -210,12 +224,17 @@ pub async fn run(args: &BenchArgs) -> cli::Outcome {
                 errors.push(format!("rep {rep}: {e}"));
             }
         }
+        let rep_load = json!({"rep": rep, "conveyor_load_1m_by_scenario": load,
+                              "bullmq_load_1m_after": super::load_average()});
+        eprintln!("load average (1 min) in rep {rep}: {rep_load}");
+        loads.push(rep_load);
     }
     let figures = side_by_side(&conveyor, &bullmq, args.reps);
     let line = json!({
-        "scenario": "vs_bullmq", "reps": args.reps, "bullmq_runs": bullmq.len(),
+        "scenario": "vs_bullmq", "reps": args.reps, "configuration": configuration,
+        "bullmq_runs": bullmq.len(),
         "bullmq_versions": bullmq.first().map(|s| s["versions"].clone()),
-        "bullmq_errors": errors, "figures": figures,
+        "bullmq_errors": errors, "load": loads, "figures": figures,
     });
     println!("{line}");
     if !errors.is_empty() {
@@ -279,13 +298,14 @@ mod tests {
             "c_latency": {"worker_child_process": {"median": {"add_to_processor_start": latency}}},
             "d_progress": {"median": {"progress_event_delay": latency}},
             "e_idle": {"server_cmds_per_min": 116.0},
+            "memory": {"bytes_per_job": 178.0},
         })
     }
 
     fn our_lines() -> Vec<Value> {
         let figures = json!({"jobs_per_s": 1.0, "redis_commands_per_job": 1.0,
             "redis_client_commands_per_job": 1.0, "redis_cpu_ms_per_10k_jobs": 1.0,
-            "p50": 1.0, "p95": 1.0, "p99": 1.0, "commands_per_min": 1.0});
+            "p50": 1.0, "p95": 1.0, "p99": 1.0, "commands_per_min": 1.0, "bytes_per_job": 1.0});
         [
             "submit_one_at_a_time",
             "submit_50_in_flight",
@@ -296,6 +316,7 @@ mod tests {
             "submit_to_worker_latency_ms",
             "progress_latency_ms",
             "idle_redis_commands_per_minute",
+            "redis_bytes_per_waiting_job",
         ]
         .into_iter()
         .map(|s| {

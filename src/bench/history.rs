@@ -94,7 +94,7 @@ pub async fn run(args: &super::BenchArgs) -> cli::Outcome {
     for database in ["none", "sqlite", args.postgres.as_str()] {
         let label = database.split("://").next().unwrap_or(database);
         let mut run = args.clone();
-        run.database = database.to_string();
+        run.database = Some(database.to_string());
         let lines = suite(&run, false).await?;
         // Each line was printed as it came; the table below names the database.
         for mut line in lines {

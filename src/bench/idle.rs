@@ -24,7 +24,7 @@ const SWEEP: Duration = Duration::from_secs(60);
 
 pub async fn commands(b: &Bench) -> Result<Value, Error> {
     let spec = Spec::new("bench-idle", b.args.concurrency, u64::MAX);
-    let _workers = start_many(&b.server.addr, WORKERS, spec).await?;
+    let _workers = start_many(&b.server.addr, b.worker_key.as_deref(), WORKERS, spec).await?;
     let mut watches = Vec::new();
     for i in 0..WATCHES {
         let mut jobs = b.jobs.clone();

@@ -25,7 +25,7 @@ const WAITING_PER_KEY: u64 = 10;
 
 pub async fn run(args: &super::BenchArgs) -> cli::Outcome {
     let mut args = args.clone();
-    args.database = "none".into();
+    args.database = Some("none".into());
     let lines = suite(&args, false).await?;
     print_table(&lines);
     Ok(super::outcome(&lines))

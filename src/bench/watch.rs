@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 
 use super::stats::{latencies, round};
@@ -17,7 +16,7 @@ use super::submit::{batches, job};
 use super::workers::Spec;
 use super::{Bench, now_ns, serve};
 use crate::cli::Error;
-use crate::proto::{self, job_event::Kind, job_service_client::JobServiceClient};
+use crate::proto::{self, job_event::Kind};
 
 /// Jobs submitted per second in the progress scenario (as BullMQ's harness does).
 pub const PROGRESS_RATE: u64 = 100;
@@ -164,7 +163,7 @@ impl Opening {
 /// One task per watcher, spread over `channels` `per_connection` each and over the jobs in
 /// turn: open the watch (`OPENING_AT_ONCE` at a time), count it, then follow it.
 fn spawn_watchers(
-    channels: &[Channel],
+    channels: &[crate::client::Jobs],
     per_connection: u64,
     ids: &[String],
     watchers: u64,
@@ -174,7 +173,7 @@ fn spawn_watchers(
     let gate = Arc::new(Semaphore::new(OPENING_AT_ONCE));
     let mut watches = JoinSet::new();
     for w in 0..watchers {
-        let mut client = JobServiceClient::new(channels[(w / per_connection) as usize].clone());
+        let mut client = channels[(w / per_connection) as usize].clone();
         let request = proto::WatchJobRequest {
             job_id: ids[w as usize % ids.len()].clone(),
             after_seq: None,
@@ -210,7 +209,7 @@ pub async fn fanout(b: &Bench, watchers: u64) -> Result<Value, Error> {
     let per_connection = b.args.streams_per_connection;
     let mut channels = Vec::new();
     for _ in 0..watchers.div_ceil(per_connection) {
-        channels.push(serve::connect(&b.server.addr).await?);
+        channels.push(b.jobs_on(serve::connect(&b.server.addr).await?));
     }
     let (tx, delays) = mpsc::unbounded_channel();
     let start = Instant::now();

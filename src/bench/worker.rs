@@ -53,8 +53,9 @@ fn send(msg: Out) -> proto::ConnectRequest {
 }
 
 pub async fn run(args: WorkerArgs) -> cli::Outcome {
-    let mut client =
-        proto::worker_service_client::WorkerServiceClient::new(args.client.channel().await?);
+    let mut dialer = args.client.dialer()?;
+    let channel = dialer.channel().await?;
+    let mut client = crate::client::workers(channel, dialer.bearer.clone());
     let (tx, rx) = mpsc::channel(4096);
     let hello = proto::Hello {
         queues: vec![args.queue.clone()],

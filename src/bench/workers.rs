@@ -57,8 +57,9 @@ impl Worker {
     }
 }
 
-/// Starts a worker and waits until it is connected (its READY line).
-pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
+/// Starts a worker (with `key` as its credentials, if any) and waits until it is connected (its
+/// READY line).
+pub async fn start(addr: &str, key: Option<&str>, spec: Spec<'_>) -> Result<Worker, Error> {
     let exe = std::env::current_exe().map_err(usage)?;
     let mut command = Command::new(exe);
     crate::child::die_with_parent(&mut command, nix::sys::signal::Signal::SIGKILL);
@@ -70,6 +71,8 @@ pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
         .args(["--progress-gap-ms", &spec.progress_gap_ms.to_string()])
         .args(spec.aligned.then_some("--aligned"))
         .args(spec.stamp.then_some("--stamp"))
+        .env_remove("CONVEYOR_KEY")
+        .envs(key.map(|key| ("CONVEYOR_KEY", key)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -106,10 +109,15 @@ pub async fn start(addr: &str, spec: Spec<'_>) -> Result<Worker, Error> {
 }
 
 /// `n` idle workers on one queue.
-pub async fn start_many(addr: &str, n: usize, spec: Spec<'_>) -> Result<Vec<Worker>, Error> {
+pub async fn start_many(
+    addr: &str,
+    key: Option<&str>,
+    n: usize,
+    spec: Spec<'_>,
+) -> Result<Vec<Worker>, Error> {
     let mut workers = Vec::with_capacity(n);
     for _ in 0..n {
-        workers.push(start(addr, spec.clone()).await?);
+        workers.push(start(addr, key, spec.clone()).await?);
     }
     Ok(workers)
 }

@@ -19,18 +19,19 @@ use fred::prelude::{ClientLike, KeysInterface, Value};
 use super::job::json_list;
 use super::scripts::call;
 use super::{
-    Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, durable, keys, now_ms, s,
+    Error, Handle, Job, JobState, NewJob, Progress, QueueDefaults, accept, coalesce, durable, keys,
+    now_ms, s,
 };
 use crate::history;
 
 impl Handle {
     /// Creates a job, or returns the tenant's existing one with the same idempotency key
-    /// (`false` in the tuple).
+    /// (`false` in the tuple). Concurrent submits to one queue share a call (`coalesce.rs`).
     pub async fn submit(&self, tenant: &str, job: NewJob) -> Result<(Job, bool), Error> {
-        let mut created = self.submit_many(tenant, vec![job]).await?;
-        created
-            .pop()
-            .ok_or_else(|| Error::Corrupt("submit returned no job".into()))
+        match coalesce::groupable(&job) {
+            true => self.submit_grouped(tenant, job).await,
+            false => coalesce::one(self.submit_many(tenant, vec![job]).await),
+        }
     }
 
     /// Creates jobs of one queue in one script call, all or none; see `submit`.

@@ -70,6 +70,79 @@ async fn submitted_job_runs_on_a_worker_and_its_watcher_sees_every_step() {
     assert!(replay.is_empty(), "{replay:?}");
 }
 
+/// Concurrent single submits to one queue share calls (scheduler/coalesce.rs), yet each hears
+/// its own outcome: a key that names another payload refuses only its own submit, and every
+/// other job is created once, in Redis and in the history.
+#[tokio::test]
+async fn concurrent_single_submits_share_calls_and_each_hears_its_own_outcome() {
+    const N: usize = 200;
+    const CONFLICT: usize = 100;
+    let (redis, server) = harness::start().await;
+    let mut jobs = server.jobs().await;
+    let taken = proto::SubmitJobRequest {
+        idempotency_key: "taken".into(),
+        ..submit("group", "first")
+    };
+    let first = submit_job(&mut jobs, taken.clone()).await;
+    redis.command(&["CONFIG", "RESETSTAT"]).await.unwrap();
+    let calls = (0..N).map(|i| {
+        let mut jobs = jobs.clone();
+        let request = match i {
+            CONFLICT => proto::SubmitJobRequest {
+                payload: b"another".to_vec(),
+                ..taken.clone()
+            },
+            _ => submit("group", &i.to_string()),
+        };
+        async move { jobs.submit_job(request).await }
+    });
+    let outcomes = futures_util::future::join_all(calls).await;
+    let stats = redis.command(&["INFO", "commandstats"]).await.unwrap();
+    let mut ids = std::collections::HashSet::new();
+    for (i, outcome) in outcomes.into_iter().enumerate() {
+        match i {
+            CONFLICT => {
+                let err = outcome.unwrap_err();
+                assert_eq!(err.code(), tonic::Code::AlreadyExists, "{err:?}");
+                assert!(err.message().contains(&first.id), "{}", err.message());
+            }
+            _ => {
+                let reply = outcome.unwrap().into_inner();
+                let job = reply.job.unwrap();
+                assert!(reply.created, "job {i}");
+                assert_eq!(job.payload, i.to_string().into_bytes());
+                ids.insert(job.id);
+            }
+        }
+    }
+    assert_eq!(ids.len(), N - 1, "one job per created submit");
+    // Grouped: far fewer script calls than submits (the refused group, made again one job at a
+    // time, and the server's own chores included).
+    let scripts: u64 = stats
+        .lines()
+        .find_map(|l| l.strip_prefix("cmdstat_evalsha:calls="))
+        .and_then(|rest| rest.split(',').next()?.parse().ok())
+        .unwrap();
+    assert!(
+        scripts < N as u64 / 2,
+        "{scripts} script calls for {N} submits"
+    );
+    // Each created job reads back, and the refused one left nothing behind.
+    for id in ids.iter().take(20) {
+        assert_eq!(get(&mut jobs, id).await.queue, "group");
+    }
+    let page = jobs
+        .list_jobs(proto::ListJobsRequest {
+            queue: "group".into(),
+            page_size: 500,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(page.jobs.len(), N, "the first job and the N - 1 created");
+}
+
 #[tokio::test]
 async fn idempotent_submit_returns_the_first_job() {
     let (_redis, server) = harness::start().await;

@@ -212,6 +212,7 @@ async fn the_benchmark_smoke_run_reports_every_scenario() {
         "submit_to_worker_latency_ms",
         "progress_latency_ms",
         "watch_fanout",
+        "redis_bytes_per_waiting_job",
         "idle_redis_commands_per_minute",
     ] {
         assert!(
