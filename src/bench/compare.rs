@@ -197,7 +197,10 @@ const FIGURES: &[Figure] = &[
 pub async fn run(args: &BenchArgs) -> cli::Outcome {
     let peer = bullmq::prepare(&args.bullmq_dir).await?;
     let configuration = match args.with_keys() {
-        true => format!("API keys on, history in {}", args.database()),
+        true => format!(
+            "API keys on, history in a fresh database on {}",
+            args.database()
+        ),
         false => "Redis only: no API keys, no database (secondary figures)".to_string(),
     };
     eprintln!("Conveyor runs with {configuration}, default limits");
