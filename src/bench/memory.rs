@@ -6,7 +6,7 @@ use futures_util::StreamExt;
 use serde_json::{Value, json};
 
 use super::stats::round;
-use super::submit::{CHUNK, job};
+use super::submit::{CHUNK, job, submit_batch};
 use super::{Bench, redis, usage};
 use crate::cli::Error;
 use crate::proto;
@@ -35,23 +35,8 @@ pub async fn waiting_jobs(b: &Bench) -> Result<Value, Error> {
     b.jobs.clone().submit_job(request(u64::MAX)).await?;
     let before = used_memory(b.redis_port).await?;
     let calls = futures_util::stream::iter((0..n).step_by(CHUNK as usize)).map(|first| {
-        let mut jobs = b.jobs.clone();
-        let batch: Vec<_> = (first..n.min(first + CHUNK)).map(request).collect();
-        async move {
-            let sent = batch.len();
-            let got = jobs
-                .submit_jobs(proto::SubmitJobsRequest { jobs: batch })
-                .await?
-                .into_inner()
-                .results
-                .len();
-            match got == sent {
-                true => Ok(()),
-                false => Err(usage(format!(
-                    "SubmitJobs: {sent} jobs sent, {got} results"
-                ))),
-            }
-        }
+        let batch = (first..n.min(first + CHUNK)).map(request).collect();
+        submit_batch(b.jobs.clone(), batch)
     });
     let mut calls = calls.buffer_unordered(4);
     while let Some(r) = calls.next().await {

@@ -65,24 +65,10 @@ pub async fn batches(
     mixed: bool,
 ) -> Result<Vec<String>, Error> {
     let calls = futures_util::stream::iter((0..n).step_by(CHUNK as usize)).map(|first| {
-        let mut jobs = jobs.clone();
         let batch = (first..n.min(first + CHUNK))
             .map(|i| job(queue, i, mixed))
             .collect::<Vec<_>>();
-        async move {
-            let sent = batch.len();
-            let results = jobs
-                .submit_jobs(proto::SubmitJobsRequest { jobs: batch })
-                .await?
-                .into_inner()
-                .results;
-            if results.len() != sent {
-                let n = results.len();
-                return Err(usage(format!("SubmitJobs: {sent} jobs sent, {n} results")));
-            }
-            let ids = results.into_iter().map(|r| r.job.unwrap_or_default().id);
-            Ok::<_, Error>(ids.collect::<Vec<_>>())
-        }
+        submit_batch(jobs.clone(), batch)
     });
     let mut results = calls.buffered(in_flight);
     let mut ids = Vec::with_capacity(n as usize);
@@ -90,6 +76,27 @@ pub async fn batches(
         ids.extend(r?);
     }
     Ok(ids)
+}
+
+/// One SubmitJobs call; the new jobs' ids, or an error unless every job has its result.
+pub async fn submit_batch(
+    mut jobs: crate::client::Jobs,
+    batch: Vec<proto::SubmitJobRequest>,
+) -> Result<Vec<String>, Error> {
+    let sent = batch.len();
+    let results = jobs
+        .submit_jobs(proto::SubmitJobsRequest { jobs: batch })
+        .await?
+        .into_inner()
+        .results;
+    if results.len() != sent {
+        let n = results.len();
+        return Err(usage(format!("SubmitJobs: {sent} jobs sent, {n} results")));
+    }
+    Ok(results
+        .into_iter()
+        .map(|r| r.job.unwrap_or_default().id)
+        .collect())
 }
 
 pub async fn one_at_a_time(b: &Bench) -> Result<Value, Error> {

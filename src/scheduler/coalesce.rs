@@ -7,7 +7,8 @@
 //! load each call carries what came while the earlier ones ran. Lanes are apart, so one slow
 //! queue (its Cluster shard failing over) does not hold up another's submits.
 //! Each submit hears its own outcome: a group refused because one job's idempotency key names
-//! another payload is made again one job at a time, so only that job is refused.
+//! another payload is made again, its jobs without a key as one group and each keyed one alone,
+//! so only that job is refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
