@@ -8,6 +8,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // The worker RPC is named `Connect`, which would clash with the generated
         // `Client::connect(addr)`; clients are built from a `Channel` instead.
         .build_transport(false)
+        // prost's codec with a small first send buffer per call (src/proto/codec.rs).
+        .codec_path("crate::proto::Codec")
         .file_descriptor_set_path(out.join("conveyor_descriptor.bin"))
         .compile_with_config(
             config,

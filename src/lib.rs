@@ -31,6 +31,9 @@ pub mod worker;
 
 /// Code generated from `proto/conveyor/v1/*.proto`.
 pub mod proto {
+    mod codec;
+    pub use codec::Codec;
+
     tonic::include_proto!("conveyor.v1");
     /// The encoded descriptors, served by gRPC reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
