@@ -84,7 +84,6 @@ pub async fn start(redis_url: &str, dir: &Path, options: Options<'_>) -> Result<
         // Several benchmark servers may run at once; none needs the HTTP port.
         .env("CONVEYOR_HTTP_LISTEN", "off")
         .env("CONVEYOR_INSECURE", insecure.to_string())
-        .env("CONVEYOR_SUBMIT_RATE", "unlimited")
         // The fan-out scenario opens 10,000 streams as one tenant (the default allows 1,000).
         .env("CONVEYOR_MAX_WATCHES", "100000")
         .envs(threads.map(|n| ("CONVEYOR_THREADS", n.to_string())))
