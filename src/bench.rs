@@ -121,6 +121,10 @@ pub struct BenchArgs {
         default_value = "postgres://postgres@127.0.0.1:5432/postgres"
     )]
     pub postgres: String,
+    /// Runs only the named scenarios of the suite (as named in its output, comma-separated),
+    /// to measure one change quickly; the full suite is what figures are quoted from.
+    #[arg(long, value_delimiter = ',', conflicts_with = "vs_bullmq")]
+    pub only: Vec<String>,
 }
 
 impl BenchArgs {
@@ -167,6 +171,8 @@ pub struct Bench {
     server: serve::Server,
     redis_port: u16,
     jobs: crate::client::Jobs,
+    /// The server's database, whose CPU the throughput scenarios report when it is local.
+    database: history::Database,
     /// What `jobs` sends as credentials, for the scenarios' own connections.
     bearer: crate::client::Bearer,
     /// The token the bench workers connect with, when the server checks credentials.
@@ -191,6 +197,11 @@ impl Bench {
         }
         println!("{line}");
         self.results.push(line);
+    }
+
+    /// Whether `--only` leaves the scenario in.
+    fn wants(&self, scenario: &str) -> bool {
+        self.args.only.is_empty() || self.args.only.iter().any(|s| s == scenario)
     }
 
     async fn worker(&self, spec: workers::Spec<'_>) -> Result<workers::Worker, Error> {
@@ -274,11 +285,13 @@ async fn suite(args: &BenchArgs, with_keys: bool) -> Result<Vec<Value>, Error> {
         jobs,
         bearer,
         worker_key,
+        database,
         results: Vec::new(),
     };
     run_scenarios(&mut b).await;
     let results = std::mem::take(&mut b.results);
-    drop(b);
+    let database = b.database;
+    drop(b.server);
     drop(redis);
     database.drop().await;
     let _ = std::fs::remove_dir_all(&dir);
@@ -292,31 +305,31 @@ async fn run_scenarios(b: &mut Bench) {
     if b.args.blocked_keys {
         return keys::scenarios(b).await;
     }
-    let r = submit::one_at_a_time(b).await;
-    b.emit("submit_one_at_a_time", r);
-    let r = submit::in_flight(b).await;
-    b.emit("submit_50_in_flight", r);
-    let r = submit::batches_of_1000(b).await;
-    b.emit("submit_batch_1000", r);
-    let r = throughput::end_to_end(b, false).await;
-    b.emit("end_to_end", r);
-    let r = throughput::end_to_end(b, true).await;
-    b.emit("end_to_end_mixed_tiers_priorities", r);
-    let r = throughput::drain(b).await;
-    b.emit("drain", r);
-    let r = latency::submit_to_worker(b).await;
-    b.emit("submit_to_worker_latency_ms", r);
-    let r = watch::progress(b).await;
-    b.emit("progress_latency_ms", r);
-    for n in b.args.fanout.clone() {
-        let r = watch::fanout(b, n).await;
-        b.emit("watch_fanout", r);
+    macro_rules! scenario {
+        ($name:literal, $run:expr) => {
+            if b.wants($name) {
+                let r = $run.await;
+                b.emit($name, r);
+            }
+        };
     }
-    let r = memory::waiting_jobs(b).await;
-    b.emit("redis_bytes_per_waiting_job", r);
+    scenario!("submit_one_at_a_time", submit::one_at_a_time(b));
+    scenario!("submit_50_in_flight", submit::in_flight(b));
+    scenario!("submit_batch_1000", submit::batches_of_1000(b));
+    scenario!("end_to_end", throughput::end_to_end(b, false));
+    scenario!(
+        "end_to_end_mixed_tiers_priorities",
+        throughput::end_to_end(b, true)
+    );
+    scenario!("drain", throughput::drain(b));
+    scenario!("submit_to_worker_latency_ms", latency::submit_to_worker(b));
+    scenario!("progress_latency_ms", watch::progress(b));
+    for n in b.args.fanout.clone() {
+        scenario!("watch_fanout", watch::fanout(b, n));
+    }
+    scenario!("redis_bytes_per_waiting_job", memory::waiting_jobs(b));
     // Last, so the workers and watches of the other scenarios are gone.
-    let r = idle::commands(b).await;
-    b.emit("idle_redis_commands_per_minute", r);
+    scenario!("idle_redis_commands_per_minute", idle::commands(b));
 }
 
 /// Waits for `what` up to `limit`; a scenario that does not finish in time fails.

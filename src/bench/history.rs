@@ -62,6 +62,35 @@ impl Database {
         }
     }
 
+    /// CPU ms used so far by the PostgreSQL backends now connected to the run's database, when
+    /// that server runs on this machine (as the bench's default does); `None` otherwise, and
+    /// for SQLite, whose work is the server's own. The server's pool keeps its connections, so
+    /// two readings around a scenario tell what the database did for it (without PostgreSQL's
+    /// background writers, which serve every database).
+    pub async fn cpu_ms(&self) -> Option<f64> {
+        let Database::Postgres { admin, name, .. } = self else {
+            return None;
+        };
+        let db = crate::history::connect(admin).await.ok()?;
+        let rows = db
+            .query_all_raw(sea_orm::Statement::from_sql_and_values(
+                sea_orm::DbBackend::Postgres,
+                "SELECT pid FROM pg_stat_activity WHERE datname = $1",
+                [name.as_str().into()],
+            ))
+            .await
+            .ok()?;
+        let pids: Vec<i32> = rows
+            .iter()
+            .filter_map(|r| r.try_get_by_index(0).ok())
+            .collect();
+        let used: Vec<f64> = pids
+            .iter()
+            .filter_map(|pid| super::proc::cpu_ms(*pid as u32).ok())
+            .collect();
+        (!used.is_empty()).then(|| used.iter().sum())
+    }
+
     /// Drops a database made for the run.
     pub async fn drop(self) {
         if let Database::Postgres { admin, name, .. } = self

@@ -33,6 +33,11 @@ fn per_10k(before: (f64, f64), after: (f64, f64), jobs: u64) -> (f64, f64) {
     )
 }
 
+/// PostgreSQL's CPU ms per 10,000 jobs from two readings (`null` when it is not measured).
+fn database_per_10k(before: Option<f64>, after: Option<f64>, jobs: u64) -> Option<f64> {
+    Some(round((after? - before?) * 10_000.0 / jobs as f64, 1))
+}
+
 pub async fn end_to_end(b: &Bench, mixed: bool) -> Result<Value, Error> {
     let queue = if mixed {
         "bench-e2e-mixed"
@@ -48,6 +53,7 @@ pub async fn end_to_end(b: &Bench, mixed: bool) -> Result<Value, Error> {
     };
     redis::reset(port).await.map_err(usage)?;
     let cpu_before = b.cpu_ms().await?;
+    let db_before = b.database.cpu_ms().await;
     let start = Instant::now();
     within(limit(n), "end to end", async {
         batches(&b.jobs, queue, n, BATCHES_IN_FLIGHT, mixed).await?;
@@ -56,6 +62,7 @@ pub async fn end_to_end(b: &Bench, mixed: bool) -> Result<Value, Error> {
     .await?;
     let elapsed = start.elapsed();
     let (server_cpu, redis_cpu) = per_10k(cpu_before, b.cpu_ms().await?, n);
+    let database_cpu = database_per_10k(db_before, b.database.cpu_ms().await, n);
     let stats = redis::commandstats(port).await.map_err(usage)?;
     let memory = b.server.memory()?;
     drop(worker);
@@ -81,6 +88,7 @@ pub async fn end_to_end(b: &Bench, mixed: bool) -> Result<Value, Error> {
         "redis_client_commands_counted_over_jobs": audited,
         "server_cpu_ms_per_10k_jobs": server_cpu,
         "redis_cpu_ms_per_10k_jobs": redis_cpu,
+        "database_cpu_ms_per_10k_jobs": database_cpu,
         "server_peak_rss_mb": round(memory.peak_kb as f64 / 1024.0, 1),
         "server_peak_rss_since": peak_scope,
     }))
@@ -104,13 +112,16 @@ pub async fn drain(b: &Bench) -> Result<Value, Error> {
     let (queue, n) = ("bench-drain", b.args.jobs);
     batches(&b.jobs, queue, n, BATCHES_IN_FLIGHT, false).await?;
     let cpu_before = b.cpu_ms().await?;
+    let db_before = b.database.cpu_ms().await;
     let start = Instant::now();
     let mut worker = b.worker(Spec::new(queue, b.args.concurrency, n)).await?;
     within(limit(n), "drain", worker.done()).await?;
     let elapsed = start.elapsed();
     let (server_cpu, redis_cpu) = per_10k(cpu_before, b.cpu_ms().await?, n);
+    let database_cpu = database_per_10k(db_before, b.database.cpu_ms().await, n);
     Ok(json!({
         "jobs": n, "concurrency": b.args.concurrency, "jobs_per_s": rate(n, elapsed),
         "server_cpu_ms_per_10k_jobs": server_cpu, "redis_cpu_ms_per_10k_jobs": redis_cpu,
+        "database_cpu_ms_per_10k_jobs": database_cpu,
     }))
 }
