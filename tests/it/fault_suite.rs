@@ -173,7 +173,19 @@ impl Rig {
             let url = rig.postgres.url("");
             let replica = replica_with(&rig.redis.url(), &url, port, SETTINGS, log);
             rig.replicas.push(replica);
-            answering(&rig.addr(i)).await;
+            // A replica that does not come up fails the test with what it wrote, which goes
+            // with the rig's folder otherwise.
+            let addr = rig.addr(i);
+            if tokio::spawn(async move { answering(&addr).await })
+                .await
+                .is_err()
+            {
+                let log = std::fs::read_to_string(rig.file(&format!("replica-{i}.log")));
+                panic!(
+                    "replica {i} did not answer; its log:\n{}",
+                    log.unwrap_or_default()
+                );
+            }
             let endpoint = Endpoint::from_shared(rig.addr(i)).unwrap();
             rig.clients
                 .push(JobServiceClient::new(endpoint.connect_lazy()));
